@@ -1,0 +1,69 @@
+"""The ``anyup`` command line.
+
+Each area of the package contributes its own sub-commands through a ``register(subparsers)``
+function in ``anyup/<area>/cli.py``; this module only wires them together, so ``anyup --help``
+lists everything the package can do. Areas whose optional dependencies are missing still show
+their commands; the error is raised (with the ``pip install`` hint) when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+# Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
+_COMMAND_MODULES: tuple[str, ...] = (
+    "anyup.weights_cli",
+    "anyup.encoders.cli",
+    "anyup.viz.cli",
+    "anyup.eval.cli",
+    "anyup.train.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from anyup import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="anyup",
+        description="Upsample the features of any frozen vision encoder, guided by the image.",
+    )
+    parser.add_argument("--version", action="version", version=f"anyup {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            # Only tolerate a missing *area* module (not yet installed extras are handled inside).
+            if err.name is not None and err.name.startswith("anyup"):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+        # User-facing errors: one clear line, no traceback (use -vv for the traceback).
+        if args.verbose >= 2:
+            raise
+        sys.stderr.write(f"anyup {args.command}: error: {err}\n")
+        return 1
+    return int(result or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

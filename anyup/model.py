@@ -1,0 +1,385 @@
+"""The AnyUp model: image-guided, encoder-agnostic feature upsampling.
+
+Reads top to bottom like the method (see ``docs`` in the README):
+
+1. ``image_encoder`` + RoPE turn the full-resolution image into a per-pixel encoding ``e'``.
+2. ``query_encoder(e')`` pooled to the output size gives the queries.
+3. ``key_encoder(e')`` pooled to the feature size, concatenated with ``key_features_encoder``
+   of the L2-normalised features and fused by ``aggregation``, gives the keys.
+4. Windowed attention (``cross_decode``) mixes the *raw* low-resolution features, so every output
+   vector is a convex combination of input vectors.
+
+Memory: nothing of size ``(H'*W', h*w)`` is ever built. Queries are processed in tiles against the
+rectangle of keys their windows reach; when the full-resolution encoders would not fit under the
+working-memory cap they are streamed over row bands with GroupNorm statistics gathered in extra
+passes. Tiles and the cap change memory and speed, never the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anyup._checks import check_image_and_features, check_ratio, check_size
+from anyup.layers import (
+    EncoderStack,
+    EncoderStackSpec,
+    FeatureUnification,
+    PointwiseConv2d,
+    ReflectConv2d,
+    RoPE2d,
+    StreamedGroupNorm,
+    WindowCrossAttention,
+    adaptive_avg_pool_1d,
+    group_norm,
+    pixel_coordinates,
+    pool_ranges,
+    window_bounds,
+)
+from anyup.layers.norms import NormFn, _StopPass, acc_dtype
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnyUpConfig:
+    """Architecture and run-time settings. The defaults are those of the published weights."""
+
+    dim: int = 128  # working width D of all encoders, keys and queries
+    num_heads: int = 4  # attention heads (their weights are averaged)
+    num_groups: int = 8  # GroupNorm groups in every ResBlock
+    num_blocks: int = 2  # ResBlocks after each encoder's first layer
+    lfu_kernel_size: int = 5  # spatial size of the feature-unification filters
+    window_ratio: float = 0.1  # half-width r of the attention window, as a fraction of the image side
+    # Run-time only (not part of the weights):
+    max_memory: int | None = None  # working-memory cap in bytes; None = automatic (see default_max_memory)
+    tile_size: int | None = None  # side of a query tile in output pixels; None = largest under the cap
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Tile(NamedTuple):
+    """One rectangle of the output: rows ``[y0, y1)``, columns ``[x0, x1)``, ``data`` (B, C, y1-y0, x1-x0)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    data: torch.Tensor
+
+
+@dataclass
+class _Plan:
+    streamed: bool  # encoders over row bands (True) or on the whole image at once
+    band_rows: int  # full-resolution rows per band when streamed
+    tile: int  # side of a query tile in output pixels
+    extras: dict = field(default_factory=dict)
+
+
+def default_max_memory(device: torch.device) -> int:
+    """Automatic working-memory cap: a quarter of free memory, between 256 MiB and 8 GiB."""
+    free = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        free = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    if free is None:
+        free = 4 << 30
+    return int(min(max(free // 4, 256 << 20), 8 << 30))
+
+
+class CrossDecode(nn.Module):
+    """``conv2d`` (3x3, zero padding) on the queries, then windowed cross-attention."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.cross_attn = WindowCrossAttention(dim, num_heads)
+
+
+class AnyUp(nn.Module):
+    """Upsample any encoder's features ``(B, C, h, w)`` to ``(B, C, H', W')``, guided by the image.
+
+    Args:
+        config: architecture and run-time settings; ``AnyUpConfig()`` matches the published weights.
+
+    Example:
+        >>> model = AnyUp()
+        >>> image = torch.randn(1, 3, 56, 84)        # ImageNet-normalised
+        >>> feats = torch.randn(1, 384, 4, 6)        # any encoder, any C
+        >>> model(image, feats).shape
+        torch.Size([1, 384, 56, 84])
+    """
+
+    def __init__(self, config: AnyUpConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or AnyUpConfig()
+        d = cfg.dim
+        spec = EncoderStackSpec(dim=d, num_blocks=cfg.num_blocks, num_groups=cfg.num_groups)
+        self.image_encoder = EncoderStack(PointwiseConv2d(3, d), spec)
+        self.key_encoder = EncoderStack(PointwiseConv2d(d, d), spec)
+        self.query_encoder = EncoderStack(PointwiseConv2d(d, d), spec)
+        self.key_features_encoder = EncoderStack(FeatureUnification(d, cfg.lfu_kernel_size), spec)
+        self.aggregation = EncoderStack(ReflectConv2d(2 * d, d, 3), spec)
+        self.cross_decode = CrossDecode(d, cfg.num_heads)
+        self.rope = RoPE2d(d)
+        check_ratio(cfg.window_ratio)
+
+    # ----------------------------------------------------------------------------------------
+    # Public API
+    @property
+    def window_ratio(self) -> float:
+        return self.config.window_ratio
+
+    @window_ratio.setter
+    def window_ratio(self, value: float) -> None:
+        self.config.window_ratio = check_ratio(value)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        features: torch.Tensor,
+        output_size: Sequence[int] | int | None = None,
+        *,
+        out: torch.Tensor | None = None,
+        max_memory: int | None = None,
+        tile_size: int | None = None,
+    ) -> torch.Tensor:
+        """Upsample ``features`` guided by ``image``.
+
+        Args:
+            image: (B, 3, H, W) float, ImageNet-normalised RGB.
+            features: (B, C, h, w) float (float32, bfloat16 or float16), any C >= 1.
+            output_size: (H', W') or an int; default (H, W). May be smaller or larger than the image.
+            out: optional preallocated (B, C, H', W') tensor to write into (any float dtype and
+                device, e.g. ``torch.from_numpy`` of a memory-mapped array); returned.
+            max_memory: working-memory cap in bytes for this call (default: ``config.max_memory``,
+                else automatic). Changes memory and speed, never the result.
+            tile_size: side of a query tile in output pixels (default: from the cap).
+
+        Returns:
+            (B, C, H', W') in the dtype of ``features`` (or ``out``'s), every vector a convex
+            combination of input feature vectors.
+        """
+        b, c = features.shape[:2] if features.ndim == 4 else (None, None)
+        size = check_size(output_size, "output_size", tuple(image.shape[-2:]) if image.ndim == 4 else (1, 1))
+        if out is None:
+            check_image_and_features(image, features)
+            out = torch.empty(b, c, *size, dtype=features.dtype, device=features.device)
+        elif tuple(out.shape) != (b, c, *size):
+            raise ValueError(f"out must have shape {(b, c, *size)}, got {tuple(out.shape)}")
+        for t in self.iter_tiles(image, features, size, max_memory=max_memory, tile_size=tile_size):
+            out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data
+        return out
+
+    def iter_tiles(
+        self,
+        image: torch.Tensor,
+        features: torch.Tensor,
+        output_size: Sequence[int] | int | None = None,
+        *,
+        max_memory: int | None = None,
+        tile_size: int | None = None,
+    ) -> Iterator[Tile]:
+        """Yield the output as non-overlapping :class:`Tile` rectangles covering (H', W') row-major.
+
+        Lets a caller stream a huge output (e.g. 4096x4096x384) to disk without holding it twice.
+        Arguments as in :meth:`forward`.
+        """
+        check_image_and_features(image, features)
+        out_hw = check_size(output_size, "output_size", tuple(image.shape[-2:]))
+        plan = self._plan(image, features, out_hw, max_memory, tile_size)
+        image = image.to(features.dtype)
+        keys = self._keys(image, features, plan)  # (B, D, h, w)
+        yield from self._decode(image, features, keys, out_hw, plan)
+
+    @torch.no_grad()
+    def attention_weights(
+        self,
+        image: torch.Tensor,
+        features: torch.Tensor,
+        output_size: Sequence[int] | int | None = None,
+        pixels: Sequence[tuple[int, int]] = ((0, 0),),
+    ) -> torch.Tensor:
+        """Where output pixels look: heads-averaged attention over the low-res grid.
+
+        Args:
+            pixels: (y, x) output-pixel coordinates, each inside ``output_size``.
+
+        Returns:
+            (B, P, h, w) float32, non-negative, each map summing to 1 (zero outside the window).
+        """
+        check_image_and_features(image, features)
+        hq, wq = check_size(output_size, "output_size", tuple(image.shape[-2:]))
+        for y, x in pixels:
+            if not (0 <= y < hq and 0 <= x < wq):
+                raise ValueError(f"pixel {(y, x)} lies outside the output size {(hq, wq)}")
+        plan = self._plan(image, features, (hq, wq), None, None)
+        image = image.to(features.dtype)
+        b, _, h, w = features.shape
+        kh = self.cross_decode.cross_attn.project_keys(self._keys(image, features, plan))  # (B, nh, h*w, hd)
+        maps = []
+        r0, r1 = window_bounds(hq, h, self.window_ratio, image.device)
+        c0, c1 = window_bounds(wq, w, self.window_ratio, image.device)
+        for y, x in pixels:
+            q = self._queries_rows(image, (hq, wq), y, y + 1, plan)  # (B, D, 1, W')
+            qh = self.cross_decode.cross_attn.project_queries(q[..., x : x + 1])  # (B, nh, 1, hd)
+            rows, cols = torch.arange(h, device=image.device), torch.arange(w, device=image.device)
+            mask = ((rows >= r0[y]) & (rows < r1[y]))[:, None] & ((cols >= c0[x]) & (cols < c1[x]))[None, :]
+            wts = self.cross_decode.cross_attn.attend(qh, kh, mask.reshape(1, -1))  # (B, 1, h*w)
+            maps.append(wts.view(b, h, w))
+        return torch.stack(maps, dim=1)
+
+    # ----------------------------------------------------------------------------------------
+    # Planning
+    def _plan(self, image, features, out_hw, max_memory, tile_size) -> _Plan:
+        b, c, h, w = features.shape
+        hi, wi = image.shape[-2:]
+        hq, wq = out_hw
+        d, nh = self.config.dim, self.config.num_heads
+        cap = max_memory if max_memory is not None else self.config.max_memory
+        cap = int(cap) if cap is not None else default_max_memory(image.device)
+        if cap <= 0:
+            raise ValueError(f"max_memory must be a positive number of bytes, got {cap}")
+        px_bytes = b * d * 4 * 6  # live float32 activations per full-resolution pixel (empirical bound)
+        whole = hi * wi * px_bytes + hq * wq * b * d * 4 * 3
+        streamed = whole > cap
+        band_rows = max(1, min(hi, (cap // 2) // max(1, wi * px_bytes)))
+        tile = tile_size if tile_size is not None else self.config.tile_size
+        if tile is None:
+            budget = cap // 2 if streamed else cap
+            r = self.window_ratio
+            tile = max(hq, wq)
+            while tile > 8:
+                th, tw = min(tile, hq), min(tile, wq)
+                nk = (math.ceil((2 * r + th / hq) * h) + 2) * (math.ceil((2 * r + tw / wq) * w) + 2)
+                nk = min(nk, h * w)
+                need = b * th * tw * (nh * nk * 4 * 3 + nk + c * 4 * 2 + d * 4 * 3)
+                if streamed:
+                    need += math.ceil(th * hi / hq + 3) * wi * px_bytes
+                if need <= budget:
+                    break
+                tile = max(8, tile // 2)
+        elif tile < 1:
+            raise ValueError(f"tile_size must be >= 1, got {tile}")
+        logger.debug("plan: streamed=%s band_rows=%d tile=%d cap=%d", streamed, band_rows, tile, cap)
+        return _Plan(streamed=streamed, band_rows=band_rows, tile=int(tile))
+
+    # ----------------------------------------------------------------------------------------
+    # Full-resolution per-pixel pipeline
+    def _encode(self, image_rows: torch.Tensor, y0: int, height: int, norm: NormFn) -> torch.Tensor:
+        """Image rows ``[y0, y0+n)`` of an image of ``height`` rows -> RoPE'd encoding (B, D, n, W)."""
+        e = self.image_encoder(image_rows, norm)  # (B, D, n, W)
+        ys = pixel_coordinates(height, e.device)[y0 : y0 + e.shape[-2]]
+        xs = pixel_coordinates(e.shape[-1], e.device)
+        return self.rope(e, ys, xs)
+
+    def _collect_stats(self, image: torch.Tensor, plan: _Plan, branch: EncoderStack) -> StreamedGroupNorm:
+        """Gather GroupNorm statistics of image encoder + ``branch`` over row bands (streamed plan)."""
+        norm = plan.extras.setdefault("norm", StreamedGroupNorm())
+        hi = image.shape[-2]
+        while True:
+            for y0 in range(0, hi, plan.band_rows):
+                try:
+                    branch(self._encode(image[:, :, y0 : y0 + plan.band_rows], y0, hi, norm), norm)
+                except _StopPass:
+                    continue
+            if not norm.collecting:
+                return norm
+            norm.finish_pass()
+
+    def _keys(self, image: torch.Tensor, features: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """Keys at the feature resolution: (B, D, h, w)."""
+        b, c, h, w = features.shape
+        hi, wi = image.shape[-2:]
+        if not plan.streamed:
+            kimg = self.key_encoder(self._encode(image, 0, hi, group_norm), group_norm)  # (B, D, H, W)
+            kimg = adaptive_avg_pool_1d(kimg, 2, hi, h)  # (B, D, h, W)
+            kimg = adaptive_avg_pool_1d(kimg, 3, wi, w)  # (B, D, h, w)
+        else:
+            norm = self._collect_stats(image, plan, self.key_encoder)
+            starts, ends = pool_ranges(hi, h)
+            rows_per_cell = max(1, math.ceil(hi / h))
+            cells = max(1, plan.band_rows // (rows_per_cell + 1))
+            parts = []
+            for l0 in range(0, h, cells):
+                l1 = min(h, l0 + cells)
+                s, e = starts[l0], ends[l1 - 1]
+                k = self.key_encoder(self._encode(image[:, :, s:e], s, hi, norm), norm)  # (B, D, n, W)
+                k = adaptive_avg_pool_1d(k, 2, hi, h, l0, l1, offset=s)  # (B, D, l1-l0, W)
+                parts.append(adaptive_avg_pool_1d(k, 3, wi, w))  # (B, D, l1-l0, w)
+            kimg = torch.cat(parts, dim=2)
+        feats_n = F.normalize(features.to(acc_dtype(features)), dim=1).to(features.dtype)  # L2 over channels
+        kfeat = self.key_features_encoder(feats_n, group_norm)  # (B, D, h, w)
+        return self.aggregation(torch.cat([kimg.to(kfeat.dtype), kfeat], dim=1), group_norm)  # (B, D, h, w)
+
+    def _queries_rows(self, image: torch.Tensor, out_hw: tuple[int, int], i0: int, i1: int, plan: _Plan):
+        """Decoded queries (after ``cross_decode.conv2d``) for output rows ``[i0, i1)``: (B, D, i1-i0, W')."""
+        hi, wi = image.shape[-2:]
+        hq, wq = out_hw
+        a, z = max(0, i0 - 1), min(hq, i1 + 1)  # one halo row each side for the 3x3 conv
+        if not plan.streamed:
+            q = plan.extras.get("q_full")
+            if q is None:
+                q = self.query_encoder(self._encode(image, 0, hi, group_norm), group_norm)  # (B, D, H, W)
+                q = adaptive_avg_pool_1d(adaptive_avg_pool_1d(q, 2, hi, hq), 3, wi, wq)  # (B, D, H', W')
+                plan.extras["q_full"] = q
+            q = q[:, :, a:z]
+        else:
+            norm = plan.extras.get("norm")
+            if norm is None or "q_stats" not in plan.extras:
+                norm = self._collect_stats(image, plan, self.query_encoder)
+                plan.extras["q_stats"] = True
+            starts, ends = pool_ranges(hi, hq)
+            s, e = starts[a], ends[z - 1]
+            q = self.query_encoder(self._encode(image[:, :, s:e], s, hi, norm), norm)  # (B, D, n, W)
+            q = adaptive_avg_pool_1d(q, 2, hi, hq, a, z, offset=s)  # (B, D, z-a, W)
+            q = adaptive_avg_pool_1d(q, 3, wi, wq)  # (B, D, z-a, W')
+        q = F.pad(q, (1, 1, 1 if i0 == 0 else 0, 1 if i1 == hq else 0))  # zero padding at the borders only
+        return F.conv2d(q, self.cross_decode.conv2d.weight.to(q.dtype))  # (B, D, i1-i0, W')
+
+    # ----------------------------------------------------------------------------------------
+    # Windowed attention, tile by tile
+    def _decode(self, image, features, keys, out_hw, plan: _Plan) -> Iterator[Tile]:
+        b, c, h, w = features.shape
+        hq, wq = out_hw
+        attn = self.cross_decode.cross_attn
+        kh = attn.project_keys(keys)  # (B, nh, h*w, hd)
+        nh, hd = kh.shape[1], kh.shape[-1]
+        kh = kh.view(b, nh, h, w, hd)
+        values = features.permute(0, 2, 3, 1)  # (B, h, w, C)
+        r0, r1 = window_bounds(hq, h, self.window_ratio, features.device)
+        c0, c1 = window_bounds(wq, w, self.window_ratio, features.device)
+        rows, cols = torch.arange(h, device=features.device), torch.arange(w, device=features.device)
+        t = plan.tile
+        for i0 in range(0, hq, t):
+            i1 = min(hq, i0 + t)
+            q = self._queries_rows(image, out_hw, i0, i1, plan)  # (B, D, th, W')
+            ra, rb = int(r0[i0]), int(r1[i1 - 1])
+            row_ok = (rows[ra:rb] >= r0[i0:i1, None]) & (rows[ra:rb] < r1[i0:i1, None])  # (th, nr)
+            for j0 in range(0, wq, t):
+                j1 = min(wq, j0 + t)
+                ca, cb = int(c0[j0]), int(c1[j1 - 1])
+                col_ok = (cols[ca:cb] >= c0[j0:j1, None]) & (cols[ca:cb] < c1[j0:j1, None])  # (tw, nc)
+                mask = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape((i1 - i0) * (j1 - j0), -1)
+                qh = attn.project_queries(q[..., j0:j1])  # (B, nh, th*tw, hd)
+                k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)  # (B, nh, nr*nc, hd)
+                v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)  # (B, nr*nc, C)
+                o = attn.attend(qh, k_sub, mask, v_sub)  # (B, th*tw, C)
+                yield Tile(i0, i1, j0, j1, o.transpose(1, 2).reshape(b, c, i1 - i0, j1 - j0))
+        plan.extras.clear()
