@@ -176,14 +176,14 @@ class AnyUp(nn.Module):
             (B, C, H', W') in the dtype of ``features`` (or ``out``'s), every vector a convex
             combination of input feature vectors.
         """
-        b, c = features.shape[:2] if features.ndim == 4 else (None, None)
-        size = check_size(output_size, "output_size", tuple(image.shape[-2:]) if image.ndim == 4 else (1, 1))
+        check_image_and_features(image, features)
+        b, c = features.shape[:2]
+        size = check_size(output_size, "output_size", tuple(image.shape[-2:]))
         if out is None:
-            check_image_and_features(image, features)
             out = torch.empty(b, c, *size, dtype=features.dtype, device=features.device)
         elif tuple(out.shape) != (b, c, *size):
             raise ValueError(f"out must have shape {(b, c, *size)}, got {tuple(out.shape)}")
-        for t in self.iter_tiles(image, features, size, max_memory=max_memory, tile_size=tile_size):
+        for t in self._tiles(image, features, size, max_memory, tile_size):
             out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data
         return out
 
@@ -203,6 +203,9 @@ class AnyUp(nn.Module):
         """
         check_image_and_features(image, features)
         out_hw = check_size(output_size, "output_size", tuple(image.shape[-2:]))
+        yield from self._tiles(image, features, out_hw, max_memory, tile_size)
+
+    def _tiles(self, image, features, out_hw, max_memory, tile_size) -> Iterator[Tile]:
         plan = self._plan(image, features, out_hw, max_memory, tile_size)
         image = image.to(features.dtype)
         keys = self._keys(image, features, plan)  # (B, D, h, w)

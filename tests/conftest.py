@@ -1,0 +1,41 @@
+"""Shared fixtures: the read-only ``../shared`` folder (weights, golden outputs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI must provide ../shared beside the repository")
+        pytest.skip(f"{path} not present (the read-only ../shared folder is only on project machines)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return _require(SHARED)
+
+
+@pytest.fixture(scope="session")
+def weights_dir(shared_dir: Path) -> Path:
+    return _require(shared_dir / "weights")
+
+
+@pytest.fixture(scope="session")
+def golden_file(shared_dir: Path) -> Path:
+    return _require(shared_dir / "golden" / "anyup_reference.npz")
+
+
+@pytest.fixture()
+def published_weights_env(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make ``anyup.load("anyup_multi_backbone")`` resolve to ../shared/weights."""
+    monkeypatch.setenv("ANYUP_WEIGHTS_DIR", str(weights_dir))
+    return weights_dir

@@ -1,0 +1,319 @@
+"""The AnyUp model: parity with the authors' outputs, properties of the method, standard matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import anyup
+from anyup import AnyUp, AnyUpConfig
+from anyup.layers import dense_window_attention, window_bounds
+
+
+def _inputs(b=1, c=6, hw=(23, 31), low=(4, 5), seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, *hw, generator=g).to(dtype)
+    feats = torch.randn(b, c, *low, generator=g).to(dtype)
+    return image, feats
+
+
+@pytest.fixture(scope="module")
+def model() -> AnyUp:
+    torch.manual_seed(0)
+    return AnyUp().eval()
+
+
+# ------------------------------------------------------------------------------------------------
+# Parity with the reference implementation
+def test_parity_with_golden(golden_file):
+    data = np.load(golden_file)
+    weights = golden_file.parents[1] / "weights"
+    n = int(data["n_cases"])
+    assert n >= 1
+    for i in range(n):
+        m = anyup.load(weights / f"{data[f'case{i}_checkpoint']}.pth")
+        image = torch.from_numpy(data[f"case{i}_image"])
+        feats = torch.from_numpy(data[f"case{i}_features"])
+        size = tuple(int(v) for v in data[f"case{i}_output_size"])
+        with torch.no_grad():
+            out = m(image, feats, size)
+        ref = torch.from_numpy(data[f"case{i}_output"])
+        got = out[:, torch.from_numpy(data[f"case{i}_channels"])]
+        assert got.shape == ref.shape
+        err = (got - ref).abs().max().item()
+        assert err <= 1e-4, f"case {i}: max abs error {err:.2e} > 1e-4"
+
+
+def test_parity_holds_when_streamed_and_tiled(golden_file):
+    data = np.load(golden_file)
+    m = anyup.load(golden_file.parents[1] / "weights" / f"{data['case2_checkpoint']}.pth")
+    image, feats = torch.from_numpy(data["case2_image"]), torch.from_numpy(data["case2_features"])
+    size = tuple(int(v) for v in data["case2_output_size"])
+    with torch.no_grad():
+        assert m._plan(image, feats, size, 20_000_000, None).streamed
+        out = m(image, feats, size, max_memory=20_000_000, tile_size=7)  # the streamed path
+    got = out[:, torch.from_numpy(data["case2_channels"])]
+    assert (got - torch.from_numpy(data["case2_output"])).abs().max().item() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# Properties of the method
+def _dense_reference(m: AnyUp, image, feats, size):
+    """Reference semantics: whole-image encoders and a dense (H'*W', h*w) mask."""
+    plan = m._plan(image, feats, size, 1 << 40, None)
+    keys = m._keys(image, feats, plan)
+    q = m._queries_rows(image, size, 0, size[0], plan)
+    return dense_window_attention(m.cross_decode.cross_attn, q, keys, feats, m.window_ratio)
+
+
+@pytest.mark.parametrize("size", [(23, 31), (9, 40), (3, 2), (50, 17)])
+def test_tiled_equals_dense_reference(model, size):
+    image, feats = _inputs()
+    with torch.no_grad():
+        ref = _dense_reference(model, image, feats, size)
+        for cap, tile in [(None, None), (1_000_000, 3), (10**9, 1), (10**9, 1000)]:
+            out = model(image, feats, size, max_memory=cap, tile_size=tile)
+            assert (out - ref).abs().max().item() <= 1e-5, (cap, tile)
+
+
+def test_tile_size_and_memory_cap_do_not_change_result_float64():
+    torch.manual_seed(1)
+    m = AnyUp().double().eval()
+    image, feats = _inputs(b=2, c=5, hw=(29, 37), low=(6, 4), dtype=torch.float64)
+    with torch.no_grad():
+        ref = m(image, feats, (33, 50), max_memory=1 << 40)
+        assert not m._plan(image, feats, (33, 50), 1 << 40, None).streamed
+        assert m._plan(image, feats, (33, 50), 800_000, None).streamed
+        for cap, tile in [(800_000, 3), (1_500_000, None), (None, 5), (1 << 40, 2)]:
+            out = m(image, feats, (33, 50), max_memory=cap, tile_size=tile)
+            assert (out - ref).abs().max().item() < 1e-10
+
+
+def test_output_depends_only_on_features_inside_window(model):
+    """Locality: an output pixel mixes only the low-res vectors inside its window.
+
+    Keys see *all* features (feature unification and the aggregation's GroupNorm are global at
+    low resolution, as in the reference), so the property is about the mixed vectors: with the
+    keys fixed, moving a vector outside the window leaves the pixel unchanged, inside changes it.
+    """
+    image, feats = _inputs(c=3, hw=(40, 40), low=(10, 10))
+    size = (40, 40)
+    y, x = 5, 6
+    r0, r1 = window_bounds(size[0], 10, model.window_ratio)
+    c0, c1 = window_bounds(size[1], 10, model.window_ratio)
+    rows, cols = range(int(r0[y]), int(r1[y])), range(int(c0[x]), int(c1[x]))
+    assert 0 < len(rows) < 10 and 0 < len(cols) < 10
+
+    plan = model._plan(image, feats, size, None, 8)
+    keys = model._keys(image, feats, plan)
+
+    def run(values):
+        out = torch.zeros(1, 3, *size)
+        for t in model._decode(image, values, keys, size, plan):
+            out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data
+        return out[0, :, y, x]
+
+    with torch.no_grad():
+        base = run(feats)
+        border = {rows[0] - 1, rows[0], rows[-1], rows[-1] + 1, 9}
+        for cy in sorted(border & set(range(10))):
+            for cx in sorted({cols[0] - 1, cols[0], cols[-1], cols[-1] + 1, 9} & set(range(10))):
+                moved = feats.clone()
+                moved[0, :, cy, cx] += 5.0
+                delta = (run(moved) - base).abs().max().item()
+                if cy in rows and cx in cols:
+                    assert delta > 1e-4, (cy, cx)
+                else:
+                    assert delta == 0.0, (cy, cx)
+        maps = model.attention_weights(image, feats, size, pixels=[(y, x)])[0, 0]
+    inside = torch.zeros(10, 10, dtype=torch.bool)
+    inside[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+    assert (maps[~inside] == 0).all() and (maps[inside] > 0).all()
+
+
+def test_one_hot_features_give_convex_weights(model):
+    h, w = 4, 5
+    image, _ = _inputs(hw=(17, 21))
+    feats = torch.eye(h * w).view(1, h * w, h, w)  # channel k is one-hot at cell k
+    with torch.no_grad():
+        out = model(image, feats, (17, 21))
+    assert out.min().item() >= 0.0
+    assert torch.allclose(out.sum(dim=1), torch.ones(1, 17, 21), atol=1e-5)
+
+
+def test_attention_weights_match_one_hot_output(model):
+    h, w = 4, 5
+    image, _ = _inputs(hw=(17, 21))
+    feats = torch.eye(h * w).view(1, h * w, h, w)
+    with torch.no_grad():
+        out = model(image, feats, (17, 21))
+        maps = model.attention_weights(image, feats, (17, 21), pixels=[(3, 4), (16, 20)])
+    assert maps.shape == (1, 2, h, w)
+    assert torch.allclose(maps[0, 0].flatten(), out[0, :, 3, 4], atol=1e-5)
+    assert torch.allclose(maps[0, 1].flatten(), out[0, :, 16, 20], atol=1e-5)
+    with pytest.raises(ValueError, match="outside the output size"):
+        model.attention_weights(image, feats, (17, 21), pixels=[(17, 0)])
+
+
+def test_constant_features_stay_constant(model):
+    image, _ = _inputs()
+    feats = torch.full((1, 4, 3, 3), 2.5)
+    feats[:, 1] = -1.0
+    with torch.no_grad():
+        out = model(image, feats, (10, 12))
+    assert torch.allclose(out[:, 0], torch.full((1, 10, 12), 2.5), atol=1e-5)
+    assert torch.allclose(out[:, 1], torch.full((1, 10, 12), -1.0), atol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    m = AnyUp().train()
+    image, feats = _inputs(b=2, hw=(16, 20))
+    feats.requires_grad_(True)
+    out = m(image, feats, (24, 16))
+    (out**2).mean().backward()
+    # value/output projections of the attention module are never used (as in the reference)
+    unused = {"cross_decode.cross_attn.attention.out_proj.weight", "cross_decode.cross_attn.attention.out_proj.bias"}
+    for name, p in m.named_parameters():
+        if name in unused:
+            continue
+        assert p.grad is not None, name
+        if name == "cross_decode.cross_attn.attention.in_proj_weight":
+            assert p.grad[:256].abs().sum() > 0
+        else:
+            assert p.grad.abs().sum() > 0, name
+    assert feats.grad is not None and feats.grad.abs().sum() > 0
+
+
+def test_gradients_identical_when_streamed():
+    torch.manual_seed(0)
+    m = AnyUp().double()
+    image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
+    grads = []
+    for cap in (1 << 40, 500_000):
+        m.zero_grad()
+        m(image, feats, (11, 13), max_memory=cap).sum().backward()
+        grads.append(m.image_encoder[0].weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-10)
+
+
+def test_deterministic(model):
+    image, feats = _inputs(b=2)
+    with torch.no_grad():
+        a = model(image, feats, (19, 27))
+        b = model(image, feats, (19, 27))
+    assert torch.equal(a, b)
+
+
+def test_window_ratio_is_configurable(model):
+    image, feats = _inputs()
+    with torch.no_grad():
+        a = model(image, feats)
+        model.window_ratio = 0.4
+        try:
+            b = model(image, feats)
+        finally:
+            model.window_ratio = 0.1
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="window_ratio"):
+        model.window_ratio = 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Standard matrix: shapes, batch, dtypes, out=, tiles
+@pytest.mark.parametrize(
+    "b,c,hw,low,size",
+    [
+        (1, 1, (15, 15), (3, 3), None),
+        (2, 7, (23, 31), (1, 1), (23, 31)),  # 1x1 features
+        (1, 3, (14, 14), (8, 6), (4, 3)),  # output smaller than the features
+        (3, 384, (28, 42), (2, 3), (57, 13)),  # odd, non-square, larger than the image
+        (1, 2, (1, 9), (1, 2), (5, 5)),
+    ],
+)
+def test_shapes(model, b, c, hw, low, size):
+    image, feats = _inputs(b=b, c=c, hw=hw, low=low)
+    with torch.no_grad():
+        out = model(image, feats, size)
+    assert out.shape == (b, c, *(size or hw))
+    assert torch.isfinite(out).all()
+
+
+def test_batch_items_are_independent(model):
+    image, feats = _inputs(b=3)
+    with torch.no_grad():
+        full = model(image, feats, (20, 20))
+        one = model(image[1:2], feats[1:2], (20, 20))
+    assert torch.allclose(full[1:2], one, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.15), (torch.float16, 0.03)])
+def test_half_precision(model, dtype, tol):
+    image, feats = _inputs(hw=(64, 48), low=(8, 6))
+    with torch.no_grad():
+        ref = model(image, feats)
+        out = model(image.to(dtype), feats.to(dtype))
+        half_model = AnyUp().eval()
+        half_model.load_state_dict(model.state_dict())
+        out2 = half_model.to(dtype)(image.to(dtype), feats.to(dtype))
+    assert out.dtype == dtype and out2.dtype == dtype
+    assert torch.isfinite(out).all() and torch.isfinite(out2).all()
+    err = (out.float() - ref).abs().mean().item()
+    assert err < tol, f"{dtype}: mean abs error {err}"
+
+
+def test_out_argument_and_iter_tiles(model):
+    image, feats = _inputs(b=1, c=4)
+    with torch.no_grad():
+        ref = model(image, feats, (30, 40))
+        buf = torch.from_numpy(np.zeros((1, 4, 30, 40), dtype=np.float64))
+        ret = model(image, feats, (30, 40), out=buf, tile_size=8)
+        assert ret is buf
+        assert torch.allclose(buf.float(), ref, atol=1e-5)
+        seen = torch.zeros(30, 40, dtype=torch.int64)
+        for t in model.iter_tiles(image, feats, (30, 40), tile_size=7):
+            assert t.data.shape == (1, 4, t.y1 - t.y0, t.x1 - t.x0)
+            assert torch.allclose(t.data, ref[:, :, t.y0 : t.y1, t.x0 : t.x1], atol=1e-5)
+            seen[t.y0 : t.y1, t.x0 : t.x1] += 1
+    assert torch.equal(seen, torch.ones_like(seen))  # tiles cover the output exactly once
+    with pytest.raises(ValueError, match="out must have shape"):
+        model(image, feats, (30, 40), out=torch.zeros(1, 4, 30, 41))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+@pytest.mark.parametrize(
+    "image,feats,size,match",
+    [
+        (torch.randn(3, 8, 8), torch.randn(1, 4, 2, 2), None, "image must be \\(B, 3, H, W\\)"),
+        (torch.randn(1, 3, 8, 8), torch.randn(4, 2, 2), None, "features must be \\(B, C, h, w\\)"),
+        (torch.randn(1, 4, 8, 8), torch.randn(1, 4, 2, 2), None, "3 channels"),
+        (torch.randn(1, 3, 8, 8), torch.randn(1, 0, 2, 2), None, "C = 0"),
+        (torch.randn(2, 3, 8, 8), torch.randn(1, 4, 2, 2), None, "batch sizes differ"),
+        (torch.randn(1, 3, 8, 8), torch.full((1, 4, 2, 2), float("nan")), None, "NaN or inf"),
+        (torch.full((1, 3, 8, 8), float("inf")), torch.randn(1, 4, 2, 2), None, "NaN or inf"),
+        (torch.randn(1, 3, 8, 8), torch.randn(1, 4, 2, 2), (0, 5), "output_size"),
+        (torch.randn(1, 3, 8, 8), torch.randn(1, 4, 2, 2), (10**6, 5), "output_size"),
+        (torch.randn(1, 3, 8, 8), torch.randn(1, 4, 2, 2), (2, 3, 4), "output_size"),
+        (torch.randn(1, 3, 8, 8), torch.randn(1, 4, 2, 2), (2.5, 3), "integers"),
+        (torch.randn(1, 3, 0, 8), torch.randn(1, 4, 2, 2), None, "spatial size"),
+    ],
+)
+def test_errors(model, image, feats, size, match):
+    with pytest.raises(ValueError, match=match):
+        model(image, feats, size)
+
+
+def test_error_non_float_dtype(model):
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.randn(1, 3, 8, 8), torch.ones(1, 4, 2, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model(np.zeros((1, 3, 8, 8)), torch.ones(1, 4, 2, 2))
+
+
+def test_config_round_trip():
+    cfg = AnyUpConfig(window_ratio=0.2, max_memory=1 << 20)
+    assert AnyUpConfig(**cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="window_ratio"):
+        AnyUp(AnyUpConfig(window_ratio=2.0))
