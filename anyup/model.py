@@ -248,6 +248,19 @@ class AnyUp(nn.Module):
             maps.append(wts.view(b, h, w))
         return torch.stack(maps, dim=1)
 
+    def save_pretrained(self, folder: str, push_to_hub: str | None = None):
+        """Write ``config.json`` + ``model.safetensors`` (see :mod:`anyup.hf`)."""
+        from anyup.hf import save_pretrained
+
+        return save_pretrained(self, folder, push_to_hub=push_to_hub)
+
+    @classmethod
+    def from_pretrained(cls, repo_or_folder: str, device: str = "cpu", **hub_kwargs) -> "AnyUp":
+        """Load a folder written by :meth:`save_pretrained` or a Hugging Face Hub repository id."""
+        from anyup.hf import from_pretrained
+
+        return from_pretrained(repo_or_folder, device=device, **hub_kwargs)
+
     # ----------------------------------------------------------------------------------------
     # Planning
     def _plan(self, image, features, out_hw, max_memory, tile_size) -> _Plan:

@@ -1,0 +1,37 @@
+"""``anyup weights``: list, fetch and verify checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from anyup.weights import available_weights, resolve_weights, sha256_file
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list, download or verify AnyUp checkpoints")
+    p.add_argument("action", choices=["list", "fetch", "verify"], help="what to do")
+    p.add_argument("names", nargs="*", help="registered names (default: all)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    specs = available_weights()
+    names = args.names or sorted(specs)
+    for n in names:
+        if n not in specs:
+            raise ValueError(f"unknown weights {n!r}; registered: {sorted(specs)}")
+    if args.action == "list":
+        sys.stdout.write(f"{'name':<24} {'licence':<28} description\n")
+        for n in names:
+            s = specs[n]
+            sys.stdout.write(f"{n:<24} {s.licence:<28} {s.description}\n")
+        return 0
+    bad = 0
+    for n in names:
+        path = resolve_weights(n, download=args.action == "fetch")
+        digest = sha256_file(path)
+        ok = digest == specs[n].sha256
+        bad += not ok
+        sys.stdout.write(f"{n}: {path} sha256 {'OK' if ok else 'MISMATCH ' + digest}\n")
+    return 1 if bad else 0
