@@ -37,7 +37,8 @@ from anyup.layers import (
     RoPE2d,
     StreamedGroupNorm,
     WindowCrossAttention,
-    adaptive_avg_pool_1d,
+    adaptive_avg_pool_2d,
+    dense_window_attention,
     group_norm,
     pixel_coordinates,
     pool_ranges,
@@ -60,7 +61,10 @@ class AnyUpConfig:
     window_ratio: float = 0.1  # half-width r of the attention window, as a fraction of the image side
     # Run-time only (not part of the weights):
     max_memory: int | None = None  # working-memory cap in bytes; None = automatic (see default_max_memory)
-    tile_size: int | None = None  # side of a query tile in output pixels; None = largest under the cap
+    tile_size: int | None = None  # side of a query tile in output pixels; None = about one window, under the cap
+    # Channels-last full-resolution encoders: ~2x faster 1x1 convolutions on CPU, but float32
+    # rounding then differs from the reference's by up to ~2e-4 (both are that far from float64).
+    channels_last: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -248,6 +252,22 @@ class AnyUp(nn.Module):
             maps.append(wts.view(b, h, w))
         return torch.stack(maps, dim=1)
 
+    def forward_dense(
+        self, image: torch.Tensor, features: torch.Tensor, output_size: Sequence[int] | int | None = None
+    ) -> torch.Tensor:
+        """The reference's computation: whole-image encoders and a dense ``(H'*W', h*w)`` mask.
+
+        Same result as :meth:`forward` but memory ``O(H'*W'*h*w)``: kept only as the baseline
+        for tests and ``benchmarks/``. Do not use it for real work.
+        """
+        check_image_and_features(image, features)
+        size = check_size(output_size, "output_size", tuple(image.shape[-2:]))
+        plan = _Plan(streamed=False, band_rows=image.shape[-2], tile=max(size))
+        image = image.to(features.dtype)
+        keys = self._keys(image, features, plan)  # (B, D, h, w)
+        q = self._queries_rows(image, size, 0, size[0], plan)  # (B, D, H', W')
+        return dense_window_attention(self.cross_decode.cross_attn, q, keys, features, self.window_ratio)
+
     def save_pretrained(self, folder: str, push_to_hub: str | None = None):
         """Write ``config.json`` + ``model.safetensors`` (see :mod:`anyup.hf`)."""
         from anyup.hf import save_pretrained
@@ -278,10 +298,13 @@ class AnyUp(nn.Module):
         band_rows = max(1, min(hi, (cap // 2) // max(1, wi * px_bytes)))
         tile = tile_size if tile_size is not None else self.config.tile_size
         if tile is None:
+            # Speed: a tile about one window wide keeps the reachable key rectangle close to the
+            # window itself (cost ~ (2r + t/H')^2 h w per query) while tiles stay few. Memory: shrink
+            # further until the tile's attention (+ its query band when streamed) fits the budget.
             budget = cap // 2 if streamed else cap
             r = self.window_ratio
-            tile = max(hq, wq)
-            while tile > 8:
+            tile = max(16, math.ceil(r * max(hq, wq)))
+            while tile > 1:
                 th, tw = min(tile, hq), min(tile, wq)
                 nk = (math.ceil((2 * r + th / hq) * h) + 2) * (math.ceil((2 * r + tw / wq) * w) + 2)
                 nk = min(nk, h * w)
@@ -290,7 +313,7 @@ class AnyUp(nn.Module):
                     need += math.ceil(th * hi / hq + 3) * wi * px_bytes
                 if need <= budget:
                     break
-                tile = max(8, tile // 2)
+                tile = max(1, tile // 2)
         elif tile < 1:
             raise ValueError(f"tile_size must be >= 1, got {tile}")
         logger.debug("plan: streamed=%s band_rows=%d tile=%d cap=%d", streamed, band_rows, tile, cap)
@@ -300,6 +323,8 @@ class AnyUp(nn.Module):
     # Full-resolution per-pixel pipeline
     def _encode(self, image_rows: torch.Tensor, y0: int, height: int, norm: NormFn) -> torch.Tensor:
         """Image rows ``[y0, y0+n)`` of an image of ``height`` rows -> RoPE'd encoding (B, D, n, W)."""
+        if self.config.channels_last:  # faster 1x1 convs (GEMMs); rounding differs from the reference
+            image_rows = image_rows.contiguous(memory_format=torch.channels_last)
         e = self.image_encoder(image_rows, norm)  # (B, D, n, W)
         ys = pixel_coordinates(height, e.device)[y0 : y0 + e.shape[-2]]
         xs = pixel_coordinates(e.shape[-1], e.device)
@@ -325,8 +350,7 @@ class AnyUp(nn.Module):
         hi, wi = image.shape[-2:]
         if not plan.streamed:
             kimg = self.key_encoder(self._encode(image, 0, hi, group_norm), group_norm)  # (B, D, H, W)
-            kimg = adaptive_avg_pool_1d(kimg, 2, hi, h)  # (B, D, h, W)
-            kimg = adaptive_avg_pool_1d(kimg, 3, wi, w)  # (B, D, h, w)
+            kimg = adaptive_avg_pool_2d(kimg, (hi, wi), (h, w))  # (B, D, h, w)
         else:
             norm = self._collect_stats(image, plan, self.key_encoder)
             starts, ends = pool_ranges(hi, h)
@@ -337,8 +361,7 @@ class AnyUp(nn.Module):
                 l1 = min(h, l0 + cells)
                 s, e = starts[l0], ends[l1 - 1]
                 k = self.key_encoder(self._encode(image[:, :, s:e], s, hi, norm), norm)  # (B, D, n, W)
-                k = adaptive_avg_pool_1d(k, 2, hi, h, l0, l1, offset=s)  # (B, D, l1-l0, W)
-                parts.append(adaptive_avg_pool_1d(k, 3, wi, w))  # (B, D, l1-l0, w)
+                parts.append(adaptive_avg_pool_2d(k, (hi, wi), (h, w), (l0, l1), s))  # (B, D, l1-l0, w)
             kimg = torch.cat(parts, dim=2)
         feats_n = F.normalize(features.to(acc_dtype(features)), dim=1).to(features.dtype)  # L2 over channels
         kfeat = self.key_features_encoder(feats_n, group_norm)  # (B, D, h, w)
@@ -353,7 +376,7 @@ class AnyUp(nn.Module):
             q = plan.extras.get("q_full")
             if q is None:
                 q = self.query_encoder(self._encode(image, 0, hi, group_norm), group_norm)  # (B, D, H, W)
-                q = adaptive_avg_pool_1d(adaptive_avg_pool_1d(q, 2, hi, hq), 3, wi, wq)  # (B, D, H', W')
+                q = adaptive_avg_pool_2d(q, (hi, wi), (hq, wq))  # (B, D, H', W')
                 plan.extras["q_full"] = q
             q = q[:, :, a:z]
         else:
@@ -364,8 +387,7 @@ class AnyUp(nn.Module):
             starts, ends = pool_ranges(hi, hq)
             s, e = starts[a], ends[z - 1]
             q = self.query_encoder(self._encode(image[:, :, s:e], s, hi, norm), norm)  # (B, D, n, W)
-            q = adaptive_avg_pool_1d(q, 2, hi, hq, a, z, offset=s)  # (B, D, z-a, W)
-            q = adaptive_avg_pool_1d(q, 3, wi, wq)  # (B, D, z-a, W')
+            q = adaptive_avg_pool_2d(q, (hi, wi), (hq, wq), (a, z), s)  # (B, D, z-a, W')
         q = F.pad(q, (1, 1, 1 if i0 == 0 else 0, 1 if i1 == hq else 0))  # zero padding at the borders only
         return F.conv2d(q, self.cross_decode.conv2d.weight.to(q.dtype))  # (B, D, i1-i0, W')
 

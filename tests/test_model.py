@@ -8,7 +8,7 @@ import torch
 
 import anyup
 from anyup import AnyUp, AnyUpConfig
-from anyup.layers import dense_window_attention, window_bounds
+from anyup.layers import window_bounds
 
 
 def _inputs(b=1, c=6, hw=(23, 31), low=(4, 5), seed=0, dtype=torch.float32):
@@ -59,19 +59,11 @@ def test_parity_holds_when_streamed_and_tiled(golden_file):
 
 # ------------------------------------------------------------------------------------------------
 # Properties of the method
-def _dense_reference(m: AnyUp, image, feats, size):
-    """Reference semantics: whole-image encoders and a dense (H'*W', h*w) mask."""
-    plan = m._plan(image, feats, size, 1 << 40, None)
-    keys = m._keys(image, feats, plan)
-    q = m._queries_rows(image, size, 0, size[0], plan)
-    return dense_window_attention(m.cross_decode.cross_attn, q, keys, feats, m.window_ratio)
-
-
 @pytest.mark.parametrize("size", [(23, 31), (9, 40), (3, 2), (50, 17)])
 def test_tiled_equals_dense_reference(model, size):
     image, feats = _inputs()
     with torch.no_grad():
-        ref = _dense_reference(model, image, feats, size)
+        ref = model.forward_dense(image, feats, size)
         for cap, tile in [(None, None), (1_000_000, 3), (10**9, 1), (10**9, 1000)]:
             out = model(image, feats, size, max_memory=cap, tile_size=tile)
             assert (out - ref).abs().max().item() <= 1e-5, (cap, tile)

@@ -3,7 +3,7 @@
 from anyup.layers.blocks import EncoderStack, EncoderStackSpec, PointwiseConv2d, ReflectConv2d, ResBlock
 from anyup.layers.feature_unification import FeatureUnification
 from anyup.layers.norms import StreamedGroupNorm, group_norm, rms_norm
-from anyup.layers.pooling import adaptive_avg_pool_1d, pool_ranges
+from anyup.layers.pooling import adaptive_avg_pool_2d, pool_ranges
 from anyup.layers.rope import RoPE2d, pixel_coordinates
 from anyup.layers.window_attention import (
     WindowCrossAttention,
@@ -22,7 +22,7 @@ __all__ = [
     "RoPE2d",
     "StreamedGroupNorm",
     "WindowCrossAttention",
-    "adaptive_avg_pool_1d",
+    "adaptive_avg_pool_2d",
     "dense_window_attention",
     "dense_window_mask",
     "group_norm",

@@ -1,9 +1,9 @@
 """Adaptive average pooling that can be evaluated on a band of rows.
 
 PyTorch's ``adaptive_avg_pool2d`` maps output index ``i`` of ``O`` to the input range
-``[floor(i*L/O), ceil((i+1)*L/O))``. The helpers below use the same ranges but only gather the
-rows (or columns) each output needs, so an output band can be produced from the matching input
-band alone, for down- and up-sampling alike.
+``[floor(i*L/O), ceil((i+1)*L/O))``. :func:`adaptive_avg_pool_1d` uses the same ranges along one
+axis, expressed as a small ``(O, L)`` averaging matrix, so an output band can be produced from
+the matching input band alone, for down- and up-sampling alike.
 """
 
 from __future__ import annotations
@@ -20,35 +20,45 @@ def pool_ranges(length: int, out: int) -> tuple[list[int], list[int]]:
     return starts, ends
 
 
-def adaptive_avg_pool_1d(
-    x: torch.Tensor, dim: int, length: int, out: int, out_start: int = 0, out_stop: int | None = None, offset: int = 0
+def pooling_matrix(
+    length: int, out: int, out_start: int, out_stop: int, offset: int, span: int, dtype, device
 ) -> torch.Tensor:
-    """Adaptive mean pooling along ``dim`` of a slice of a longer axis.
-
-    ``x`` holds input indices ``[offset, offset + x.shape[dim])`` of an axis of ``length``; the
-    result holds output cells ``[out_start, out_stop)`` of ``out`` cells. The slice must contain
-    every input index those cells cover. Sums are accumulated in float32.
-    """
-    out_stop = out if out_stop is None else out_stop
+    """Rows ``[out_start, out_stop)`` of the ``(out, length)`` averaging matrix, columns ``[offset, offset+span)``."""
     starts, ends = pool_ranges(length, out)
-    starts, ends = starts[out_start:out_stop], ends[out_start:out_stop]
-    if starts and (starts[0] < offset or ends[-1] > offset + x.shape[dim]):
+    st = torch.tensor(starts[out_start:out_stop], device=device).view(-1, 1) - offset
+    en = torch.tensor(ends[out_start:out_stop], device=device).view(-1, 1) - offset
+    if out_stop > out_start and (int(st.min()) < 0 or int(en.max()) > span):
         raise ValueError("adaptive_avg_pool_1d: the slice does not cover the requested output cells")
-    if length == out:  # identity
-        return x.narrow(dim, out_start - offset, out_stop - out_start)
-    dev = x.device
-    st = torch.tensor(starts, device=dev) - offset
-    en = torch.tensor(ends, device=dev) - offset
-    span = int((en - st).max().item())
-    total = None
-    for t in range(span):
-        idx = torch.minimum(st + t, en - 1)
-        w = (st + t < en).to(acc_dtype(x))
-        shape = [1] * x.ndim
-        shape[dim] = -1
-        term = x.index_select(dim, idx).to(acc_dtype(x)) * w.view(shape)
-        total = term if total is None else total + term
-    count = (en - st).to(acc_dtype(x))
-    shape = [1] * x.ndim
-    shape[dim] = -1
-    return (total / count.view(shape)).to(x.dtype)
+    idx = torch.arange(span, device=device).view(1, -1)
+    inside = (idx >= st) & (idx < en)  # (n_out, span)
+    return inside.to(dtype) / (en - st).to(dtype)
+
+
+def adaptive_avg_pool_2d(
+    x: torch.Tensor,
+    in_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    rows: tuple[int, int] | None = None,
+    row_offset: int = 0,
+) -> torch.Tensor:
+    """``adaptive_avg_pool2d`` of a band of rows of a larger map.
+
+    ``x`` (B, C, n, W) holds rows ``[row_offset, row_offset + n)`` of a map of size ``in_hw``;
+    returns output rows ``rows = (start, stop)`` (default all) of the pooled ``out_hw`` map,
+    (B, C, stop - start, W'). The band must contain every input row those outputs cover.
+    Works on a channels-last view (two small matmuls), accumulates in float32 (float64 stays).
+    """
+    (hi, wi), (ho, wo) = in_hw, out_hw
+    r0, r1 = rows if rows is not None else (0, ho)
+    b, c, n, w = x.shape
+    acc = acc_dtype(x)
+    xl = x.permute(0, 2, 3, 1)  # (B, n, W, C); free for channels-last input
+    if hi == ho:
+        xl = xl[:, r0 - row_offset : r1 - row_offset]
+    else:
+        ph = pooling_matrix(hi, ho, r0, r1, row_offset, n, acc, x.device)  # (r1-r0, n)
+        xl = torch.matmul(ph, xl.to(acc).reshape(b, n, w * c)).view(b, r1 - r0, w, c)  # (B, r, W, C)
+    if wi != wo:
+        pw = pooling_matrix(wi, wo, 0, wo, 0, wi, acc, x.device)  # (W', W)
+        xl = torch.matmul(pw, xl.to(acc).reshape(b * (r1 - r0), w, c)).view(b, r1 - r0, wo, c)  # (B, r, W', C)
+    return xl.to(x.dtype).permute(0, 3, 1, 2)  # (B, C, r, W'), channels-last strides
