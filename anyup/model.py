@@ -408,6 +408,7 @@ class AnyUp(nn.Module):
         for i0 in range(0, hq, t):
             i1 = min(hq, i0 + t)
             q = self._queries_rows(image, out_hw, i0, i1, plan)  # (B, D, th, W')
+            qh_band = attn.project_queries(q).view(b, nh, i1 - i0, wq, hd)  # (B, nh, th, W', hd)
             ra, rb = int(r0[i0]), int(r1[i1 - 1])
             row_ok = (rows[ra:rb] >= r0[i0:i1, None]) & (rows[ra:rb] < r1[i0:i1, None])  # (th, nr)
             for j0 in range(0, wq, t):
@@ -415,7 +416,7 @@ class AnyUp(nn.Module):
                 ca, cb = int(c0[j0]), int(c1[j1 - 1])
                 col_ok = (cols[ca:cb] >= c0[j0:j1, None]) & (cols[ca:cb] < c1[j0:j1, None])  # (tw, nc)
                 mask = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape((i1 - i0) * (j1 - j0), -1)
-                qh = attn.project_queries(q[..., j0:j1])  # (B, nh, th*tw, hd)
+                qh = qh_band[:, :, :, j0:j1].reshape(b, nh, -1, hd)  # (B, nh, th*tw, hd)
                 k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)  # (B, nh, nr*nc, hd)
                 v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)  # (B, nr*nc, C)
                 o = attn.attend(qh, k_sub, mask, v_sub)  # (B, th*tw, C)
