@@ -330,19 +330,32 @@ class AnyUp(nn.Module):
         xs = pixel_coordinates(e.shape[-1], e.device)
         return self.rope(e, ys, xs)
 
-    def _collect_stats(self, image: torch.Tensor, plan: _Plan, branch: EncoderStack) -> StreamedGroupNorm:
-        """Gather GroupNorm statistics of image encoder + ``branch`` over row bands (streamed plan)."""
-        norm = plan.extras.setdefault("norm", StreamedGroupNorm())
+    def _collect_stats(self, image: torch.Tensor, plan: _Plan) -> StreamedGroupNorm:
+        """GroupNorm statistics of the image encoder and both branches, over row bands.
+
+        Each pass recomputes every band up to the first GroupNorm still unknown in each branch
+        (key and query branches collect in the same pass): 8 passes for the default architecture.
+        """
+        norm = plan.extras.get("norm")
+        if norm is not None:
+            return norm
+        norm = plan.extras["norm"] = StreamedGroupNorm()
         hi = image.shape[-2]
-        while True:
+        stacks = (self.image_encoder, self.key_encoder, self.query_encoder)
+        n_norms = sum(isinstance(m, nn.GroupNorm) for s in stacks for m in s.modules())
+        while norm.num_known < n_norms:
             for y0 in range(0, hi, plan.band_rows):
                 try:
-                    branch(self._encode(image[:, :, y0 : y0 + plan.band_rows], y0, hi, norm), norm)
+                    e = self._encode(image[:, :, y0 : y0 + plan.band_rows], y0, hi, norm)
                 except _StopPass:
                     continue
-            if not norm.collecting:
-                return norm
+                for branch in (self.key_encoder, self.query_encoder):
+                    try:
+                        branch(e, norm)
+                    except _StopPass:
+                        pass
             norm.finish_pass()
+        return norm
 
     def _keys(self, image: torch.Tensor, features: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """Keys at the feature resolution: (B, D, h, w)."""
@@ -352,7 +365,7 @@ class AnyUp(nn.Module):
             kimg = self.key_encoder(self._encode(image, 0, hi, group_norm), group_norm)  # (B, D, H, W)
             kimg = adaptive_avg_pool_2d(kimg, (hi, wi), (h, w))  # (B, D, h, w)
         else:
-            norm = self._collect_stats(image, plan, self.key_encoder)
+            norm = self._collect_stats(image, plan)
             starts, ends = pool_ranges(hi, h)
             rows_per_cell = max(1, math.ceil(hi / h))
             cells = max(1, plan.band_rows // (rows_per_cell + 1))
@@ -380,10 +393,7 @@ class AnyUp(nn.Module):
                 plan.extras["q_full"] = q
             q = q[:, :, a:z]
         else:
-            norm = plan.extras.get("norm")
-            if norm is None or "q_stats" not in plan.extras:
-                norm = self._collect_stats(image, plan, self.query_encoder)
-                plan.extras["q_stats"] = True
+            norm = self._collect_stats(image, plan)
             starts, ends = pool_ranges(hi, hq)
             s, e = starts[a], ends[z - 1]
             q = self.query_encoder(self._encode(image[:, :, s:e], s, hi, norm), norm)  # (B, D, n, W)

@@ -48,55 +48,51 @@ class StreamedGroupNorm:
     """GroupNorm statistics accumulated over tiles of one large map, then applied tile-wise.
 
     Usage: run the per-pixel pipeline over all tiles with this object as the norm provider. The
-    first GroupNorm whose statistics are unknown accumulates the tile's sums and stops the tile
-    (``_StopPass``); after the pass :meth:`finish_pass` freezes them. Repeat until
-    :attr:`complete`. Every later call applies the frozen statistics, so tiles of any size give
-    the result of the one-shot GroupNorm (up to float rounding).
+    first GroupNorm of a branch whose statistics are unknown accumulates the tile's sums and stops
+    that branch (``_StopPass``); several branches may collect in the same pass. After the pass
+    :meth:`finish_pass` freezes the sums. Repeat until nothing is collected. Every later call
+    applies the frozen statistics, so tiles of any size give the one-shot GroupNorm's result (up to
+    float rounding; sums are accumulated in float64).
     """
 
     def __init__(self) -> None:
         self._stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._target: int | None = None
-        self._sum: torch.Tensor | None = None
-        self._sumsq: torch.Tensor | None = None
-        self._count = 0
-        self._gn: nn.GroupNorm | None = None
+        # id(gn) -> [gn, sum (B, G), sum of squares (B, G), count]
+        self._pending: dict[int, list] = {}
 
     @property
     def collecting(self) -> bool:
-        return self._target is not None
+        return bool(self._pending)
+
+    @property
+    def num_known(self) -> int:
+        """How many GroupNorms have frozen statistics."""
+        return len(self._stats)
 
     def __call__(self, gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         key = id(gn)
         if key in self._stats:
-            mean, rstd = self._stats[key]  # (B, G) each, float32
+            mean, rstd = self._stats[key]  # (B, G) each, float64
             b, c = x.shape[:2]
             g = gn.num_groups
             xg = x.to(acc_dtype(x)).reshape(b, g, c // g, -1)  # (B, G, C/G, N)
             x_hat = (xg - mean.to(xg.dtype).view(b, g, 1, 1)) * rstd.to(xg.dtype).view(b, g, 1, 1)
             return _affine(gn, x_hat.reshape(x.shape)).to(x.dtype)
-        if self._target is None:
-            self._target, self._gn = key, gn
-        if key != self._target:
-            raise RuntimeError("StreamedGroupNorm: a second unknown GroupNorm was reached in one pass")
-        b, c = x.shape[:2]
+        b = x.shape[0]
         xg = x.double().reshape(b, gn.num_groups, -1)  # (B, G, C/G * N)
-        s, sq = xg.sum(-1), (xg * xg).sum(-1)
-        self._sum = s if self._sum is None else self._sum + s
-        self._sumsq = sq if self._sumsq is None else self._sumsq + sq
-        self._count += xg.shape[-1]
+        entry = self._pending.setdefault(key, [gn, 0.0, 0.0, 0])
+        entry[1] = entry[1] + xg.sum(-1)
+        entry[2] = entry[2] + (xg * xg).sum(-1)
+        entry[3] += xg.shape[-1]
         raise _StopPass
 
     def finish_pass(self) -> None:
         """Freeze the statistics collected in the pass that just ended."""
-        if self._target is None:
-            return
-        assert self._sum is not None and self._sumsq is not None and self._gn is not None
-        mean = self._sum / self._count
-        var = (self._sumsq / self._count - mean * mean).clamp_min(0.0)
-        rstd = torch.rsqrt(var + self._gn.eps)
-        self._stats[self._target] = (mean, rstd)  # float64
-        self._target, self._gn, self._sum, self._sumsq, self._count = None, None, None, None, 0
+        for key, (gn, s, sq, count) in self._pending.items():
+            mean = s / count
+            var = (sq / count - mean * mean).clamp_min(0.0)
+            self._stats[key] = (mean, torch.rsqrt(var + gn.eps))
+        self._pending.clear()
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | None, dim: int = 1) -> torch.Tensor:
