@@ -93,7 +93,7 @@ def _pil_to_tensor(im: "PIL.Image.Image") -> torch.Tensor:  # noqa: F821
         background = Image.new("RGB", im.size, (255, 255, 255))
         background.paste(im, mask=im.getchannel("A"))
         im = background
-    return _array_to_tensor(np.asarray(im.convert("RGB")))
+    return _array_to_tensor(np.array(im.convert("RGB")))
 
 
 def _array_to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -35,7 +35,7 @@ def _affine(gn: nn.GroupNorm, x_hat: torch.Tensor) -> torch.Tensor:
 def group_norm(gn: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     """``gn(x)`` with statistics computed in float32; returns ``x.dtype``. x: (B, C, ...)."""
     if x.dtype in (torch.float32, torch.float64):
-        return F.group_norm(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
+        return F.group_norm(x, gn.num_groups, gn.weight.to(x.dtype), gn.bias.to(x.dtype), gn.eps)
     out = F.group_norm(x.float(), gn.num_groups, gn.weight.float(), gn.bias.float(), gn.eps)
     return out.to(x.dtype)
 
