@@ -1,0 +1,126 @@
+"""Evaluation datasets behind one registry.
+
+>>> from anyup.eval import datasets
+>>> ds = datasets.create("photos", config={"size": 224, "limit": 2})
+>>> item = ds[0]; item["image"].shape, ds.tasks
+(torch.Size([3, 224, 224]), ())
+
+``create(name, root=None, split="val", config=None)`` returns a ``torch.utils.data.Dataset``
+whose items are dicts (``image`` (3, H, W) float in [0, 1], and per task ``seg`` / ``depth`` /
+``normals`` with their ``*_valid`` masks, plus ``name``; see :mod:`anyup.eval.datasets.base`).
+Dataset objects expose ``tasks``, ``num_classes``, ``ignore_index``, ``class_names`` and
+``depth_metric``. ``config`` is the dataset's config dataclass, a dict of overrides or None; every
+config has ``size`` (short side, then centre crop when ``crop``) and ``limit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from anyup.eval.datasets.base import (
+    IGNORE_INDEX,
+    TASKS,
+    DatasetConfig,
+    DenseDataset,
+    add_valid_masks,
+    resize_sample,
+)
+from anyup.eval.datasets.fidelity import fidelity_pair
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TASKS",
+    "DatasetConfig",
+    "DatasetSpec",
+    "DenseDataset",
+    "add_valid_masks",
+    "create",
+    "fidelity_pair",
+    "get_spec",
+    "list_datasets",
+    "register",
+    "resize_sample",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registry entry."""
+
+    name: str
+    description: str  # one line: what it is and where its files come from
+    config_cls: type  # dataclass subclassing DatasetConfig
+    build: Callable[[str | None, str, Any], DenseDataset]  # (root, split, config) -> dataset
+    tasks: tuple[str, ...]
+    needs_root: bool  # True: files must be given with root=...; False: offline / generated
+    splits: tuple[str, ...] = ("train", "val")
+    layout: str = ""  # expected folder layout under root (for error messages and the README)
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to the registry (names are unique)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"dataset {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`create`."""
+    _populate()
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name`` (ValueError listing valid names if unknown)."""
+    _populate()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def make_config(name: str, config: Any = None) -> Any:
+    """Turn ``None`` / a dict of overrides / a config instance into ``name``'s config dataclass."""
+    cls = get_spec(name).config_cls
+    if config is None:
+        return cls()
+    if isinstance(config, cls):
+        return config
+    if isinstance(config, dict):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown} for dataset {name!r}; allowed: {sorted(fields)}")
+        return cls(**config)
+    raise TypeError(f"config for {name!r} must be None, a dict or {cls.__name__}, got {type(config).__name__}")
+
+
+def create(name: str, root: str | None = None, split: str = "val", config: Any = None) -> DenseDataset:
+    """Build dataset ``name`` for ``split`` (``"train"`` or ``"val"``) from files under ``root``.
+
+    Datasets with ``needs_root`` raise ``ValueError`` without ``root`` and ``FileNotFoundError``
+    naming the expected path when the layout is missing; offline datasets ignore ``root``.
+    """
+    spec = get_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"dataset {name!r} has splits {list(spec.splits)}, got split={split!r}")
+    if spec.needs_root and root is None:
+        raise ValueError(f"dataset {name!r} needs root=<folder> holding {spec.layout}")
+    ds = spec.build(root, split, make_config(name, config))
+    return ds
+
+
+_POPULATED = False
+
+
+def _populate() -> None:
+    global _POPULATED
+    if _POPULATED:
+        return
+    _POPULATED = True
+    from anyup.eval.datasets import registry  # noqa: F401  (registers on import)
