@@ -1,0 +1,34 @@
+"""Frozen vision encoders that produce the low-resolution features AnyUp upsamples.
+
+One registry, name -> builder (see :mod:`anyup.encoders.registry`):
+
+>>> from anyup import encoders
+>>> enc = encoders.create("efficientnet_lite0")            # doctest: +SKIP
+>>> enc.info.stride, enc.info.channels                      # doctest: +SKIP
+(16, 112)
+>>> feats = enc(torch.rand(1, 3, 224, 224))                 # (1, 112, 14, 14)  # doctest: +SKIP
+
+Every encoder takes RGB ``(B, 3, H, W)`` in ``[0, 1]`` (it applies its own normalisation) with H, W
+multiples of ``enc.info.multiple``, and returns ``(B, C, H // stride, W // stride)``.
+Heavy dependencies (timm, torchvision, h5py, the weight packages) are imported only when an
+encoder is built.
+"""
+
+from __future__ import annotations
+
+from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
+from anyup.encoders.registry import EncoderSpec, create, get_spec, list_encoders, register
+
+# Importing these modules registers their encoders (they import nothing heavy at module level).
+from anyup.encoders import efficientnet, timm_models, vgg  # noqa: F401  isort:skip
+
+__all__ = [
+    "Encoder",
+    "EncoderInfo",
+    "EncoderSpec",
+    "LayerInfo",
+    "create",
+    "get_spec",
+    "list_encoders",
+    "register",
+]

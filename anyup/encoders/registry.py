@@ -1,0 +1,191 @@
+"""The encoder registry: one name -> one :class:`EncoderSpec` (metadata + builder).
+
+Builders receive the resolved request (layers, weights file, pretrained flag) and return an
+:class:`~anyup.encoders.base.Encoder`; :func:`create` freezes it and moves it to the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
+
+logger = logging.getLogger(__name__)
+
+LayerArg = None | str | int | Sequence[str | int]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What :func:`create` asks a builder for."""
+
+    spec: EncoderSpec
+    layers: tuple[LayerInfo, ...]
+    return_list: bool
+    weights: Path | None  # a local weights file, or None (hub / bundled package / random init)
+    pretrained: bool
+
+    def info(self, weights: str) -> EncoderInfo:
+        """The :class:`EncoderInfo` of the encoder being built; ``weights`` says where they came from."""
+        first = self.layers[0]
+        return EncoderInfo(
+            name=self.spec.name,
+            family=self.spec.family,
+            stride=first.stride,
+            channels=first.channels,
+            multiple=self.spec.multiple_for(self.layers),
+            layers=self.layers,
+            mean=self.spec.mean,
+            std=self.spec.std,
+            weights=weights,
+        )
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A registered encoder: what it returns and how to build it."""
+
+    name: str
+    family: str  # e.g. "dinov2", "clip", "resnet"; the stress test counts families
+    builder: Callable[[BuildRequest], Encoder]
+    layers: tuple[LayerInfo, ...]  # every selectable output, shallow to deep
+    default_layer: str
+    mean: tuple[float, float, float]  # input normalisation (RGB, on [0, 1] values)
+    std: tuple[float, float, float]
+    weights_source: str  # where pretrained weights come from, for humans
+    offline: bool  # True when real weights ship in an installable package (no hub needed)
+    patch_size: int | None = None  # ViTs: input multiple regardless of the layer
+    block_prefix: str | None = None  # ViTs: integer layer i means f"{block_prefix}{i}"
+    description: str = ""
+    extra: dict = field(default_factory=dict, compare=False)  # builder-specific settings
+
+    @property
+    def default(self) -> LayerInfo:
+        return self.layer(self.default_layer)
+
+    def layer(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(
+            f"encoder {self.name!r} has no layer {name!r}; available: {', '.join(l.name for l in self.layers)}"
+        )
+
+    def multiple_for(self, layers: Sequence[LayerInfo]) -> int:
+        """Input-size multiple that makes every requested map exactly ``H // stride``."""
+        if self.patch_size is not None:
+            return self.patch_size
+        return max(layer.stride for layer in layers)
+
+    def resolve_layers(self, layers: LayerArg) -> tuple[tuple[LayerInfo, ...], bool]:
+        """Requested layers -> (layer infos, whether to return a list)."""
+        if layers is None:
+            return (self.default,), False
+        if isinstance(layers, (str, int)) and not isinstance(layers, bool):
+            return (self._one(layers),), False
+        items = list(layers)
+        if not items:
+            raise ValueError(f"layers must name at least one layer of {self.name!r}, got an empty list")
+        return tuple(self._one(x) for x in items), True
+
+    def _one(self, layer: str | int) -> LayerInfo:
+        if isinstance(layer, bool) or not isinstance(layer, (str, int)):
+            raise TypeError(f"a layer is a name or an int, got {layer!r}")
+        if isinstance(layer, str) and layer.lstrip("-").isdigit():
+            layer = int(layer)
+        if isinstance(layer, int):
+            if self.block_prefix is not None:
+                blocks = [l for l in self.layers if l.name.startswith(self.block_prefix)]
+                if not -len(blocks) <= layer < len(blocks):
+                    raise ValueError(f"block index {layer} out of range for {self.name!r} ({len(blocks)} blocks)")
+                return blocks[layer]
+            if not -len(self.layers) <= layer < len(self.layers):
+                raise ValueError(f"layer index {layer} out of range for {self.name!r} ({len(self.layers)} layers)")
+            return self.layers[layer]
+        return self.layer(layer)
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register(spec: EncoderSpec) -> EncoderSpec:
+    """Add an encoder to the registry (names are unique)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"encoder {spec.name!r} is already registered")
+    if spec.default_layer not in {l.name for l in spec.layers}:
+        raise ValueError(f"default layer {spec.default_layer!r} of {spec.name!r} is not one of its layers")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_encoders(family: str | None = None, offline_only: bool = False) -> list[str]:
+    """Registered encoder names (sorted), optionally of one family / with offline weights only."""
+    return sorted(
+        n for n, s in _REGISTRY.items() if (family is None or s.family == family) and (not offline_only or s.offline)
+    )
+
+
+def get_spec(name: str) -> EncoderSpec:
+    """The :class:`EncoderSpec` registered under ``name``."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
+    return _REGISTRY[name]
+
+
+def create(
+    name: str,
+    weights: str | os.PathLike | None = None,
+    pretrained: bool = True,
+    layers: LayerArg = None,
+    device: str | torch.device = "cpu",
+) -> Encoder:
+    """Build a frozen, eval-mode encoder.
+
+    Args:
+        name: a name from :func:`list_encoders`.
+        weights: a local weights file. Without it, pretrained weights come from the hub (timm
+            models; fails with instructions when offline) or from their installed package
+            (``efficientnet_lite0``, ``vgg16_bn_craft``, ``vgg16_hed``).
+        pretrained: ``False`` builds a random-init encoder (``weights`` must then be None).
+        layers: ``None`` (the default layer), a layer name, an int (ViT block index / stage index),
+            or a list of those; a list makes the encoder return a list of maps.
+        device: where to put the encoder.
+
+    Returns:
+        An :class:`Encoder`: ``enc(image)`` with image (B, 3, H, W) in [0, 1] gives (B, C, h, w).
+
+    Example:
+        >>> enc = create("efficientnet_lite0")                       # doctest: +SKIP
+        >>> enc(torch.rand(1, 3, 224, 320)).shape                    # doctest: +SKIP
+        torch.Size([1, 112, 14, 20])
+    """
+    spec = get_spec(name)
+    selected, return_list = spec.resolve_layers(layers)
+    path = None
+    if weights is not None:
+        if not pretrained:
+            raise ValueError("pass either weights=PATH or pretrained=False, not both")
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file for encoder {name!r} not found: {str(path)!r}")
+    request = BuildRequest(spec=spec, layers=selected, return_list=return_list, weights=path, pretrained=pretrained)
+    encoder = spec.builder(request)
+    logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
+    return encoder.freeze().to(device)
+
+
+def offline_error(name: str, source: str, err: BaseException) -> RuntimeError:
+    """The error raised when pretrained weights cannot be fetched: says exactly how to pass a file."""
+    return RuntimeError(
+        f"could not fetch the pretrained weights of encoder {name!r} from {source} "
+        f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+        f"Offline? Download the weights file elsewhere and pass it: on the command line "
+        f"`--encoder {name} --weights PATH`, in Python `anyup.encoders.create({name!r}, weights=PATH)`; "
+        f"or use pretrained=False for a random-init encoder."
+    )

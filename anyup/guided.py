@@ -1,0 +1,204 @@
+"""Upsample signals other than encoder features, guided by an image: masks, logits, depth.
+
+AnyUp takes any number of channels and returns convex combinations of the input vectors, so the
+same weights upsample a low-resolution label map (one-hot in, argmax out), class logits or
+probabilities, or a depth map (one channel), with edges that follow the image.
+
+>>> from anyup.guided import upsample_signal
+>>> labels = upsample_signal("photo.jpg", lowres_labels, kind="mask")     # (H, W) int64  # doctest: +SKIP
+>>> depth = upsample_signal("photo.jpg", lowres_depth, kind="depth")      # (H, W) float  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anyup.image import ImageLike, imagenet_normalize, load_image
+
+KINDS = ("auto", "mask", "logits", "depth")
+MAX_MASK_LABELS = 4096  # one-hot channels; more distinct labels is almost surely not a label map
+
+
+def _infer_kind(signal: torch.Tensor) -> str:
+    if not signal.is_floating_point():
+        return "mask"
+    return "depth" if signal.ndim == 2 else "logits"
+
+
+def _to_bchw(signal: torch.Tensor, kind: str) -> tuple[torch.Tensor, int]:
+    """Signal -> (B, C, h, w) plus its original number of dims (to give the result the same rank)."""
+    nd = signal.ndim
+    if kind == "mask":
+        if nd == 2:
+            return signal[None, None], nd  # (1, 1, h, w)
+        if nd == 3:
+            return signal[:, None], nd  # (B, 1, h, w)
+        if nd == 4 and signal.shape[1] == 1:
+            return signal, nd
+        raise ValueError(
+            f"a mask must be an integer label map (h, w), (B, h, w) or (B, 1, h, w); got {tuple(signal.shape)}"
+        )
+    if kind == "depth":
+        if nd == 2:
+            return signal[None, None], nd
+        if nd == 3 and signal.shape[0] == 1:
+            return signal[None], nd  # (1, 1, h, w)
+        if nd == 4 and signal.shape[1] == 1:
+            return signal, nd
+        raise ValueError(f"depth must be (h, w), (1, h, w) or (B, 1, h, w); got {tuple(signal.shape)}")
+    if nd == 2:
+        return signal[None, None], nd
+    if nd == 3:
+        return signal[None], nd  # (1, C, h, w)
+    if nd == 4:
+        return signal, nd
+    raise ValueError(f"{kind} must be (h, w), (C, h, w) or (B, C, h, w); got {tuple(signal.shape)}")
+
+
+def _from_bchw(x: torch.Tensor, nd: int, kind: str) -> torch.Tensor:
+    if kind == "mask":  # x is (B, H, W) labels
+        return {2: x[0], 3: x, 4: x[:, None]}[nd]
+    return {2: x[0, 0], 3: x[0], 4: x}[nd]
+
+
+def upsample_signal(
+    image: ImageLike,
+    signal: torch.Tensor | np.ndarray,
+    output_size: Sequence[int] | int | None = None,
+    model="anyup_multi_backbone",
+    kind: str = "auto",
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Upsample ``signal`` to ``output_size`` guided by ``image``.
+
+    Args:
+        image: the guidance image (path, PIL, array or tensor; see :func:`anyup.image.load_image`).
+        signal: the low-resolution signal, same batch as the image (B = 1 for one image):
+            ``"mask"``: integer labels (h, w) / (B, h, w) / (B, 1, h, w) — upsampled as one-hot
+            channels, returned as the argmax label (the original label values, int64);
+            ``"logits"``: (C, h, w) / (B, C, h, w) float (logits, probabilities, any features);
+            ``"depth"``: (h, w) / (1, h, w) / (B, 1, h, w) float;
+            ``"auto"``: integer dtype -> mask, 2-D float -> depth, else logits.
+        output_size: (H, W); default the image's size.
+        model: AnyUp weights name, file path or module.
+        device: where to run.
+
+    Returns:
+        The upsampled signal with the input's rank and (H, W) instead of (h, w): float32 for
+        logits/depth, int64 labels for masks. Every output value (vector) is a convex combination
+        of input values, so depth stays within the input's range.
+    """
+    from anyup._checks import check_size
+    from anyup.predictor import load_model, resize_image
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    sig = torch.as_tensor(np.asarray(signal) if isinstance(signal, np.ndarray) else signal).detach()
+    if sig.dtype == torch.bool:
+        sig = sig.to(torch.int64)
+    kind = _infer_kind(sig) if kind == "auto" else kind
+    if kind == "mask" and sig.is_floating_point():
+        if not torch.equal(sig, sig.round()):
+            raise ValueError("a mask must hold integer labels; got non-integer float values (use kind='logits')")
+        sig = sig.to(torch.int64)
+    if kind != "mask" and not sig.is_floating_point():
+        sig = sig.float()
+    x, nd = _to_bchw(sig, kind)
+    img = load_image(image)  # (3, H0, W0)
+    out_hw = check_size(output_size, "output_size", tuple(img.shape[-2:]))
+    net, _ = load_model(model, device)
+    dtype = next(net.parameters()).dtype
+    guide = imagenet_normalize(resize_image(img[None].to(device), out_hw)).to(dtype)  # (1, 3, H, W)
+    if x.shape[0] > 1:
+        guide = guide.expand(x.shape[0], -1, -1, -1)
+    with torch.no_grad():
+        if kind == "mask":
+            labels, index = torch.unique(x, return_inverse=True)  # index: (B, 1, h, w) in [0, K)
+            if labels.numel() > MAX_MASK_LABELS:
+                raise ValueError(f"mask has {labels.numel()} distinct labels (> {MAX_MASK_LABELS}); is it a label map?")
+            onehot = F.one_hot(index[:, 0], labels.numel()).permute(0, 3, 1, 2).to(dtype)  # (B, K, h, w)
+            up = net(guide, onehot.to(device), out_hw)  # (B, K, H, W)
+            result = labels.to(up.device)[up.argmax(dim=1)]  # (B, H, W)
+        else:
+            result = net(guide, x.to(device, dtype), out_hw).float()  # (B, C, H, W)
+    return _from_bchw(result, nd, kind)
+
+
+# --------------------------------------------------------------------------------------------
+# Files (used by `anyup upsample-signal`)
+def read_signal(path: str | os.PathLike, kind: str) -> np.ndarray:
+    """Read a signal from ``.npy``, ``.safetensors`` (tensor ``signal`` or the only one) or an image (masks, depth)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"signal file not found: {str(p)!r}")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        return np.load(p, allow_pickle=False)
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(p))
+        if "signal" in tensors:
+            return tensors["signal"].numpy()
+        if len(tensors) == 1:
+            return next(iter(tensors.values())).numpy()
+        raise ValueError(f"{str(p)!r} holds tensors {sorted(tensors)}; name the signal 'signal'")
+    if kind == "logits":
+        raise ValueError(f"logits are read from .npy or .safetensors, not {suffix!r}")
+    from PIL import Image
+
+    with Image.open(p) as im:
+        if im.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1", "F"):
+            raise ValueError(
+                f"a {kind} image must be single-channel (grey, palette or 16-bit); {str(p)!r} is {im.mode}"
+            )
+        arr = np.asarray(im)
+    if kind == "depth":
+        return arr.astype(np.float32)
+    return arr.astype(np.int64)
+
+
+def write_signal(array: np.ndarray, path: str | os.PathLike, kind: str, metadata: dict[str, str] | None = None) -> None:
+    """Write an upsampled signal atomically: ``.npy``, ``.safetensors`` or ``.png``.
+
+    PNG: masks as 8- or 16-bit label images; logits as the argmax label image; depth only when its
+    values are integers in [0, 65535] (e.g. millimetres), otherwise use ``.npy``/``.safetensors``.
+    """
+    from pathlib import Path
+
+    from anyup.viz.io import atomic_write
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        atomic_write(p, lambda tmp: np.save(tmp, array, allow_pickle=False))
+        return
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        atomic_write(p, lambda tmp: save_file({"signal": t}, tmp, metadata=metadata or {}))
+        return
+    if suffix != ".png":
+        raise ValueError(f"output must end in .npy, .safetensors or .png, got {str(p)!r}")
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if kind == "logits":
+        arr = arr.argmax(axis=0) if arr.ndim == 3 else arr.argmax(axis=1)[0] if arr.ndim == 4 else arr
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"only one (H, W) map fits a PNG; got shape {array.shape} (use .npy)")
+    if kind == "depth" and not np.array_equal(arr, np.round(arr)):
+        raise ValueError("float depth does not fit a PNG losslessly; write .npy or .safetensors")
+    if arr.min() < 0 or arr.max() > 65535:
+        raise ValueError(f"values {arr.min()}..{arr.max()} do not fit a 16-bit PNG; write .npy")
+    im = Image.fromarray(arr.astype(np.uint8)) if arr.max() < 256 else Image.fromarray(arr.astype(np.uint16))
+    atomic_write(p, lambda tmp: im.save(tmp, format="PNG"))

@@ -1,0 +1,342 @@
+"""One call from an image to upsampled features: encoder + AnyUp + preprocessing.
+
+Two tiers, as in segment-anything's predictor:
+
+* :func:`upsample` — one image in (path, PIL, numpy array or tensor), one :class:`UpsampleResult` out;
+* :class:`Upsampler` — keeps the encoder and AnyUp loaded; ``predict`` returns one result per
+  requested layer, ``predict_batch`` batches images that share a size.
+
+Preprocessing: the image is loaded as RGB in [0, 1] (EXIF orientation applied, grey/RGBA
+converted), resized keeping its aspect ratio so its short side is about ``input_size`` and both
+sides are multiples of the encoder's patch size / stride, and fed to the encoder (which applies
+its own normalisation). AnyUp is guided by the image resized to the output size and normalised
+with ImageNet mean/std.
+
+>>> from anyup.predictor import upsample                                     # doctest: +SKIP
+>>> res = upsample("photo.jpg", encoder="efficientnet_lite0")                 # doctest: +SKIP
+>>> res.lowres.shape, res.features.shape                                      # doctest: +SKIP
+(torch.Size([1, 112, 28, 42]), torch.Size([1, 112, 448, 672]))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from anyup.image import ImageLike, imagenet_normalize, load_image, resize_to_multiple
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENCODER = "efficientnet_lite0"
+DEFAULT_MODEL = "anyup_multi_backbone"
+DEFAULT_INPUT_SIZE = 448
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class UpsampleResult:
+    """Upsampled features of one image and one encoder layer."""
+
+    features: torch.Tensor  # (1, C, H, W) AnyUp output
+    lowres: torch.Tensor  # (1, C, h, w) encoder features
+    image: torch.Tensor  # (1, 3, H, W) RGB in [0, 1]: the guidance image at the output size
+    layer: str
+    encoder: str
+    model: str
+    input_size: tuple[int, int]  # (H, W) of the encoder input
+    original_size: tuple[int, int]  # (H, W) of the image as loaded
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. the source path
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return tuple(self.features.shape[-2:])  # type: ignore[return-value]
+
+    def bilinear(self) -> torch.Tensor:
+        """The low-res features resized bilinearly to the output size (the usual baseline): (1, C, H, W)."""
+        return F.interpolate(self.lowres.float(), size=self.output_size, mode="bilinear", align_corners=False)
+
+    def metadata(self) -> dict[str, str]:
+        from anyup import __version__
+
+        def hw(size) -> str:
+            return f"{size[0]}x{size[1]}"
+
+        return {
+            "encoder": self.encoder,
+            "layer": self.layer,
+            "model": self.model,
+            "original_size": hw(self.original_size),
+            "input_size": hw(self.input_size),
+            "lowres_size": hw(self.lowres.shape[-2:]),
+            "output_size": hw(self.output_size),
+            "channels": str(self.features.shape[1]),
+            "dtype": str(self.features.dtype).replace("torch.", ""),
+            "anyup_version": __version__,
+            **self.extra,
+        }
+
+
+def load_model(model: str | os.PathLike | torch.nn.Module, device: str | torch.device = "cpu"):
+    """An AnyUp model from a registered name, a weights file, or an existing module; and its label."""
+    from anyup.model import AnyUp
+    from anyup.weights import load
+
+    if isinstance(model, AnyUp):
+        return model.to(device).eval(), "custom"
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a weights name, a file path or an AnyUp module, got {type(model).__name__}")
+    return load(model, device=device), str(model)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, 3, *size), antialiased bilinear."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    out = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp(0, 1)
+
+
+def output_size_for(
+    input_hw: tuple[int, int], output_size: Sequence[int] | int | None = None, scale: float | None = None
+) -> tuple[int, int]:
+    """Output (H, W): explicit ``output_size``, else ``scale`` x the encoder input size, else the input size."""
+    from anyup._checks import check_size
+
+    if output_size is not None and scale is not None:
+        raise ValueError("pass either output_size or scale, not both")
+    if scale is not None:
+        if not (isinstance(scale, (int, float)) and 0 < scale <= 64):
+            raise ValueError(f"scale must be a number in (0, 64], got {scale!r}")
+        return max(1, round(input_hw[0] * scale)), max(1, round(input_hw[1] * scale))
+    return check_size(output_size, "output_size", tuple(input_hw))
+
+
+class Upsampler:
+    """Keeps an encoder and AnyUp loaded and turns images into upsampled features.
+
+    Args:
+        encoder: a name from :func:`anyup.encoders.list_encoders`, or a built :class:`~anyup.encoders.Encoder`.
+        model: AnyUp weights name (``"anyup_multi_backbone"``), a ``.pth``/``.safetensors`` path,
+            or an :class:`~anyup.model.AnyUp` module.
+        weights: local weights file for the encoder (needed offline for hub encoders).
+        pretrained: ``False`` uses a random-init encoder (tests, architecture checks).
+        layers: encoder layer(s) (see :func:`anyup.encoders.create`).
+        input_size: short side of the encoder input in pixels (rounded to the encoder's multiple);
+            ``None`` keeps the image's own size (rounded).
+        device: torch device for encoder and model.
+        dtype: ``torch.float32`` / ``bfloat16`` / ``float16`` (or its name) for both networks.
+
+    Example:
+        >>> up = Upsampler("efficientnet_lite0", "anyup_multi_backbone")    # doctest: +SKIP
+        >>> res = up("photo.jpg", scale=2)                                    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        encoder="efficientnet_lite0",
+        model="anyup_multi_backbone",
+        *,
+        weights: str | os.PathLike | None = None,
+        pretrained: bool = True,
+        layers=None,
+        input_size: int | None = DEFAULT_INPUT_SIZE,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+    ) -> None:
+        from anyup.encoders import Encoder, create
+
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            dtype = DTYPES[dtype]
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
+        if input_size is not None and (not isinstance(input_size, int) or input_size < 1):
+            raise ValueError(f"input_size must be a positive int or None, got {input_size!r}")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.input_size = input_size
+        if isinstance(encoder, Encoder):
+            if weights is not None or layers is not None:
+                raise ValueError("weights/layers apply to encoder names; this encoder is already built")
+            self.encoder = encoder
+        else:
+            self.encoder = create(encoder, weights=weights, pretrained=pretrained, layers=layers, device=self.device)
+        self.encoder = self.encoder.to(self.device, dtype)
+        self.model, self.model_name = load_model(model, self.device)
+        self.model = self.model.to(dtype)
+
+    @property
+    def encoder_name(self) -> str:
+        return self.encoder.info.name
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.encoder.info.layer_names
+
+    def prepare(self, image: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image as loaded (3, H0, W0), encoder input (3, H, W)) both RGB in [0, 1]."""
+        img = load_image(image)  # (3, H0, W0)
+        m = self.encoder.info.multiple
+        if self.input_size is None:
+            enc_in = resize_to_multiple(img, m)
+        else:
+            enc_in = resize_to_multiple(img, m, short_side=self.input_size)
+        return img, enc_in
+
+    @torch.no_grad()
+    def predict(
+        self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
+    ) -> list[UpsampleResult]:
+        """Upsampled features of every requested layer of one image (one :class:`UpsampleResult` each)."""
+        return self.predict_batch([image], output_size=output_size, scale=scale)[0]
+
+    def __call__(
+        self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
+    ) -> UpsampleResult:
+        """Upsampled features of the (first) requested layer of one image."""
+        return self.predict(image, output_size=output_size, scale=scale)[0]
+
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        images: Sequence[ImageLike],
+        output_size: Sequence[int] | int | None = None,
+        scale: float | None = None,
+    ) -> list[list[UpsampleResult]]:
+        """Like :meth:`predict` for several images; images whose sizes match run as one batch."""
+        prepared = [self.prepare(im) for im in images]
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, enc_in) in enumerate(prepared):
+            in_hw = tuple(enc_in.shape[-2:])
+            groups.setdefault((in_hw, output_size_for(in_hw, output_size, scale)), []).append(i)
+        results: list[list[UpsampleResult] | None] = [None] * len(prepared)
+        for (in_hw, out_hw), idx in groups.items():
+            batch = torch.stack([prepared[i][1] for i in idx]).to(self.device)  # (B, 3, H, W)
+            per_image = self._run(batch, out_hw, [prepared[i][0] for i in idx])
+            for i, res in zip(idx, per_image):
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+    def _run(
+        self, enc_in: torch.Tensor, out_hw: tuple[int, int], originals: list[torch.Tensor]
+    ) -> list[list[UpsampleResult]]:
+        feats = self.encoder(enc_in.to(self.dtype))
+        maps = feats if isinstance(feats, list) else [feats]  # per layer: (B, C, h, w)
+        if out_hw == tuple(enc_in.shape[-2:]):
+            guide01 = enc_in.float()
+        else:  # resize from the original image: it has the most detail
+            guide01 = torch.stack([resize_image(o[None].to(self.device), out_hw)[0] for o in originals])
+        guide = imagenet_normalize(guide01).to(self.dtype)  # (B, 3, H', W')
+        out: list[list[UpsampleResult]] = [[] for _ in originals]
+        for layer, low in zip(self.encoder.info.layers, maps):
+            up = self.model(guide, low, out_hw)  # (B, C, H', W')
+            for b, orig in enumerate(originals):
+                out[b].append(
+                    UpsampleResult(
+                        features=up[b : b + 1],
+                        lowres=low[b : b + 1],
+                        image=guide01[b : b + 1],
+                        layer=layer.name,
+                        encoder=self.encoder_name,
+                        model=self.model_name,
+                        input_size=tuple(enc_in.shape[-2:]),
+                        original_size=tuple(orig.shape[-2:]),
+                        extra={"encoder_weights": self.encoder.info.weights},
+                    )
+                )
+        return out
+
+    @torch.no_grad()
+    def attention(
+        self,
+        image: ImageLike,
+        pixels: Sequence[tuple[int, int]],
+        output_size: Sequence[int] | int | None = None,
+        layer: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """AnyUp's attention of output pixels over the low-res tokens.
+
+        Args:
+            pixels: (y, x) in output-image coordinates (the output size defaults to the encoder input size).
+            layer: index into the encoder's requested layers.
+
+        Returns:
+            (maps (P, h, w) float32 each summing to 1, guidance image (3, H', W') RGB in [0, 1]).
+        """
+        img, enc_in = self.prepare(image)
+        enc_in = enc_in[None].to(self.device)
+        out_hw = output_size_for(tuple(enc_in.shape[-2:]), output_size)
+        feats = self.encoder(enc_in.to(self.dtype))
+        low = (feats if isinstance(feats, list) else [feats])[layer]
+        guide01 = (
+            enc_in.float() if out_hw == tuple(enc_in.shape[-2:]) else resize_image(img[None].to(self.device), out_hw)
+        )
+        maps = self.model.attention_weights(
+            imagenet_normalize(guide01).to(self.dtype), low, out_hw, pixels=list(pixels)
+        )
+        return maps[0].float(), guide01[0]
+
+
+def save_result(
+    results: Sequence[UpsampleResult], path: str | os.PathLike, extra: dict[str, str] | None = None
+) -> Path:
+    """Write results of one image to ``path`` (.safetensors), atomically.
+
+    One layer: tensors ``features`` (C, H, W) and ``lowres`` (C, h, w). Several layers:
+    ``features.<layer>`` and ``lowres.<layer>`` for each. The metadata (strings) says encoder,
+    layer(s), model and sizes.
+    """
+    from safetensors.torch import save_file
+
+    from anyup.viz.io import atomic_write
+
+    if not results:
+        raise ValueError("no results to save")
+    tensors: dict[str, torch.Tensor] = {}
+    if len(results) == 1:
+        tensors["features"] = results[0].features[0].contiguous().cpu()
+        tensors["lowres"] = results[0].lowres[0].contiguous().cpu()
+    else:
+        for r in results:
+            tensors[f"features.{r.layer}"] = r.features[0].contiguous().cpu()
+            tensors[f"lowres.{r.layer}"] = r.lowres[0].contiguous().cpu()
+    meta = results[0].metadata()
+    for key in ("layer", "lowres_size", "channels"):  # per-layer values, comma-separated
+        meta[key] = ",".join(r.metadata()[key] for r in results)
+    meta.update(extra or {})
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def upsample(
+    image: ImageLike,
+    encoder: str = DEFAULT_ENCODER,
+    model="anyup_multi_backbone",
+    output_size: Sequence[int] | int | None = None,
+    *,
+    scale: float | None = None,
+    weights: str | os.PathLike | None = None,
+    layer: str | int | None = None,
+    input_size: int | None = DEFAULT_INPUT_SIZE,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+) -> UpsampleResult:
+    """Upsampled features of one image in one call (loads encoder and model; reuse :class:`Upsampler` for many).
+
+    Args:
+        image: path, PIL image, numpy array (H, W[, 3|4]) or tensor (3, H, W) in [0, 1].
+        encoder: encoder name; ``model``: AnyUp weights name, path or module.
+        output_size: (H, W) of the result; default the encoder input size (short side ``input_size``).
+        scale: alternatively, the output size as a multiple of the encoder input size.
+
+    Returns:
+        :class:`UpsampleResult` with ``features`` (1, C, H, W), ``lowres`` (1, C, h, w) and ``image``.
+    """
+    up = Upsampler(encoder, model, weights=weights, layers=layer, input_size=input_size, device=device, dtype=dtype)
+    return up(image, output_size=output_size, scale=scale)

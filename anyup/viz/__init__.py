@@ -1,0 +1,29 @@
+"""Pictures of features and of AnyUp's attention (numpy/PIL only; matplotlib is not needed).
+
+>>> from anyup.viz import pca_rgb
+>>> low, up = torch.randn(64, 8, 8), torch.randn(64, 32, 32)     # doctest: +SKIP
+>>> rgb_low, rgb_up = pca_rgb([low, up])    # shared basis, fit on the first; (H, W, 3) in [0, 1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from anyup.viz.attention import attention_overlay, attention_row, heat_colors
+from anyup.viz.edges import edge_alignment, gradient_magnitude
+from anyup.viz.io import atomic_write, save_png
+from anyup.viz.pca import PCABasis, fit_pca, labelled_row, pca_comparison, pca_rgb, to_uint8_hwc
+
+__all__ = [
+    "PCABasis",
+    "atomic_write",
+    "attention_overlay",
+    "attention_row",
+    "edge_alignment",
+    "fit_pca",
+    "gradient_magnitude",
+    "heat_colors",
+    "labelled_row",
+    "pca_comparison",
+    "pca_rgb",
+    "save_png",
+    "to_uint8_hwc",
+]

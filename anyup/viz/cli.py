@@ -1,0 +1,79 @@
+"""Sub-command ``anyup viz attention``: where output pixels look among the low-res tokens.
+
+(``anyup upsample`` already writes the PCA picture of every image it processes.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    viz = subparsers.add_parser("viz", help="pictures: AnyUp's attention for chosen pixels")
+    sub = viz.add_subparsers(dest="viz_command", metavar="VIZ_COMMAND")
+    p = sub.add_parser(
+        "attention",
+        help="overlay where output pixels attend among the low-res tokens",
+        description="For each --pixel (row,column in the original image), overlay AnyUp's attention "
+        "weights over the encoder's low-res tokens on the image and mark the pixel; one panel per pixel. "
+        "A pixel just inside an object boundary attends to tokens on its own side.",
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--pixel", action="append", required=True, metavar="Y,X", help="repeat for several pixels")
+    p.add_argument("--encoder", default="efficientnet_lite0")
+    p.add_argument("--weights", default=None, metavar="PATH", help="encoder weights file")
+    p.add_argument("--model", default="anyup_multi_backbone", metavar="NAME_OR_PATH")
+    p.add_argument("--layer", default=None, help="encoder layer")
+    p.add_argument("--input-size", type=int, default=448, metavar="N", help="short side of the encoder input")
+    p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.set_defaults(func=_cmd_attention)
+    viz.set_defaults(func=lambda args: _usage(viz))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def parse_pixel(text: str) -> tuple[int, int]:
+    """``"120,64"`` -> (120, 64) (row, column)."""
+    try:
+        y, x = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--pixel must look like Y,X (row,column integers), got {text!r}") from None
+    return y, x
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from anyup.image import load_image
+    from anyup.predictor import Upsampler
+    from anyup.viz.attention import attention_row
+    from anyup.viz.io import save_png
+
+    pixels = [parse_pixel(p) for p in args.pixel]
+    img = load_image(args.image)
+    h0, w0 = img.shape[-2:]
+    for y, x in pixels:
+        if not (0 <= y < h0 and 0 <= x < w0):
+            raise ValueError(f"--pixel {y},{x} lies outside the image of {h0} rows x {w0} columns")
+    up = Upsampler(
+        args.encoder,
+        args.model,
+        weights=args.weights,
+        layers=args.layer,
+        input_size=args.input_size,
+        device=args.device,
+    )
+    _, enc_in = up.prepare(img)
+    h, w = enc_in.shape[-2:]
+    scaled = [(min(h - 1, y * h // h0), min(w - 1, x * w // w0)) for y, x in pixels]  # output coordinates
+    maps, guide = up.attention(img, scaled)
+    labels = [f"pixel y={y}, x={x}" for y, x in pixels]  # in the original image's coordinates
+    save_png(attention_row(guide, maps, scaled, alpha=args.alpha, labels=labels), args.out)
+    sys.stdout.write(
+        f"wrote attention of {len(pixels)} pixel(s) ({h}x{w} output, {maps.shape[-2]}x{maps.shape[-1]} tokens) to {args.out}\n"
+    )
+    return 0

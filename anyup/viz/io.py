@@ -1,0 +1,49 @@
+"""Writing files atomically (temp file in the same folder, then ``os.replace``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the temp file onto ``path``; no half-written file survives.
+
+    The temp file keeps ``path``'s suffix so writers that infer the format from it still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save an (H, W, 3) or (H, W) uint8 array (or float in [0, 1]) as PNG, atomically."""
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"save_png expects uint8 or float in [0, 1], got dtype {arr.dtype}")
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"save_png expects (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    return atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG", optimize=True))

