@@ -1,0 +1,458 @@
+"""Training configuration: nested dataclasses, YAML files, ``a.b=value`` overrides and presets.
+
+Every number of the recipe is a field here. A configuration is resolved in three layers:
+
+1. a preset (:data:`PRESETS`, e.g. ``"paper"``, ``"cpu_offline"``) or the dataclass defaults;
+2. an optional YAML file, merged on top (only the keys it names change);
+3. command-line overrides ``section.field=value`` (values parsed as YAML: ``1e-4``, ``[a, b]``, ``null``).
+
+>>> cfg = resolve_config(preset="cpu_offline", overrides=["optim.lr=1e-4", "steps=10"])
+>>> cfg.optim.lr, cfg.steps, cfg.encoders[0].name
+(0.0001, 10, 'efficientnet_lite0')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class EncoderSpec:
+    """One frozen encoder the upsampler is trained on (``anyup.encoders.create`` arguments)."""
+
+    name: str = "dinov2_vits14"  # an anyup.encoders name (DINOv2 ViT-S/14 = timm vit_small_patch14_dinov2.lvd142m)
+    weight: float = 1.0  # relative probability of being drawn for a step (multi-backbone training)
+    layer: int | str | None = None  # one layer/stage of the encoder (None: its default output)
+    weights: str | None = None  # local weights file, passed to create(weights=...)
+    pretrained: bool = True  # False: random init (tests only)
+
+    @property
+    def label(self) -> str:
+        """Short unique name used in logs and metric columns."""
+        return self.name if self.layer is None else f"{self.name}@{self.layer}"
+
+
+@dataclass
+class DataConfig:
+    """Training images and the geometry of the recipe.
+
+    The image is resized (short side) and centre-cropped to ``hr_factor * input_size`` pixels; the
+    whole image resized to ``input_size`` gives the low-res features; ``crops_per_image`` crops of
+    ``input_size`` pixels, aligned to the encoder grid, give the targets.
+    """
+
+    root: list[str] = field(default_factory=list)  # folders (searched recursively) or .txt file lists
+    input_size: int = 224  # S: side of the low-res input image; a multiple of every encoder's stride
+    hr_factor: int = 2  # the high-res image has hr_factor * S pixels per side
+    crops_per_image: int = 4
+    min_size: int | None = None  # minimum short side of a usable image; None: hr_factor * input_size
+    batch_size: int = 4  # images per process per micro-step
+    num_workers: int = 2  # DataLoader worker processes (0: load in the main process)
+    cache_dir: str | None = None  # where the image-size index is cached; None: the run directory
+    index_threads: int = 8  # threads reading image headers when the size index is built
+
+
+@dataclass
+class AugmentConfig:
+    """Photometric augmentation of the guidance image (pixel-aligned; no geometry changes)."""
+
+    jitter_p: float = 0.8
+    brightness: float = 0.4  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1  # hue rotation drawn from [-hue, hue] turns
+    grayscale_p: float = 0.2
+    blur_p: float = 0.3
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels
+    jpeg_p: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 95)
+    noise_p: float = 0.3
+    noise_std: tuple[float, float] = (0.0, 0.05)  # in [0, 1] intensity units
+
+
+@dataclass
+class LossConfig:
+    """Weights of the three loss terms and the constants of CosMSE."""
+
+    crop_weight: float = 1.0  # CosMSE(prediction window, encoder features of the crop)
+    consistency_weight: float = 0.1  # CosMSE(anyup(aug image), stopgrad(anyup(image))) at S pixels
+    lowres_weight: float = 0.1  # CosMSE(area_downsample(prediction), low-res features)
+    minmax_eps: float = 1e-6  # added to (max - min) in the min-max normalisation
+    cos_eps: float = 1e-8  # norm floor of the cosine similarity
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    accum_steps: int = 1  # micro-steps per optimiser step (gradient accumulation)
+    grad_clip: float | None = None  # max global gradient norm; None: no clipping
+    precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU), "bf16" or "fp32"
+
+
+@dataclass
+class ValConfig:
+    """Periodic label-free validation: feature fidelity on held-out images, PCA pictures."""
+
+    root: list[str] = field(default_factory=list)  # held-out images; empty: hold out from data.root
+    num_images: int = 16  # images held out from the training list when ``root`` is empty
+    every: int = 1000  # steps between validations (0: only at the end)
+    at_start: bool = True  # also validate the starting point (step 0) of a fresh run
+    batch_size: int = 4
+    num_samples: int = 4  # images shown in samples/step_XXXXXXX.png (0: no pictures)
+
+
+@dataclass
+class LogConfig:
+    every: int = 10  # steps between rows of metrics.csv
+    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    progress: bool = True  # tqdm progress bar on rank 0
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 1000  # steps between checkpoints (always one at the end)
+    keep_every: int | None = None  # additionally keep checkpoints/step_XXXXXXX.pt every N steps
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved as ``run_dir/config.yaml``."""
+
+    run_dir: str = "runs/anyup"
+    steps: int = 100_000  # optimiser steps
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK if available, else cpu), "cpu", "cuda", "cuda:1"
+    num_threads: int | None = None  # torch CPU threads per process (None: torch's default)
+    deterministic: bool = False  # GPU: deterministic kernels (bit-identical resumes; CPU always is)
+    init: str | None = None  # None: random init; a published weights name or a .pth/.safetensors path
+    # AnyUpConfig fields. max_memory is fixed (not "automatic") so AnyUp's tiling plan, and with it
+    # every bit of the result, does not depend on the free memory of the moment (bit-identical resumes).
+    model: dict[str, Any] = field(default_factory=lambda: {"max_memory": 8 * 2**30})
+    encoders: list[EncoderSpec] = field(default_factory=lambda: [EncoderSpec()])
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        d, o = self.data, self.optim
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(
+            self.num_threads is None or self.num_threads >= 1,
+            f"num_threads must be >= 1 or null, got {self.num_threads}",
+        )
+        _check(len(self.encoders) >= 1, "encoders must list at least one encoder")
+        _check(all(e.weight > 0 for e in self.encoders), "every encoders[i].weight must be > 0")
+        _check(d.input_size >= 1, f"data.input_size must be >= 1, got {d.input_size}")
+        _check(d.hr_factor >= 2, f"data.hr_factor must be >= 2, got {d.hr_factor}")
+        _check(d.crops_per_image >= 1, f"data.crops_per_image must be >= 1, got {d.crops_per_image}")
+        _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
+        _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+        _check(o.accum_steps >= 1, f"optim.accum_steps must be >= 1, got {o.accum_steps}")
+        _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+        _check(
+            o.precision in ("auto", "bf16", "fp32"),
+            f"optim.precision must be 'auto', 'bf16' or 'fp32', got {o.precision!r}",
+        )
+        _check(self.checkpoint.every >= 1, f"checkpoint.every must be >= 1, got {self.checkpoint.every}")
+        _check(self.log.every >= 1, f"log.every must be >= 1, got {self.log.every}")
+        _check(self.val.every >= 0, f"val.every must be >= 0, got {self.val.every}")
+        for name in ("jitter_p", "grayscale_p", "blur_p", "jpeg_p", "noise_p"):
+            p = getattr(self.augment, name)
+            _check(0.0 <= p <= 1.0, f"augment.{name} must be in [0, 1], got {p}")
+        lo, hi = self.augment.jpeg_quality
+        _check(1 <= lo <= hi <= 100, f"augment.jpeg_quality must satisfy 1 <= lo <= hi <= 100, got {(lo, hi)}")
+        labels = [e.label for e in self.encoders]
+        _check(len(set(labels)) == len(labels), f"encoders must be distinct, got {labels}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists (YAML-friendly), recursively."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), optional
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``; raise ``ValueError`` naming ``where``."""
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional or tp is Any:
+            return None
+        raise ValueError(f"{where} must not be null")
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if tp is EncoderSpec and isinstance(value, str):
+            value = {"name": value}
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, dict)) or not isinstance(value, Sequence):
+            value = [value]  # a single item where a list is expected
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        item_tps = typing.get_args(tp)
+        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != len(item_tps):
+            raise ValueError(f"{where} must be a list of {len(item_tps)} values, got {value!r}")
+        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_tps)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin is typing.Union:  # e.g. int | str
+        for t in typing.get_args(tp):
+            if isinstance(value, t) and not (t is int and isinstance(value, bool)):
+                return value
+        raise ValueError(f"{where} must be one of {typing.get_args(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where} must be true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where} must be a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{where} must be a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp} at {where}")  # pragma: no cover
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; allowed: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a (possibly partial) nested dict; unknown keys raise."""
+    cfg = _from_dict(TrainConfig, data)
+    cfg.validate()
+    return cfg
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-4"`` -> ``(["optim", "lr"], 1e-4)``; the value is parsed as YAML."""
+    yaml = _yaml()
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.field=value (e.g. optim.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ValueError(f"override {text!r} has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, str) and _looks_numeric(value):  # YAML reads "1e-4" as a string
+        value = float(value)
+    return keys, value
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a nested dict (new dict returned)."""
+    out = _merge({}, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            child = node.get(k)
+            if not isinstance(child, dict):
+                child = {} if child is None else child
+                if not isinstance(child, dict):
+                    raise ValueError(f"override {text!r}: {k!r} is not a section")
+                node[k] = child
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# presets
+
+
+def _paper() -> TrainConfig:
+    """The recipe of the published ``anyup_paper`` weights (DINOv2 ViT-S/14, 100k steps)."""
+    return TrainConfig(run_dir="runs/anyup_paper", encoders=[EncoderSpec("dinov2_vits14")])
+
+
+def _multi_backbone() -> TrainConfig:
+    """The recipe of ``anyup_multi_backbone``: a random ViT per step among five."""
+    # anyup.encoders names of timm's vit_small_patch14_dinov2.lvd142m, vit_small_patch14_reg4_dinov2.lvd142m,
+    # vit_base_patch16_clip_224.openai, vit_base_patch16_siglip_224.webli, vit_base_patch16_224.augreg2_in21k_ft_in1k
+    names = ["dinov2_vits14", "dinov2_vits14_reg", "clip_vitb16", "siglip_vitb16", "vit_b16"]
+    return TrainConfig(run_dir="runs/anyup_multi_backbone", encoders=[EncoderSpec(n) for n in names])
+
+
+def _cpu_offline() -> TrainConfig:
+    """A run that fits a CPU, with an encoder whose weights ship offline (EfficientNet-Lite0, stride 16).
+
+    224 px images, crops of 112 px: low-res features 7x7, predictions on a 14x14 grid.
+    """
+    return TrainConfig(
+        run_dir="runs/anyup_cpu_offline",
+        steps=2000,
+        encoders=[EncoderSpec("efficientnet_lite0")],
+        data=DataConfig(input_size=112, crops_per_image=2, batch_size=2, num_workers=1),
+        val=ValConfig(num_images=8, every=100, batch_size=4, num_samples=3),
+        log=LogConfig(every=5),
+        checkpoint=CheckpointConfig(every=25),
+    )
+
+
+def _cpu_offline_multi() -> TrainConfig:
+    """Multi-backbone CPU run over every offline encoder: EfficientNet-Lite0 stages, CRAFT's and HED's VGG16.
+
+    256 px images, crops of 128 px (a multiple of every stride from 4 to 32). The weights it produces
+    are meant to ship with the package as the offline default.
+    """
+    cfg = _cpu_offline()
+    cfg.run_dir = "runs/anyup_cpu_offline_multi"
+    cfg.steps = 6000
+    cfg.data.input_size = 128
+    layers = {
+        "efficientnet_lite0": ["stage2", "stage3", "stage4", "stage6"],  # strides 8, 16, 16, 32
+        "vgg16_bn_craft": ["conv3_3", "conv4_3", "conv5_2"],  # strides 4, 8, 16
+        "vgg16_hed": ["conv3_3", "conv4_3", "conv5_3"],  # strides 4, 8, 16
+    }
+    cfg.encoders = [EncoderSpec(name, layer=layer) for name, names in layers.items() for layer in names]
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], TrainConfig]] = {
+    "paper": _paper,
+    "multi_backbone": _multi_backbone,
+    "cpu_offline": _cpu_offline,
+    "cpu_offline_multi": _cpu_offline_multi,
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A fresh copy of a named preset (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML
+
+
+def _yaml() -> Any:
+    try:
+        import yaml
+    except ImportError as err:  # pragma: no cover - pyyaml is in the train extra
+        raise ImportError('training configs need PyYAML: pip install "anyup[train]"') from err
+    return yaml
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {str(path)!r}")
+    data = _yaml().safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML atomically (temp file in the same folder + ``os.replace``)."""
+    from anyup.train._atomic import atomic_write_text
+
+    atomic_write_text(path, _yaml().safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def resolve_config(
+    preset: str | None = None,
+    path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> TrainConfig:
+    """Preset (or defaults) <- YAML file <- ``a.b=value`` overrides, validated.
+
+    A YAML file may name its own base with a top-level ``preset: NAME`` key.
+    """
+    data: dict[str, Any] = {}
+    file_data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    base = file_data.pop("preset", None)
+    if preset is not None and base is not None and preset != base:
+        raise ValueError(f"preset {preset!r} given but config file {str(path)!r} says preset {base!r}")
+    name = preset or base
+    if name is not None:
+        data = get_preset(name).to_dict()
+    data = _merge(data, file_data)
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data)
