@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from anyup.weights import DEFAULT_WEIGHTS
 import torch
 import torch.nn.functional as F
 
@@ -70,7 +71,7 @@ def upsample_signal(
     image: ImageLike,
     signal: torch.Tensor | np.ndarray,
     output_size: Sequence[int] | int | None = None,
-    model="anyup_multi_backbone",
+    model=DEFAULT_WEIGHTS,
     kind: str = "auto",
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:

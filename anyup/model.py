@@ -362,7 +362,8 @@ class AnyUp(nn.Module):
         b, c, h, w = features.shape
         hi, wi = image.shape[-2:]
         if not plan.streamed:
-            kimg = self.key_encoder(self._encode(image, 0, hi, group_norm), group_norm)  # (B, D, H, W)
+            e = plan.extras["encoding"] = self._encode(image, 0, hi, group_norm)  # (B, D, H, W), reused by queries
+            kimg = self.key_encoder(e, group_norm)  # (B, D, H, W)
             kimg = adaptive_avg_pool_2d(kimg, (hi, wi), (h, w))  # (B, D, h, w)
         else:
             norm = self._collect_stats(image, plan)
@@ -388,7 +389,11 @@ class AnyUp(nn.Module):
         if not plan.streamed:
             q = plan.extras.get("q_full")
             if q is None:
-                q = self.query_encoder(self._encode(image, 0, hi, group_norm), group_norm)  # (B, D, H, W)
+                e = plan.extras.pop("encoding", None)
+                if e is None:
+                    e = self._encode(image, 0, hi, group_norm)
+                q = self.query_encoder(e, group_norm)  # (B, D, H, W)
+                del e
                 q = adaptive_avg_pool_2d(q, (hi, wi), (hq, wq))  # (B, D, H', W')
                 plan.extras["q_full"] = q
             q = q[:, :, a:z]

@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from anyup.weights import DEFAULT_WEIGHTS
 from anyup.image import ImageLike, imagenet_normalize, load_image, resize_to_multiple
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "efficientnet_lite0"
-DEFAULT_MODEL = "anyup_multi_backbone"
+DEFAULT_MODEL = DEFAULT_WEIGHTS  # our offline weights; the published ones are one argument away
 DEFAULT_INPUT_SIZE = 448
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -140,7 +141,7 @@ class Upsampler:
     def __init__(
         self,
         encoder="efficientnet_lite0",
-        model="anyup_multi_backbone",
+        model=DEFAULT_MODEL,
         *,
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
@@ -317,7 +318,7 @@ def save_result(
 def upsample(
     image: ImageLike,
     encoder: str = DEFAULT_ENCODER,
-    model="anyup_multi_backbone",
+    model=DEFAULT_MODEL,
     output_size: Sequence[int] | int | None = None,
     *,
     scale: float | None = None,

@@ -67,6 +67,21 @@ register_weights(
 )
 
 
+register_weights(
+    WeightSpec(
+        name="anyup_offline",
+        filename="anyup_offline.safetensors",
+        url=None,  # ships inside the package: works with no network
+        sha256="@SHA@",
+        licence="MIT (trained by the anyup project)",
+        description="Our AnyUp weights, trained on CPU over EfficientNet-Lite0 / CRAFT VGG16-BN / HED VGG16 "
+        "features of offline photos (see the model card in the README)",
+    )
+)
+
+DEFAULT_WEIGHTS = "anyup_offline"  # what the CLI and one-call API use when no model is given
+
+
 def available_weights() -> dict[str, WeightSpec]:
     """All registered checkpoint names and their specs."""
     return dict(_REGISTRY)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from anyup.weights import DEFAULT_WEIGHTS
 import json
 import logging
 import sys
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--stress", action="store_true", help="run the cross-encoder stress test")
     p.add_argument(
-        "--model", default=None, help="AnyUp weights for --stress (name or path; default anyup_multi_backbone)"
+        "--model", default=None, help="AnyUp weights for --stress (name or path; default: our offline weights)"
     )
     p.add_argument("--encoders", default=None, help="comma-separated encoders for --stress (default: one per family)")
     p.add_argument("--image", default=None, help="image for --stress (default: skimage chelsea)")
@@ -47,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights", default=None, metavar="PATH", help="encoder weights file (needed offline for hub encoders)"
     )
-    p.add_argument("--model", default="anyup_multi_backbone", metavar="NAME_OR_PATH", help="AnyUp weights")
+    p.add_argument("--model", default=DEFAULT_WEIGHTS, metavar="NAME_OR_PATH", help="AnyUp weights")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", default=None, metavar="HxW", help="output size (default: the encoder input size)")
     size.add_argument("--scale", type=float, default=None, metavar="S", help="output size = S x encoder input size")
@@ -75,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("signal", metavar="SIGNAL")
     p.add_argument("--kind", required=True, choices=("mask", "logits", "depth"))
-    p.add_argument("--model", default="anyup_multi_backbone", metavar="NAME_OR_PATH")
+    p.add_argument("--model", default=DEFAULT_WEIGHTS, metavar="NAME_OR_PATH")
     p.add_argument("--size", default=None, metavar="HxW", help="output size (default: the image size)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, metavar="FILE")
@@ -188,7 +190,7 @@ def _stress(args: argparse.Namespace) -> int:
     from anyup.encoders.stress import DEFAULT_STRESS_ENCODERS, format_rows, stress_test
 
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else DEFAULT_STRESS_ENCODERS
-    model = args.model or "anyup_multi_backbone"
+    model = args.model or DEFAULT_WEIGHTS
     rows = stress_test(model, encoders, image=args.image, input_size=args.input_size, hub=args.hub, device=args.device)
     if args.json:
         sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anyup.weights import DEFAULT_WEIGHTS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     viz = subparsers.add_parser("viz", help="pictures: AnyUp's attention for chosen pixels")
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel", action="append", required=True, metavar="Y,X", help="repeat for several pixels")
     p.add_argument("--encoder", default="efficientnet_lite0")
     p.add_argument("--weights", default=None, metavar="PATH", help="encoder weights file")
-    p.add_argument("--model", default="anyup_multi_backbone", metavar="NAME_OR_PATH")
+    p.add_argument("--model", default=DEFAULT_WEIGHTS, metavar="NAME_OR_PATH")
     p.add_argument("--layer", default=None, help="encoder layer")
     p.add_argument("--input-size", type=int, default=448, metavar="N", help="short side of the encoder input")
     p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity")
