@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
+from anyup._atomic import atomic_write, atomic_write_text
 from anyup.model import AnyUp, AnyUpConfig
 from anyup.weights import load_state_dict_strict, read_state_dict
 
@@ -31,18 +31,8 @@ def save_pretrained(model: AnyUp, folder: str | os.PathLike, push_to_hub: str | 
     config = {k: getattr(model.config, k) for k in _ARCH_FIELDS}
     config["architecture"] = "AnyUp"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    for name, write in (
-        (WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"})),
-        (CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2))),
-    ):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=name, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, folder / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2))
     if push_to_hub:
         hub = _hub()
         hub.HfApi().upload_folder(repo_id=push_to_hub, folder_path=str(folder))

@@ -15,11 +15,12 @@ import io
 import math
 import os
 import platform
-import tempfile
 from collections import defaultdict
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from anyup._atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "COLUMNS",
@@ -62,20 +63,6 @@ class ResultRow:
 
 def higher_is_better(metric: str) -> bool:
     return not metric.startswith(LOWER_IS_BETTER_PREFIXES)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_csv(rows: Iterable[ResultRow], path: str | os.PathLike) -> None:
@@ -260,14 +247,7 @@ def write_markdown(rows: Sequence[ResultRow], path: str | os.PathLike, meta: dic
 
 
 def _savefig(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
 
 
 def _pyplot() -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anyup.train._atomic import atomic_write
+from anyup._atomic import atomic_write
 
 FORMAT = 1
 

@@ -431,7 +431,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 def save_yaml(cfg: TrainConfig, path: str | os.PathLike) -> None:
     """Write ``cfg`` as YAML atomically (temp file in the same folder + ``os.replace``)."""
-    from anyup.train._atomic import atomic_write_text
+    from anyup._atomic import atomic_write_text
 
     atomic_write_text(path, _yaml().safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from anyup.image import IMAGE_SUFFIXES, list_images, load_image
-from anyup.train._atomic import atomic_write_text
+from anyup._atomic import atomic_write_text
 from anyup.train.augment import photometric_augment
 from anyup.train.config import AugmentConfig
 
