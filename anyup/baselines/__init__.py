@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from anyup._config import build_config
 from anyup.baselines.base import MethodUnavailable, OutputSize, Upsampler, check_inputs, parse_output_size
 
 __all__ = [
@@ -81,19 +82,7 @@ def get_spec(name: str) -> MethodSpec:
 
 def make_config(name: str, config: Any = None) -> Any:
     """Turn ``None`` / a dict of overrides / a config instance into ``name``'s config dataclass."""
-    spec = get_spec(name)
-    cls = spec.config_cls
-    if config is None:
-        return cls()
-    if isinstance(config, cls):
-        return config
-    if isinstance(config, dict):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown} for method {name!r}; allowed: {sorted(fields)}")
-        return cls(**config)
-    raise TypeError(f"config for {name!r} must be None, a dict or {cls.__name__}, got {type(config).__name__}")
+    return build_config(get_spec(name).config_cls, config, f"method {name!r}")
 
 
 def create(name: str, config: Any = None) -> Upsampler:

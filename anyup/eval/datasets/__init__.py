@@ -15,10 +15,10 @@ config has ``size`` (short side, then centre crop when ``crop``) and ``limit``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from anyup._config import build_config
 from anyup.eval.datasets.base import (
     IGNORE_INDEX,
     TASKS,
@@ -86,18 +86,7 @@ def get_spec(name: str) -> DatasetSpec:
 
 def make_config(name: str, config: Any = None) -> Any:
     """Turn ``None`` / a dict of overrides / a config instance into ``name``'s config dataclass."""
-    cls = get_spec(name).config_cls
-    if config is None:
-        return cls()
-    if isinstance(config, cls):
-        return config
-    if isinstance(config, dict):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - fields)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown} for dataset {name!r}; allowed: {sorted(fields)}")
-        return cls(**config)
-    raise TypeError(f"config for {name!r} must be None, a dict or {cls.__name__}, got {type(config).__name__}")
+    return build_config(get_spec(name).config_cls, config, f"dataset {name!r}")
 
 
 def create(name: str, root: str | None = None, split: str = "val", config: Any = None) -> DenseDataset:
