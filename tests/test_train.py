@@ -289,6 +289,42 @@ class TestCrops:
         out = RecipeLoss(Oracle(), C.LossConfig())(image, image, lowres, targets, cells, (16, 16))
         assert out["crop"].item() == pytest.approx(0.0, abs=1e-5)
 
+    def test_full_image_targets(self):
+        """target="full": the target is the whole high-res feature map, and an oracle has zero loss."""
+        enc = PoolEncoder(stride=4, channels=3)
+        image_hr = torch.rand(2, 3, 64, 64)
+        image = F.interpolate(image_hr, size=(32, 32), mode="area")
+        lowres, targets, cells = recipe_targets(enc, image, image_hr, torch.rand(2, 4, 2), 4, target="full")
+        assert cells is None and lowres.shape == (2, 3, 8, 8)
+        torch.testing.assert_close(targets, enc(image_hr))  # (2, 3, 16, 16)
+
+        class Oracle(nn.Module):
+            def forward(self, img, feats, output_size):
+                if tuple(output_size) == (16, 16):
+                    return targets
+                return F.interpolate(feats, size=tuple(output_size), mode="nearest")
+
+        out = RecipeLoss(Oracle(), C.LossConfig())(image, image, lowres, targets, None, (16, 16))
+        assert out["crop"].item() == pytest.approx(0.0, abs=1e-5)
+        blurred = RecipeLoss(Oracle(), C.LossConfig())(image, image, lowres, targets.flip(-1), None, (16, 16))
+        assert blurred["crop"].item() > 0.01
+
+    def test_lr_schedule(self):
+        cfg = C.resolve_config(
+            preset="cpu_offline",
+            overrides=["steps=100", "optim.schedule=cosine", "optim.decay_start=40", "optim.min_lr_ratio=0.1"],
+        )
+        o = cfg.optim
+        assert o.lr_at(0, 100) == o.lr_at(39, 100) == o.lr
+        lrs = [o.lr_at(s, 100) for s in range(40, 101)]
+        assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+        assert lrs[-1] == pytest.approx(0.1 * o.lr) and lrs[30] == pytest.approx(0.55 * o.lr)
+        assert C.resolve_config(preset="cpu_offline").optim.lr_at(10**6, 10) == o.lr  # "constant" by default
+        with pytest.raises(ValueError, match="optim.schedule"):
+            C.resolve_config(overrides=["optim.schedule=step"])
+        with pytest.raises(ValueError, match="data.target"):
+            C.resolve_config(overrides=["data.target=tiles"])
+
 
 # ----------------------------------------------------------------------------------------------
 # data

@@ -14,6 +14,7 @@ Every number of the recipe is a field here. A configuration is resolved in three
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -52,6 +53,10 @@ class DataConfig:
     input_size: int = 224  # S: side of the low-res input image; a multiple of every encoder's stride
     hr_factor: int = 2  # the high-res image has hr_factor * S pixels per side
     crops_per_image: int = 4
+    # Targets: "crops" (the paper: encoder features of ``crops_per_image`` grid-aligned crops of the
+    # high-res image) or "full" (encoder features of the whole high-res image; for CNNs, whose crop
+    # features are dominated by the crop's zero-padded borders at small sizes).
+    target: str = "crops"
     min_size: int | None = None  # minimum short side of a usable image; None: hr_factor * input_size
     batch_size: int = 4  # images per process per micro-step
     num_workers: int = 2  # DataLoader worker processes (0: load in the main process)
@@ -97,6 +102,21 @@ class OptimConfig:
     accum_steps: int = 1  # micro-steps per optimiser step (gradient accumulation)
     grad_clip: float | None = None  # max global gradient norm; None: no clipping
     precision: str = "auto"  # "auto" (bf16 autocast on GPU, fp32 on CPU), "bf16" or "fp32"
+    # Learning-rate schedule, a pure function of the step (so resuming is exact): "constant" (the
+    # paper's recipe) or "cosine": constant until ``decay_start``, then cosine down to
+    # ``lr * min_lr_ratio`` at ``steps``.
+    schedule: str = "constant"
+    decay_start: int = 0
+    min_lr_ratio: float = 0.0
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based) in a run of ``total_steps`` steps."""
+        if self.schedule == "constant" or step < self.decay_start:
+            return self.lr
+        span = max(1, total_steps - self.decay_start)
+        t = min(1.0, (step - self.decay_start) / span)
+        ratio = self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return self.lr * ratio
 
 
 @dataclass
@@ -163,10 +183,17 @@ class TrainConfig:
         _check(d.input_size >= 1, f"data.input_size must be >= 1, got {d.input_size}")
         _check(d.hr_factor >= 2, f"data.hr_factor must be >= 2, got {d.hr_factor}")
         _check(d.crops_per_image >= 1, f"data.crops_per_image must be >= 1, got {d.crops_per_image}")
+        _check(d.target in ("crops", "full"), f"data.target must be 'crops' or 'full', got {d.target!r}")
         _check(d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}")
         _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
         _check(o.accum_steps >= 1, f"optim.accum_steps must be >= 1, got {o.accum_steps}")
         _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+        _check(o.schedule in ("constant", "cosine"), f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
+        _check(
+            0 <= o.decay_start < self.steps or o.schedule == "constant",
+            f"optim.decay_start must be in [0, steps={self.steps}), got {o.decay_start}",
+        )
+        _check(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
         _check(
             o.precision in ("auto", "bf16", "fp32"),
             f"optim.precision must be 'auto', 'bf16' or 'fp32', got {o.precision!r}",

@@ -7,6 +7,7 @@ channels per pixel and averaged over pixels, and ``norm`` min-max normalises bot
 The full objective (:func:`recipe_loss`) is::
 
     crop_weight        * CosMSE(prediction window of each crop, encoder features of the crop)
+                         (or, with full-image targets, CosMSE(prediction, features of the high-res image))
   + consistency_weight * CosMSE(anyup(augmented image), stopgrad(anyup(image)))   at S x S pixels
   + lowres_weight      * CosMSE(area_downsample(prediction, (h, w)), low-res features)
 """
@@ -85,7 +86,7 @@ class RecipeLoss(nn.Module):
         image_aug: torch.Tensor,
         lowres: torch.Tensor,
         targets: torch.Tensor,
-        cells: torch.Tensor,
+        cells: torch.Tensor | None,
         hr_grid: tuple[int, int],
     ) -> dict[str, torch.Tensor]:
         """Compute the three terms and their weighted sum.
@@ -95,7 +96,8 @@ class RecipeLoss(nn.Module):
             image_aug: ``(B, 3, S, S)`` its photometric augmentation.
             lowres: ``(B, C, h, w)`` encoder features of ``image``.
             targets: ``(B*K, C, h, w)`` encoder features of the K crops of each image.
-            cells: ``(B, K, 2)`` crop offsets in feature cells of the high-res grid.
+            cells: ``(B, K, 2)`` crop offsets in feature cells of the high-res grid, or ``None`` when
+                ``targets`` is ``(B, C, F*h, F*w)``, the features of the whole high-res image.
             hr_grid: ``(F*h, F*w)``, the grid the prediction is made on.
 
         Returns:
@@ -105,7 +107,7 @@ class RecipeLoss(nn.Module):
         h, w = lowres.shape[-2:]
         guide = imagenet_normalize(image)
         pred = self.model(guide, lowres, output_size=hr_grid)  # (B, C, F*h, F*w)
-        pred_crops = extract_crops(pred, cells, (h, w))  # (B*K, C, h, w)
+        pred_crops = pred if cells is None else extract_crops(pred, cells, (h, w))  # (B*K, C, h, w)
         loss_crop = cos_mse(pred_crops, targets, *eps)
         loss_low = cos_mse(F.adaptive_avg_pool2d(pred.float(), (h, w)), lowres, *eps)
         size = image.shape[-2:]

@@ -210,8 +210,13 @@ def _features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def recipe_targets(
-    encoder: nn.Module, image: torch.Tensor, image_hr: torch.Tensor, crop_u: torch.Tensor, stride: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    encoder: nn.Module,
+    image: torch.Tensor,
+    image_hr: torch.Tensor,
+    crop_u: torch.Tensor,
+    stride: int,
+    target: str = "crops",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Low-res features, crop targets and crop offsets (in high-res grid cells) for one micro-batch.
 
     Args:
@@ -220,10 +225,13 @@ def recipe_targets(
         stride: the encoder's stride ``s``.
 
     Returns:
-        ``lowres (B, C, S/s, S/s)``, ``targets (B*K, C, S/s, S/s)``, ``cells (B, K, 2)`` int64.
+        ``lowres (B, C, S/s, S/s)``, ``targets (B*K, C, S/s, S/s)``, ``cells (B, K, 2)`` int64; with
+        ``target="full"``: ``targets (B, C, F*S/s, F*S/s)`` (the whole high-res image) and ``cells=None``.
     """
     s = image.shape[-1]
     lowres = _features(encoder, image)  # (B, C, h, w)
+    if target == "full":
+        return lowres, _features(encoder, image_hr), None  # (B, C, F*h, F*w)
     boxes = crop_boxes(crop_u, image_hr.shape[-1], s, stride)  # (B, K, 2) pixels
     crops = extract_crops(image_hr, boxes, s)  # (B*K, 3, S, S)
     targets = _features(encoder, crops)  # (B*K, C, h, w)
@@ -487,7 +495,9 @@ class Trainer:
         h = self.cfg.data.input_size // int(enc.info.stride)
         grid = (self.cfg.data.hr_factor * h, self.cfg.data.hr_factor * h)
         with _autocast(self.cfg, dev):
-            lowres, targets, cells = recipe_targets(enc, image, image_hr, batch["crop_u"], int(enc.info.stride))
+            lowres, targets, cells = recipe_targets(
+                enc, image, image_hr, batch["crop_u"], int(enc.info.stride), self.cfg.data.target
+            )
             ctx = contextlib.nullcontext()
             if not sync and isinstance(self.step_module, nn.parallel.DistributedDataParallel):
                 ctx = self.step_module.no_sync()
@@ -548,6 +558,9 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 enc_idx = choose_encoder(cfg.encoders, cfg.seed, self.step)
+                lr = cfg.optim.lr_at(self.step, cfg.steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 micro_losses = []
                 for m in range(cfg.optim.accum_steps):
                     batch = next(batches)
