@@ -85,6 +85,7 @@ class _Plan:
     streamed: bool  # encoders over row bands (True) or on the whole image at once
     band_rows: int  # full-resolution rows per band when streamed
     tile: int  # side of a query tile in output pixels
+    fu_elements: int = 1 << 24  # feature unification: max elements of its (B, C*K, h, w) responses at once
     extras: dict = field(default_factory=dict)
 
 
@@ -317,7 +318,9 @@ class AnyUp(nn.Module):
         elif tile < 1:
             raise ValueError(f"tile_size must be >= 1, got {tile}")
         logger.debug("plan: streamed=%s band_rows=%d tile=%d cap=%d", streamed, band_rows, tile, cap)
-        return _Plan(streamed=streamed, band_rows=band_rows, tile=int(tile))
+        # Feature unification holds its responses and their softmax (2 float32 copies).
+        fu_elements = max(1 << 20, cap // (4 * 2 * 2))
+        return _Plan(streamed=streamed, band_rows=band_rows, tile=int(tile), fu_elements=fu_elements)
 
     # ----------------------------------------------------------------------------------------
     # Full-resolution per-pixel pipeline
@@ -378,7 +381,8 @@ class AnyUp(nn.Module):
                 parts.append(adaptive_avg_pool_2d(k, (hi, wi), (h, w), (l0, l1), s))  # (B, D, l1-l0, w)
             kimg = torch.cat(parts, dim=2)
         feats_n = F.normalize(features.to(acc_dtype(features)), dim=1).to(features.dtype)  # L2 over channels
-        kfeat = self.key_features_encoder(feats_n, group_norm)  # (B, D, h, w)
+        unified = self.key_features_encoder[0](feats_n, max_chunk_elements=plan.fu_elements)  # (B, D, h, w)
+        kfeat = self.key_features_encoder.forward_blocks(unified, group_norm)  # (B, D, h, w)
         return self.aggregation(torch.cat([kimg.to(kfeat.dtype), kfeat], dim=1), group_norm)  # (B, D, h, w)
 
     def _queries_rows(self, image: torch.Tensor, out_hw: tuple[int, int], i0: int, i1: int, plan: _Plan):

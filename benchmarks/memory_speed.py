@@ -1,5 +1,13 @@
 """Time and peak working memory of AnyUp (ours) vs a dense-mask implementation vs bilinear.
 
+Methods, each on the same random image/features and the same weights:
+
+* ``ours``: the library's forward (window-tiled attention, GEMM 1x1 convs, buffer reuse).
+* ``ours_refk``: the same tiling with the reference implementation's kernels
+  (``anyup.layers.blocks.reference_kernels``), to show how much of the speed-up is the tiling.
+* ``dense``: the reference computation: reference kernels and a dense ``(H'*W', h*w)`` mask.
+* ``bilinear``: ``F.interpolate``.
+
 Every measurement runs in a fresh subprocess so its peak RSS (``ru_maxrss``) is its own. Working
 memory = peak RSS during the call minus RSS just before it (model, inputs loaded), minus the
 output tensor. All numbers of one table come from one run of this script on one machine.
@@ -11,6 +19,7 @@ output tensor. All numbers of one table come from one run of this script on one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +45,7 @@ def worker(method: str, size: int, max_memory: int | None) -> dict:
     import torch.nn.functional as F
 
     import anyup
+    from anyup.layers.blocks import reference_kernels
 
     torch.manual_seed(0)
     low = size // PATCH
@@ -43,20 +53,23 @@ def worker(method: str, size: int, max_memory: int | None) -> dict:
     image = torch.randn(1, 3, size, size)
     feats = torch.randn(1, CHANNELS, low, low)
     out_bytes = CHANNELS * size * size * 4
-    with torch.no_grad():
-        if method == "ours" and size <= 448:  # warm-up on a small input (allocator, kernels)
-            model(image[..., :56, :56], feats[..., :4, :4])
+    refk = reference_kernels() if method in ("ours_refk", "dense") else contextlib.nullcontext()
+
+    def call(img, fts):
+        if method in ("ours", "ours_refk"):
+            return model(img, fts, max_memory=max_memory)
+        if method == "dense":
+            return model.forward_dense(img, fts)
+        if method == "bilinear":
+            return F.interpolate(fts, size=img.shape[-2:], mode="bilinear", align_corners=False)
+        raise ValueError(method)
+
+    with torch.no_grad(), refk:
+        call(image[..., :56, :56], feats[..., :4, :4])  # warm-up on a small input (every method alike)
         before = _rss_bytes()
         peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         t0 = time.perf_counter()
-        if method == "ours":
-            out = model(image, feats, max_memory=max_memory)
-        elif method == "dense":
-            out = model.forward_dense(image, feats)
-        elif method == "bilinear":
-            out = F.interpolate(feats, size=(size, size), mode="bilinear", align_corners=False)
-        else:
-            raise ValueError(method)
+        out = call(image, feats)
         seconds = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert out.shape == (1, CHANNELS, size, size) and torch.isfinite(out).all()
@@ -69,10 +82,13 @@ def dense_estimate(size: int) -> int:
     return n_q * n_k * (1 + 4 * 4 * 2)  # bool mask + 4 heads of float32 logits and weights
 
 
-def run(sizes: list[int], out_dir: Path, max_memory: int | None) -> list[dict]:
+METHODS = ("bilinear", "ours", "ours_refk", "dense")
+
+
+def run(sizes: list[int], out_dir: Path, max_memory: int | None, methods: tuple[str, ...] = METHODS) -> list[dict]:
     rows = []
     for size in sizes:
-        for method in ("bilinear", "ours", "dense"):
+        for method in methods:
             if method == "dense" and dense_estimate(size) > DENSE_LIMIT_BYTES:
                 rows.append({"method": method, "size": size, "low": size // PATCH, "seconds": None,
                              "working_bytes": None, "note": f"out of memory (needs > {dense_estimate(size) / 2**30:.0f} GiB)"})
@@ -107,20 +123,28 @@ def write_report(rows: list[dict], out_dir: Path) -> None:
         f"{os.cpu_count()} cores, torch {torch.__version__}, {platform.machine()}; one run of "
         "`python benchmarks/memory_speed.py`. Working memory = peak RSS minus inputs and output.",
         "",
-        "| output | features | bilinear s | ours s | dense s | ours MiB | dense MiB | dense/ours memory | dense/ours time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "`ours (ref. kernels)` is our tiling with the reference's convolution kernels and allocations; "
+        "`dense` is the reference computation (reference kernels, dense mask). The last column is the part "
+        "of the speed-up that comes from the tiling alone.",
+        "",
+        "| output | features | bilinear s | ours s | ours (ref. kernels) s | dense s | ours MiB | dense MiB "
+        "| dense/ours memory | dense/ours time | dense/ours (ref. kernels) time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in sizes:
-        b, o, d = by[("bilinear", s)], by[("ours", s)], by[("dense", s)]
+        b, o, d = (by.get((m, s), {}) for m in ("bilinear", "ours", "dense"))
+        k = by.get(("ours_refk", s), {})
         def sec(r):
             return "—" if r.get("seconds") is None else f"{r['seconds']:.2f}"
-        mem_ratio = time_ratio = d.get("note", "—")
+        mem_ratio = time_ratio = tiling_ratio = d.get("note", "—")
         if d.get("seconds") is not None and o.get("seconds") is not None:
             mem_ratio = f"{d['working_bytes'] / max(o['working_bytes'], 1):.1f}×"
             time_ratio = f"{d['seconds'] / o['seconds']:.1f}×"
+            if k.get("seconds") is not None:
+                tiling_ratio = f"{d['seconds'] / k['seconds']:.1f}×"
         lines.append(
-            f"| {s}² | {s // PATCH}² | {sec(b)} | {sec(o)} | {sec(d)} | {_fmt_mb(o.get('working_bytes'))} | "
-            f"{_fmt_mb(d.get('working_bytes'))} | {mem_ratio} | {time_ratio} |"
+            f"| {s}² | {s // PATCH}² | {sec(b)} | {sec(o)} | {sec(k)} | {sec(d)} | {_fmt_mb(o.get('working_bytes'))} | "
+            f"{_fmt_mb(d.get('working_bytes'))} | {mem_ratio} | {time_ratio} | {tiling_ratio} |"
         )
     md = "\n".join(lines) + "\n"
     (out_dir / "memory_speed.md").write_text(md)
@@ -133,8 +157,8 @@ def write_report(rows: list[dict], out_dir: Path) -> None:
     except ImportError:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, style in (("bilinear", "k:"), ("ours", "b-o"), ("dense", "r-s")):
-        pts = [(s, by[(method, s)]) for s in sizes if by[(method, s)].get("seconds") is not None]
+    for method, style in (("bilinear", "k:"), ("ours", "b-o"), ("ours_refk", "c--^"), ("dense", "r-s")):
+        pts = [(s, by[(method, s)]) for s in sizes if by.get((method, s), {}).get("seconds") is not None]
         axes[0].plot([s for s, _ in pts], [r["seconds"] for _, r in pts], style, label=method)
         axes[1].plot([s for s, _ in pts], [max(r["working_bytes"], 1) / 2**20 for _, r in pts], style, label=method)
     for ax, title in zip(axes, ("time (s)", "working memory (MiB)")):
@@ -156,12 +180,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 672, 896, 1344, 2048])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--max-memory", type=int, default=None, help="working-memory cap for ours (bytes)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.max_memory)))
         return
-    run(args.sizes, args.out, args.max_memory)
+    run(args.sizes, args.out, args.max_memory, tuple(args.methods))
     sys.stdout.write((args.out / "memory_speed.md").read_text())
 
 

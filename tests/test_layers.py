@@ -1,0 +1,36 @@
+"""The pure layers: feature unification's (K, C) reindexing on both of its code paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anyup.layers import FeatureUnification
+
+
+def _naive(fu: FeatureUnification, x: torch.Tensor) -> torch.Tensor:
+    """The reference's computation, spelled out: all C*K responses, flat index c*K + k, viewed as (K, C)."""
+    b, c, h, w = x.shape
+    k, p = fu.out_channels, fu.kernel_size // 2
+    resp = torch.stack(
+        [F.conv2d(F.pad(x[:, ci : ci + 1], (p,) * 4), fu.basis[ki : ki + 1]) for ci in range(c) for ki in range(k)],
+        dim=1,
+    )[:, :, 0]  # (B, C*K, h, w)
+    taps = F.conv2d(F.pad(torch.ones(1, 1, h, w, dtype=x.dtype), (p,) * 4), torch.ones(1, 1, *fu.basis.shape[-2:], dtype=x.dtype))
+    grid = (resp / taps).view(b, k, c, h, w)  # row-major reinterpretation
+    return grid.softmax(dim=1).mean(dim=2)
+
+
+@pytest.mark.parametrize("c", [1, 3, 7])
+@pytest.mark.parametrize("chunk", [1 << 30, 40])  # one-conv path, chunked path
+def test_feature_unification_matches_reference_indexing(c, chunk):
+    torch.manual_seed(c)
+    fu = FeatureUnification(out_channels=4, kernel_size=3).double()
+    x = torch.randn(2, c, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        out = fu(x, max_chunk_elements=chunk)
+        want = _naive(fu, x)
+    assert out.shape == (2, 4, 5, 6)
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
+    assert (out >= 0).all() and torch.allclose(out.sum(dim=1), torch.ones(2, 5, 6, dtype=torch.float64))
