@@ -196,3 +196,17 @@ def test_no_cache_writes_no_feature_files(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.safetensors"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert len(read_csv(out / "results.csv")) == 2
+
+
+def test_encoder_name_with_layer():
+    """``name@layer`` selects a non-default layer (e.g. a stage held out of training)."""
+    from anyup.eval.runner import create_encoder
+
+    default = create_encoder("efficientnet_lite0", pretrained=False)
+    stage5 = create_encoder("efficientnet_lite0@stage5", pretrained=False)
+    assert [layer.name for layer in stage5.info.layers] == ["stage5"] and stage5.info.stride == 32
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert default(x).shape == (1, 112, 4, 4) and stage5(x).shape == (1, 192, 2, 2)
+    with pytest.raises(ValueError, match="stage9"):
+        create_encoder("efficientnet_lite0@stage9", pretrained=False)

@@ -316,14 +316,17 @@ def _build_upsamplers(methods: Sequence[str], encoder: Any, configs: dict[str, d
 
 
 def create_encoder(name: str, pretrained: bool) -> Any:
-    """Build encoder ``name``; random-init encoders (``pretrained=False``) are seeded (0) so runs repeat."""
+    """Build encoder ``name`` or ``name@layer`` (e.g. ``efficientnet_lite0@stage5``, a layer other
+    than the default); random-init encoders (``pretrained=False``) are seeded (0) so runs repeat."""
     from anyup import encoders as E
 
+    base, _, layer = name.partition("@")
+    layers = layer or None
     if pretrained:
-        return E.create(name, pretrained=True)
+        return E.create(base, pretrained=True, layers=layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return E.create(name, pretrained=False)
+        return E.create(base, pretrained=False, layers=layers)
 
 
 def run(options: RunOptions) -> list[ResultRow]:
@@ -364,7 +367,7 @@ def run(options: RunOptions) -> list[ResultRow]:
 
     hub_failure: str | None = None  # after one hub download fails, skip the other hub encoders at once
     for enc_name in encoders:
-        needs_hub = options.pretrained and not E.get_spec(enc_name).offline
+        needs_hub = options.pretrained and not E.get_spec(enc_name.partition("@")[0]).offline
         if needs_hub and hub_failure is not None:
             skipped.append((f"encoder {enc_name}", f"pretrained weights come from the hub, unreachable here ({hub_failure})"))
             continue
