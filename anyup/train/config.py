@@ -403,13 +403,20 @@ def _cpu_offline() -> TrainConfig:
 def _cpu_offline_multi() -> TrainConfig:
     """Multi-backbone CPU run over every offline encoder: EfficientNet-Lite0 stages, CRAFT's and HED's VGG16.
 
-    256 px images, crops of 128 px (a multiple of every stride from 4 to 32). The weights it produces
-    are meant to ship with the package as the offline default.
+    128 px inputs, 256 px high-res images (128 is a multiple of every stride from 4 to 32), targets
+    = the encoder's features of the whole 256 px image (``data.target="full"``: at these sizes a
+    128 px crop's CNN features are dominated by its zero-padded borders), cosine decay after step
+    435. The shipped ``anyup_offline`` weights come from this recipe (their first 525 steps used
+    crop targets and a constant lr; see the model card in the README).
     """
     cfg = _cpu_offline()
     cfg.run_dir = "runs/anyup_cpu_offline_multi"
-    cfg.steps = 6000
+    cfg.steps = 1900
     cfg.data.input_size = 128
+    cfg.data.target = "full"
+    cfg.optim.schedule = "cosine"
+    cfg.optim.decay_start = 435
+    cfg.optim.min_lr_ratio = 0.05
     layers = {
         "efficientnet_lite0": ["stage2", "stage3", "stage4", "stage6"],  # strides 8, 16, 16, 32
         "vgg16_bn_craft": ["conv3_3", "conv4_3", "conv5_2"],  # strides 4, 8, 16
