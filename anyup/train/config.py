@@ -411,7 +411,7 @@ def _cpu_offline_multi() -> TrainConfig:
     """
     cfg = _cpu_offline()
     cfg.run_dir = "runs/anyup_cpu_offline_multi"
-    cfg.steps = 1900
+    cfg.steps = 1600
     cfg.data.input_size = 128
     cfg.data.target = "full"
     cfg.optim.schedule = "cosine"
