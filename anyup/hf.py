@@ -14,12 +14,11 @@ from pathlib import Path
 import torch
 
 from anyup._atomic import atomic_write, atomic_write_text
-from anyup.model import AnyUp, AnyUpConfig
+from anyup.model import ARCH_FIELDS, AnyUp, AnyUpConfig
 from anyup.weights import load_state_dict_strict, read_state_dict
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-_ARCH_FIELDS = ("dim", "num_heads", "num_groups", "num_blocks", "lfu_kernel_size", "window_ratio")
 
 
 def save_pretrained(model: AnyUp, folder: str | os.PathLike, push_to_hub: str | None = None) -> Path:
@@ -28,10 +27,11 @@ def save_pretrained(model: AnyUp, folder: str | os.PathLike, push_to_hub: str | 
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {k: getattr(model.config, k) for k in _ARCH_FIELDS}
+    config = {k: getattr(model.config, k) for k in ARCH_FIELDS}
     config["architecture"] = "AnyUp"
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    arch = json.dumps({k: config[k] for k in ARCH_FIELDS})  # also in the file, so anyup.load(file) works alone
+    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt", "anyup_config": arch}))
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2))
     if push_to_hub:
         hub = _hub()

@@ -70,6 +70,10 @@ class AnyUpConfig:
         return asdict(self)
 
 
+# The fields that define the architecture (stored with exported weights); the rest are run-time settings.
+ARCH_FIELDS = ("dim", "num_heads", "num_groups", "num_blocks", "lfu_kernel_size", "window_ratio")
+
+
 class Tile(NamedTuple):
     """One rectangle of the output: rows ``[y0, y1)``, columns ``[x0, x1)``, ``data`` (B, C, y1-y0, x1-x0)."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from anyup.model import AnyUp, AnyUpConfig
+from anyup.model import ARCH_FIELDS, AnyUp, AnyUpConfig
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,9 @@ def load(
     Args:
         name_or_path: a name from :func:`available_weights` or a ``.pth``/``.safetensors`` file.
         device: where to put the model.
-        config: run-time settings (window ratio, memory cap); architecture fields must match.
+        config: run-time settings (window ratio, memory cap); architecture fields must match. Default:
+            the architecture stored in a ``.safetensors`` file's metadata (``anyup train`` exports
+            and ``save_pretrained`` write it), else ``AnyUpConfig()``.
     """
     p = Path(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in _REGISTRY:
@@ -210,6 +212,31 @@ def load(
         raise ValueError(
             f"{str(name_or_path)!r} is neither a registered weights name {sorted(_REGISTRY)} nor an existing file"
         )
+    if config is None:
+        config = stored_config(path)
     model = AnyUp(config)
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
     return model.to(device).eval()
+
+
+def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:
+    """The architecture in a ``.safetensors`` file's ``anyup_config`` metadata (JSON), if any."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{str(path)!r} is not a valid safetensors file: {err}") from err
+    if "anyup_config" not in meta:
+        return None
+    try:
+        fields = json.loads(meta["anyup_config"])
+        return AnyUpConfig(**{k: v for k, v in fields.items() if k in ARCH_FIELDS})
+    except (json.JSONDecodeError, TypeError, AttributeError) as err:
+        raise ValueError(f"{str(path)!r} has unreadable anyup_config metadata: {err}") from err

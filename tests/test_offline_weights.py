@@ -24,7 +24,8 @@ def test_shipped_file_matches_registry_and_loads_strictly(monkeypatch, tmp_path)
 
 def _fidelity(model, enc, image01: torch.Tensor) -> tuple[float, float]:
     """Cosine between features upsampled from the half-size image and the encoder's full-size features."""
-    full = anyup.image.resize_to_multiple(image01, enc.info.multiple, short_side=224)[None]  # (1, 3, H, W)
+    # a multiple of twice the encoder's input multiple, so the half-size image is valid too
+    full = anyup.image.resize_to_multiple(image01, 2 * enc.info.multiple, short_side=224)[None]  # (1, 3, H, W)
     small = F.interpolate(full, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
         target = enc(full)  # (1, C, h, w)

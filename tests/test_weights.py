@@ -139,3 +139,18 @@ def test_weights_cli(published_weights_env, capsys):
     assert cli_main(["weights", "verify", "anyup_paper"]) == 0
     assert "sha256 OK" in capsys.readouterr().out
     assert cli_main(["weights", "verify", "nope"]) == 1
+
+
+def test_load_reads_architecture_from_safetensors_metadata(tmp_path):
+    """A reduced-width export (anyup train, save_pretrained) loads by path alone."""
+    from anyup import AnyUp, AnyUpConfig
+
+    small = AnyUp(AnyUpConfig(dim=32, num_heads=2)).eval()
+    folder = small.save_pretrained(tmp_path / "small")
+    model = anyup.load(folder / "model.safetensors")
+    assert model.config.dim == 32 and model.config.num_heads == 2
+    for k, v in small.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    # an explicit config still wins, and a mismatch fails the strict shape check
+    with pytest.raises(ValueError, match="shape"):
+        anyup.load(folder / "model.safetensors", config=AnyUpConfig())

@@ -37,22 +37,10 @@ def held_out_images(cfg: TrainConfig, run_dir: Path) -> torch.Tensor:
 
 
 def load_weights(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """``anyup.load``, using the architecture stored in a training export's metadata when there is one."""
-    import json
-
+    """``anyup.load`` (which reads the architecture stored in a training export's metadata)."""
     import anyup
-    from anyup.model import AnyUpConfig
 
-    path = Path(name_or_path)
-    config = None
-    if path.suffix == ".safetensors" and path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        if "anyup_config" in meta:
-            config = AnyUpConfig(**json.loads(meta["anyup_config"]))
-    return anyup.load(name_or_path, device=device, config=config)
+    return anyup.load(name_or_path, device=device)
 
 
 def evaluate_run(

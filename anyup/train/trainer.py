@@ -58,6 +58,7 @@ from anyup.train.data import (
     split_holdout,
 )
 from anyup.train.losses import RecipeLoss, crop_boxes, extract_crops
+from anyup.model import ARCH_FIELDS
 from anyup.train.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ StepCallback = Callable[[int, dict[str, float]], None]
 LAST_CHECKPOINT = "checkpoints/last.pt"
 MODEL_FILE = "model.safetensors"
 DEFAULT_MAX_MEMORY = 8 * 2**30
-ARCH_FIELDS = ("dim", "num_heads", "num_groups", "num_blocks", "lfu_kernel_size", "window_ratio")
 
 
 # ----------------------------------------------------------------------------------------------
