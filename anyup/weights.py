@@ -72,7 +72,7 @@ register_weights(
         name="anyup_offline",
         filename="anyup_offline.safetensors",
         url=None,  # ships inside the package: works with no network
-        sha256="06bb51a6448622fcaca3a213a5dea1fbe1bfa936ffa6db7fe49ed6aa4341e6e2",
+        sha256="8c3ec793f9714b151c9406bd6c5f6357a45f105295be8f2ec42fcc25d971bb36",
         licence="MIT (trained by the anyup project)",
         description="Our AnyUp weights, trained on CPU over EfficientNet-Lite0 / CRAFT VGG16-BN / HED VGG16 "
         "features of offline photos (see the model card in the README)",
