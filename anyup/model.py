@@ -90,6 +90,7 @@ class _Plan:
     band_rows: int  # full-resolution rows per band when streamed
     tile: int  # side of a query tile in output pixels
     fu_elements: int = 1 << 24  # feature unification: max elements of its (B, C*K, h, w) responses at once
+    cache_encoding: bool = False  # streamed: keep the full-resolution image encoding once its norms are known
     extras: dict = field(default_factory=dict)
 
 
@@ -324,7 +325,11 @@ class AnyUp(nn.Module):
         logger.debug("plan: streamed=%s band_rows=%d tile=%d cap=%d", streamed, band_rows, tile, cap)
         # Feature unification holds its responses and their softmax (2 float32 copies).
         fu_elements = max(1 << 20, cap // (4 * 2 * 2))
-        return _Plan(streamed=streamed, band_rows=band_rows, tile=int(tile), fu_elements=fu_elements)
+        # Streamed: the bands and tiles use half the cap; if the RoPE'd image encoding (B, D, H, W)
+        # fits in the other half, compute it once instead of once per later pass.
+        cache_encoding = streamed and b * d * hi * wi * features.element_size() <= cap // 2
+        return _Plan(streamed=streamed, band_rows=band_rows, tile=int(tile), fu_elements=fu_elements,
+                     cache_encoding=cache_encoding)
 
     # ----------------------------------------------------------------------------------------
     # Full-resolution per-pixel pipeline
@@ -336,6 +341,24 @@ class AnyUp(nn.Module):
         ys = pixel_coordinates(height, e.device)[y0 : y0 + e.shape[-2]]
         xs = pixel_coordinates(e.shape[-1], e.device)
         return self.rope(e, ys, xs)
+
+    def _encode_rows(self, image: torch.Tensor, y0: int, y1: int, norm: NormFn, plan: _Plan) -> torch.Tensor:
+        """RoPE'd encoding of image rows ``[y0, y1)`` (B, D, y1-y0, W), from the cache when there is one."""
+        cached = plan.extras.get("encoding_full")
+        if cached is not None:
+            return cached[:, :, y0:y1].contiguous()
+        return self._encode(image[:, :, y0:y1], y0, image.shape[-2], norm)
+
+    def _cache_encoding(self, image: torch.Tensor, norm: StreamedGroupNorm, plan: _Plan) -> None:
+        """Fill ``plan.extras["encoding_full"]`` band by band (the image encoder's norms must be known)."""
+        hi = image.shape[-2]
+        full = None
+        for y0 in range(0, hi, plan.band_rows):
+            e = self._encode(image[:, :, y0 : y0 + plan.band_rows], y0, hi, norm)  # (B, D, n, W)
+            if full is None:
+                full = e.new_empty(e.shape[0], e.shape[1], hi, e.shape[-1])  # (B, D, H, W)
+            full[:, :, y0 : y0 + e.shape[-2]] = e
+        plan.extras["encoding_full"] = full
 
     def _collect_stats(self, image: torch.Tensor, plan: _Plan) -> StreamedGroupNorm:
         """GroupNorm statistics of the image encoder and both branches, over row bands.
@@ -350,10 +373,13 @@ class AnyUp(nn.Module):
         hi = image.shape[-2]
         stacks = (self.image_encoder, self.key_encoder, self.query_encoder)
         n_norms = sum(isinstance(m, nn.GroupNorm) for s in stacks for m in s.modules())
+        n_image = sum(isinstance(m, nn.GroupNorm) for m in self.image_encoder.modules())
         while norm.num_known < n_norms:
+            if plan.cache_encoding and norm.num_known >= n_image and "encoding_full" not in plan.extras:
+                self._cache_encoding(image, norm, plan)
             for y0 in range(0, hi, plan.band_rows):
                 try:
-                    e = self._encode(image[:, :, y0 : y0 + plan.band_rows], y0, hi, norm)
+                    e = self._encode_rows(image, y0, y0 + plan.band_rows, norm, plan)
                 except _StopPass:
                     continue
                 for branch in (self.key_encoder, self.query_encoder):
@@ -381,7 +407,7 @@ class AnyUp(nn.Module):
             for l0 in range(0, h, cells):
                 l1 = min(h, l0 + cells)
                 s, e = starts[l0], ends[l1 - 1]
-                k = self.key_encoder(self._encode(image[:, :, s:e], s, hi, norm), norm)  # (B, D, n, W)
+                k = self.key_encoder(self._encode_rows(image, s, e, norm, plan), norm)  # (B, D, n, W)
                 parts.append(adaptive_avg_pool_2d(k, (hi, wi), (h, w), (l0, l1), s))  # (B, D, l1-l0, w)
             kimg = torch.cat(parts, dim=2)
         feats_n = F.normalize(features.to(acc_dtype(features)), dim=1).to(features.dtype)  # L2 over channels
@@ -409,7 +435,7 @@ class AnyUp(nn.Module):
             norm = self._collect_stats(image, plan)
             starts, ends = pool_ranges(hi, hq)
             s, e = starts[a], ends[z - 1]
-            q = self.query_encoder(self._encode(image[:, :, s:e], s, hi, norm), norm)  # (B, D, n, W)
+            q = self.query_encoder(self._encode_rows(image, s, e, norm, plan), norm)  # (B, D, n, W)
             q = adaptive_avg_pool_2d(q, (hi, wi), (hq, wq), (a, z), s)  # (B, D, z-a, W')
         q = F.pad(q, (1, 1, 1 if i0 == 0 else 0, 1 if i1 == hq else 0))  # zero padding at the borders only
         return F.conv2d(q, self.cross_decode.conv2d.weight.to(q.dtype))  # (B, D, i1-i0, W')

@@ -359,3 +359,21 @@ def test_pointwise_conv_equals_conv2d_for_any_layout():
             assert torch.allclose(conv(inp), want, atol=1e-6)
         out = torch.empty(3, 5, 6, 7)
         assert conv(x, out=out) is out and torch.allclose(out, expected, atol=1e-6)
+
+
+def test_streamed_with_cached_encoding_matches_whole_float64():
+    """Three plans, one result: whole image, streamed, streamed with the image encoding cached."""
+    torch.manual_seed(0)
+    m = AnyUp().double().eval()
+    image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
+    plans = {cap: m._plan(image, feats, (11, 13), cap, None) for cap in (1 << 40, 800_000, 200_000)}
+    assert not plans[1 << 40].streamed
+    assert plans[800_000].streamed and plans[800_000].cache_encoding
+    assert plans[200_000].streamed and not plans[200_000].cache_encoding
+    with torch.no_grad():
+        outs = [m(image, feats, (11, 13), max_memory=cap) for cap in plans]
+    for o in outs[1:]:
+        assert (o - outs[0]).abs().max() <= 1e-10
+    image.requires_grad_(True)  # gradients flow through the cached encoding too
+    m(image, feats, (11, 13), max_memory=800_000).sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
