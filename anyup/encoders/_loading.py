@@ -60,3 +60,19 @@ def package_file(package: str, *parts: str, pip_name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"package {pip_name!r} is installed but its weights file is missing: {path}")
     return path
+
+
+def weights_file(
+    weights: str | os.PathLike | None, pretrained: bool, package: str, *parts: str, pip_name: str, label: str
+) -> tuple[Path | None, str]:
+    """Where a bundled-weights builder loads from, and how ``EncoderInfo.weights`` describes it.
+
+    The caller's ``weights`` file wins (described by its path); else, when ``pretrained``, the file
+    ``parts`` inside the installed pip package (see :func:`package_file`), described by ``label``;
+    else ``(None, "random init")``.
+    """
+    if weights is not None:
+        return Path(weights), str(weights)
+    if pretrained:
+        return package_file(package, *parts, pip_name=pip_name), label
+    return None, "random init"

