@@ -1,4 +1,4 @@
-"""Shared fixtures: the read-only ``../shared`` folder (weights, golden outputs)."""
+"""Shared fixtures: the read-only ``../shared`` folder (weights, golden outputs), a random-init model file."""
 
 from __future__ import annotations
 
@@ -39,3 +39,28 @@ def published_weights_env(weights_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     """Make ``anyup.load("anyup_multi_backbone")`` resolve to ../shared/weights."""
     monkeypatch.setenv("ANYUP_WEIGHTS_DIR", str(weights_dir))
     return weights_dir
+
+
+@pytest.fixture(scope="session")
+def random_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init AnyUp (seed 0) saved as safetensors: exercises loading without the published weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from anyup.model import AnyUp
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "anyup_random.safetensors"
+    save_file(AnyUp().state_dict(), str(path))
+    return path
+
+
+@pytest.fixture()
+def one_thread():
+    """Run the test with one torch thread (restored afterwards)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

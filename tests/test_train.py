@@ -39,12 +39,7 @@ from anyup.train.trainer import choose_encoder, recipe_targets
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save_png(path: Path, h: int, w: int, seed: int = 0) -> Path:

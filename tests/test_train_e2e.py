@@ -21,12 +21,7 @@ SHARED_WEIGHTS = REPO.parent / "shared" / "weights"
 SMALL_MODEL = ["model.dim=32", "model.num_heads=2", "model.num_groups=4"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,6 @@ skdata = pytest.importorskip("skimage.data")
 
 
 @pytest.fixture(scope="module")
-def random_model_file(tmp_path_factory):
-    """A random-init AnyUp saved as safetensors: exercises loading without the published weights."""
-    from safetensors.torch import save_file
-
-    from anyup.model import AnyUp
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "anyup_random.safetensors"
-    save_file(AnyUp().state_dict(), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     Image.fromarray(skdata.chelsea()).save(folder / "chelsea.png")  # 300 x 451

@@ -11,18 +11,6 @@ from anyup.cli import main
 from anyup.viz import atomic_write, attention_overlay, attention_row, fit_pca, pca_comparison, pca_rgb, save_png
 
 
-@pytest.fixture(scope="module")
-def random_model_file(tmp_path_factory):
-    from safetensors.torch import save_file
-
-    from anyup.model import AnyUp
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "anyup_random.safetensors"
-    save_file(AnyUp().state_dict(), str(path))
-    return path
-
-
 # --------------------------------------------------------------------------------------------
 # PCA
 def test_pca_rgb_shapes_range_and_shared_basis():
