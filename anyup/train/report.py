@@ -36,13 +36,6 @@ def held_out_images(cfg: TrainConfig, run_dir: Path) -> torch.Tensor:
     return load_eval_images(files, d.hr_factor * d.input_size)[0]
 
 
-def load_weights(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """``anyup.load`` (which reads the architecture stored in a training export's metadata)."""
-    import anyup
-
-    return anyup.load(name_or_path, device=device)
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     references: dict[str, str] | None = None,
@@ -76,7 +69,7 @@ def evaluate_run(
         f"trained ({Path(weights).name})": anyup.load(weights, device=dev, config=arch),
     }
     for label, ref in (references or {}).items():
-        models[label] = load_weights(ref, device=dev)
+        models[label] = anyup.load(ref, device=dev)  # architecture from the file's metadata when stored
     rows = []
     for spec in cfg.encoders:
         enc = (encoders or {}).get(spec.label) or build_encoder(spec, dev, cfg.seed)
