@@ -29,7 +29,7 @@ def test_feature_unification_matches_reference_indexing(c, chunk):
     fu = FeatureUnification(out_channels=4, kernel_size=3).double()
     x = torch.randn(2, c, 5, 6, dtype=torch.float64)
     with torch.no_grad():
-        out = fu(x, max_chunk_elements=chunk)
+        out = fu.unify(x, max_chunk_elements=chunk)
         want = _naive(fu, x)
     assert out.shape == (2, 4, 5, 6)
     torch.testing.assert_close(out, want, atol=1e-12, rtol=0)

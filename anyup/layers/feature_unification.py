@@ -36,9 +36,15 @@ class FeatureUnification(nn.Module):
         self.kernel_size = kernel_size
         self.basis = nn.Parameter(torch.randn(out_channels, 1, kernel_size, kernel_size))
 
-    def forward(self, features: torch.Tensor, max_chunk_elements: int = 1 << 24) -> torch.Tensor:
-        """``max_chunk_elements`` bounds the ``C * K`` response tensor; when all of it fits, one conv
-        computes every response and the ``(K, C)`` grid is a plain view of it (about 2x faster)."""
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, K, h, w), all ``C * K`` responses at once."""
+        return self.unify(features)
+
+    def unify(self, features: torch.Tensor, max_chunk_elements: int = 1 << 62) -> torch.Tensor:
+        """As :meth:`forward`, with at most ``max_chunk_elements`` responses alive at once.
+
+        When all of them fit, one conv computes every response and the ``(K, C)`` grid is a plain
+        view of it; otherwise the grid's columns are processed in chunks (same result)."""
         b, c, h, w = features.shape
         k, ks = self.out_channels, self.kernel_size
         p = ks // 2
@@ -50,10 +56,10 @@ class FeatureUnification(nn.Module):
         if b * c * k * h * w <= max_chunk_elements:
             resp = F.conv2d(x.reshape(b * c, 1, h + 2 * p, w + 2 * p), basis)  # (B*C, K, h, w), flat c*K + k
             resp = resp.to(acc).div_(taps).view(b, k, c, h, w).softmax(dim=1)  # (K, C) grid, softmax over a
-            return resp.mean(dim=2).to(features.dtype)  # (B, K, h, w)
+            return resp.mean(dim=2).to(features.dtype)  # (B, K, h, w), float32 as the reference
         # Column b of the (K, C) grid holds flat indices a*C + b for a in [0, K).
         chunk = max(1, min(c, max_chunk_elements // max(1, b * k * h * w)))
-        total = torch.zeros(b, k, h, w, dtype=acc, device=features.device)
+        total = torch.zeros(b, k, h, w, dtype=torch.float64, device=features.device)  # float64: chunking-independent
         a_idx = torch.arange(k, device=features.device).view(k, 1)  # (K, 1)
         for b0 in range(0, c, chunk):
             cols = torch.arange(b0, min(c, b0 + chunk), device=features.device).view(1, -1)  # (1, nb)
@@ -63,5 +69,5 @@ class FeatureUnification(nn.Module):
             resp = F.conv2d(inp, basis.index_select(0, filt), groups=flat.numel())  # (B, K*nb, h, w)
             resp = resp.to(acc) / taps
             resp = resp.view(b, k, -1, h, w).softmax(dim=1)  # (B, K, nb, h, w), softmax over a
-            total += resp.sum(dim=2)
+            total += resp.sum(dim=2, dtype=torch.float64)
         return (total / c).to(features.dtype)  # (B, K, h, w)

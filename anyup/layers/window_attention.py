@@ -1,9 +1,9 @@
-"""Windowed cross-attention from high-resolution queries to low-resolution keys.
+"""Cross-attention from high-resolution queries to low-resolution keys, as in the reference.
 
-Each output pixel attends only to the low-resolution cells inside a window around it (the
-"locality rule" of AnyUp). The reference builds a dense ``(H'*W', h*w)`` mask and attention
-matrix; :class:`WindowCrossAttention` produces the *same* result tile by tile, each query tile
-against only the rectangle of keys its windows can reach, so memory is bounded by the tile size.
+The attention weights (softmax over the keys allowed by a boolean mask, averaged over heads) mix
+the *raw* values, so every output is a convex combination of input vectors. Which keys a query may
+see (the window) and how the work is tiled is decided by :mod:`anyup.engine`; these modules only
+hold the parameters and the per-tensor maths.
 """
 
 from __future__ import annotations
@@ -17,33 +17,6 @@ from torch import nn
 from anyup.layers.norms import acc_dtype, rms_norm
 
 
-def window_bounds(out_len: int, low_len: int, ratio: float, device: torch.device | str | None = None):
-    """Window of every output index along one axis, as in the reference (float32 arithmetic).
-
-    Output index ``i`` of ``out_len`` has centre ``p = (i + 0.5) / out_len``; its window spans
-    low-res indices ``[floor(clamp(p - r, 0, 1) * low_len), ceil(clamp(p + r, 0, 1) * low_len))``.
-    Returns ``(start, stop)``, two int64 tensors of shape ``(out_len,)``, both non-decreasing.
-    """
-    pos = (torch.arange(out_len, dtype=torch.float32, device=device) + 0.5) / out_len
-    lo = (pos - ratio).clamp(0.0, 1.0)
-    hi = (pos + ratio).clamp(0.0, 1.0)
-    return (lo * low_len).floor().long(), (hi * low_len).ceil().long()
-
-
-def dense_window_mask(out_hw: tuple[int, int], low_hw: tuple[int, int], ratio: float, device=None) -> torch.Tensor:
-    """The reference's dense boolean mask ``(H'*W', h*w)``, True where a query may attend.
-
-    Only for tests and the benchmark's dense baseline: its size is what runs out of memory.
-    """
-    r0, r1 = window_bounds(out_hw[0], low_hw[0], ratio, device)
-    c0, c1 = window_bounds(out_hw[1], low_hw[1], ratio, device)
-    rows = torch.arange(low_hw[0], device=device)
-    cols = torch.arange(low_hw[1], device=device)
-    row_ok = (rows >= r0[:, None]) & (rows < r1[:, None])  # (H', h)
-    col_ok = (cols >= c0[:, None]) & (cols < c1[:, None])  # (W', w)
-    return (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(out_hw[0] * out_hw[1], -1)
-
-
 class WindowCrossAttention(nn.Module):
     """RMS-normalised multi-head attention whose weights (heads averaged) mix raw values.
 
@@ -54,8 +27,8 @@ class WindowCrossAttention(nn.Module):
 
     def __init__(self, dim: int = 128, num_heads: int = 4) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), num_heads >= 1")
         self.dim, self.num_heads = dim, num_heads
         self.norm_q = nn.RMSNorm(dim)
         self.norm_k = nn.RMSNorm(dim)
@@ -71,40 +44,45 @@ class WindowCrossAttention(nn.Module):
         return y.view(b, -1, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, nh, N, hd)
 
     def project_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """(B, D, ...) queries -> (B, nh, N, hd)."""
         return self._project(q, 0, self.norm_q)
 
     def project_keys(self, k: torch.Tensor) -> torch.Tensor:
+        """(B, D, ...) keys -> (B, nh, N, hd)."""
         return self._project(k, 1, self.norm_k)
 
-    @staticmethod
-    def attend(
-        qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor | None, values: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Heads-averaged softmax attention.
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Heads-averaged masked softmax attention on raw values (the reference's maths).
 
-        qh (B, nh, Nq, hd), kh (B, nh, Nk, hd), mask (Nq, Nk) bool (True = may attend) or None,
-        values (B, Nk, C). Returns (B, Nq, C), or the weights (B, Nq, Nk) when ``values`` is None.
-        Logits and softmax are float32.
+        queries (B, D, Nq...), keys (B, D, Nk...), values (B, Nk, C), mask (Nq, Nk) bool
+        (True = may attend). Returns (B, Nq, C). Logits and softmax are float32 (float64 stays).
         """
-        scale = 1.0 / math.sqrt(qh.shape[-1])
-        logits = torch.matmul(qh, kh.transpose(-1, -2)).to(acc_dtype(qh)) * scale  # (B, nh, Nq, Nk)
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        weights = logits.softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
-        if values is None:
-            return weights
+        qh, kh = self.project_queries(queries), self.project_keys(keys)
+        logits = torch.matmul(qh, kh.transpose(-1, -2)).to(acc_dtype(qh)) / math.sqrt(qh.shape[-1])  # (B, nh, Nq, Nk)
+        weights = logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
         return torch.matmul(weights.to(values.dtype), values)  # (B, Nq, C)
 
 
-def dense_window_attention(
-    attn: WindowCrossAttention, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor, ratio: float
-) -> torch.Tensor:
-    """Reference semantics with a dense mask: q (B,D,H',W'), k (B,D,h,w), values (B,C,h,w) -> (B,C,H',W').
+class CrossDecode(nn.Module):
+    """``conv2d`` (3x3, zero padding, bias-free) on the queries, then windowed cross-attention."""
 
-    Memory is ``O(H'*W'*h*w)``: only for tests and benchmarks.
-    """
-    b, c, h, w = values.shape
-    hq, wq = q.shape[-2:]
-    mask = dense_window_mask((hq, wq), (h, w), ratio, q.device)
-    out = attn.attend(attn.project_queries(q), attn.project_keys(k), mask, values.flatten(2).transpose(1, 2))
-    return out.transpose(1, 2).reshape(b, c, hq, wq)
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(dim, dim, 3, padding=1, bias=False)
+        self.cross_attn = WindowCrossAttention(dim, num_heads)
+
+    def decode_queries(self, q: torch.Tensor, pad_top: bool = True, pad_bottom: bool = True) -> torch.Tensor:
+        """The 3x3 conv on a band of query rows (B, D, n, W') -> (B, D, n - 2 + pads, W').
+
+        A band cut from a larger map carries one halo row on each side that is not an image border;
+        ``pad_top`` / ``pad_bottom`` say which sides are borders (zero padded, as the reference).
+        """
+        q = F.pad(q, (1, 1, int(pad_top), int(pad_bottom)))
+        return F.conv2d(q, self.conv2d.weight.to(q.dtype))
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """queries (B, D, H', W'), keys (B, D, h, w), values (B, C, h, w), mask (H'*W', h*w) -> (B, C, H', W')."""
+        b, c = values.shape[:2]
+        hq, wq = queries.shape[-2:]
+        out = self.cross_attn(self.decode_queries(queries), keys, values.flatten(2).transpose(1, 2), mask)
+        return out.transpose(1, 2).reshape(b, c, hq, wq)

@@ -1,0 +1,144 @@
+"""Attention backends: one small interface, chosen by name, all exact to the reference semantics.
+
+Every backend computes, for one tile of queries against the rectangle of keys they can reach,
+
+    out[b, q] = sum_k mean_h softmax_k(mask(q, k) ? <qh[b,h,q], kh[b,h,k]> / sqrt(hd) : -inf) * v[b, k]
+
+i.e. the heads-averaged softmax weights applied to the raw values. Arguments: ``qh`` (B, nh, Nq, hd),
+``kh`` (B, nh, Nk, hd), ``values`` (B, Nk, C), ``mask`` (Nq, Nk) bool; result (B, Nq, C) in the
+values' dtype. Logits and softmax run in float32 (float64 stays float64).
+
+Backends (``attention=`` of :class:`anyup.AnyUp` / :class:`anyup.engine.EngineOptions`):
+
+* ``matmul``: two GEMMs and a masked softmax (PyTorch ops; every device).
+* ``sdpa``: ``F.scaled_dot_product_attention`` with V broadcast to every head, then the head mean
+  (equal to the averaged-weights product; the value product is done once per head).
+* ``flex``: ``torch.nn.attention.flex_attention`` with the window as a block mask (compiled;
+  needs a working ``torch.compile`` for the device).
+* ``triton``: a two-pass Triton kernel (per-head max/sum first, then one weighted pass over V, so
+  the value product is not repeated per head). CUDA, or the CPU under ``TRITON_INTERPRET=1``.
+* ``auto``: the fastest available exact backend for the device (see :func:`resolve`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from anyup.layers.norms import acc_dtype
+
+AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionBackend:
+    name: str
+    attend: AttendFn
+    available: Callable[[torch.device], bool]
+    description: str
+
+
+def attention_weights(qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Heads-averaged masked softmax weights (B, Nq, Nk), float32 (float64 stays)."""
+    acc = acc_dtype(qh)
+    scale = 1.0 / math.sqrt(qh.shape[-1])
+    logits = torch.matmul(qh.to(acc), kh.to(acc).transpose(-1, -2))  # (B, nh, Nq, Nk)
+    logits.mul_(scale).masked_fill_(~mask, float("-inf"))
+    return logits.softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
+
+
+def attend_matmul(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = attention_weights(qh, kh, mask)  # (B, Nq, Nk)
+    return torch.matmul(weights.to(values.dtype), values)  # (B, Nq, C)
+
+
+def attend_sdpa(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    acc = acc_dtype(qh)
+    nh = qh.shape[1]
+    v = values.to(acc).unsqueeze(1).expand(-1, nh, -1, -1)  # (B, nh, Nk, C), no copy
+    out = F.scaled_dot_product_attention(qh.to(acc), kh.to(acc), v, attn_mask=mask)  # (B, nh, Nq, C)
+    return out.mean(dim=1).to(values.dtype)  # (B, Nq, C)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
+def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    acc = acc_dtype(qh)
+    nh, nq, nk = qh.shape[1], qh.shape[2], kh.shape[2]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return mask[q_idx, kv_idx]
+
+    block = create_block_mask(mask_mod, None, None, nq, nk, device=qh.device)
+    v = values.to(acc).unsqueeze(1).expand(-1, nh, -1, -1)
+    out = _compiled_flex()(qh.to(acc), kh.to(acc), v.contiguous(), block_mask=block)  # (B, nh, Nq, C)
+    return out.mean(dim=1).to(values.dtype)
+
+
+def attend_triton(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    from anyup.engine.triton_attention import windowed_attention
+
+    return windowed_attention(qh, kh, values, mask)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _triton_ok(device: torch.device) -> bool:
+    if not _has("triton"):
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def _flex_ok(device: torch.device) -> bool:
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return device.type in ("cuda", "cpu")
+
+
+BACKENDS: dict[str, AttentionBackend] = {
+    b.name: b
+    for b in (
+        AttentionBackend("matmul", attend_matmul, lambda d: True, "two GEMMs + masked softmax (PyTorch ops)"),
+        AttentionBackend("sdpa", attend_sdpa, lambda d: True, "F.scaled_dot_product_attention, V broadcast to heads"),
+        AttentionBackend("flex", attend_flex, _flex_ok, "flex_attention with a block mask (torch.compile)"),
+        AttentionBackend("triton", attend_triton, _triton_ok, "two-pass Triton kernel (CUDA; CPU with TRITON_INTERPRET=1)"),
+    )
+}
+ATTENTION_CHOICES = ("auto", *BACKENDS)
+
+
+def resolve(name: str, device: torch.device) -> AttentionBackend:
+    """The backend called ``name`` (``auto``: triton on CUDA when installed, else matmul).
+
+    On the CPU ``matmul`` is the fastest exact backend here (``benchmarks/attention_backends.py``
+    measures all of them): its logits are small per tile and MKL's GEMMs beat the fused kernels,
+    which repeat the value product per head.
+    """
+    if name == "auto":
+        if device.type == "cuda" and _triton_ok(device):
+            return BACKENDS["triton"]
+        return BACKENDS["matmul"]
+    if name not in BACKENDS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}; got {name!r}")
+    backend = BACKENDS[name]
+    if not backend.available(device):
+        raise RuntimeError(f"attention backend {name!r} is not available on {device}: {backend.description}")
+    return backend

@@ -1,0 +1,76 @@
+"""The engine under autograd: the modules' own maths, checkpointed so backward recomputes.
+
+Each ResBlock and each attention tile is a checkpoint segment (``torch.utils.checkpoint``,
+non-reentrant): forward keeps only segment inputs, backward recomputes one segment at a time.
+Working memory is then about 13 full-resolution maps plus one tile, instead of every activation
+and a dense (H'*W', h*w) attention (see :mod:`anyup.engine.plan`). Gradients are those of the
+plain computation (tests compare with the dense reference by gradcheck in float64).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from anyup.engine.attention import AttentionBackend
+from anyup.engine.plan import Plan
+from anyup.engine.window import Window
+from anyup.layers import pixel_coordinates
+
+
+def _ck(fn, *args):
+    return checkpoint(fn, *args, use_reentrant=False)
+
+
+def _stack(stack, x: torch.Tensor, tail=None) -> torch.Tensor:
+    """First layer + ResBlocks, each block a checkpoint; ``tail`` (e.g. pooling) joins the last one."""
+    x = _ck(stack[0], x)
+    blocks = stack.blocks
+    for i, blk in enumerate(blocks):
+        if tail is not None and i == len(blocks) - 1:
+            x = _ck(lambda v, blk=blk: tail(blk(v)), x)
+        else:
+            x = _ck(blk, x)
+    return x
+
+
+def iter_tiles_autograd(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], plan: Plan,
+                        backend: AttentionBackend) -> Iterator:
+    from anyup.engine.run import Tile, low_res_keys
+
+    dtype = features.dtype if features.dtype == torch.float64 or features.device.type == "cuda" else torch.float32
+    image, feats = image.to(dtype), features.to(dtype)
+    b, c, h, w = feats.shape
+    hi, wi = image.shape[-2:]
+    hq, wq = out_hw
+    ys, xs = pixel_coordinates(hi, image.device), pixel_coordinates(wi, image.device)
+    e = _stack(model.image_encoder, image, tail=lambda v: model.rope(v, ys, xs))  # (B, D, H, W)
+    kimg = _stack(model.key_encoder, e, tail=lambda v: F.adaptive_avg_pool2d(v, (h, w)))  # (B, D, h, w)
+    q = _stack(model.query_encoder, e, tail=lambda v: F.adaptive_avg_pool2d(v, (hq, wq)))  # (B, D, H', W')
+    del e
+    keys = low_res_keys(model, kimg, feats, plan)  # (B, D, h, w)
+    cd = model.cross_decode
+    q = cd.decode_queries(q)  # (B, D, H', W')
+    kh = cd.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
+    nh, hd = kh.shape[1], kh.shape[-1]
+    kh = kh.view(b, nh, h, w, hd)
+    values = feats.permute(0, 2, 3, 1)  # (B, h, w, C)
+    window = Window.build(out_hw, (h, w), model.config.window_ratio, feats.device)
+    t = plan.tile
+
+    def tile_fn(q_t, k_sub, v_sub, mask):
+        qh = cd.cross_attn.project_queries(q_t)  # (B, nh, th*tw, hd)
+        return backend.attend(qh, k_sub, v_sub, mask)  # (B, th*tw, C)
+
+    for i0 in range(0, hq, t):
+        i1 = min(hq, i0 + t)
+        for j0 in range(0, wq, t):
+            j1 = min(wq, j0 + t)
+            ra, rb, ca, cb = window.reach(i0, i1, j0, j1)
+            k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)
+            v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)
+            o = _ck(tile_fn, q[:, :, i0:i1, j0:j1], k_sub, v_sub, window.mask(i0, i1, j0, j1))
+            yield Tile(i0, i1, j0, j1, o.transpose(1, 2).reshape(b, c, i1 - i0, j1 - j0).to(features.dtype))

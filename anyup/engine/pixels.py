@@ -1,0 +1,196 @@
+"""The full-resolution per-pixel encoders, run in cache-sized chunks of pixels.
+
+AnyUp runs three encoders at full image resolution (image -> RoPE'd encoding ``e`` -> key and
+query branches): fourteen 128x128 1x1 convolutions per pixel with GroupNorm and SiLU in between.
+Run on whole maps, every element-wise op streams a 100 MB tensor through memory; here each op
+runs on a chunk of ``P`` pixels (a (B, D, P) block that stays in cache) and the 1x1 convs are
+plain GEMMs, so the element-wise work is almost free next to the GEMMs.
+
+GroupNorm needs statistics over *all* pixels before any pixel can be normalised. The engine
+gathers them in passes (:class:`GroupNormStats`): one pass per GroupNorm computes the chunks up
+to that norm's input and reduces them (per-chunk mean/variance in the compute dtype, combined
+across chunks in float64 with Chan's formula). Once known, a norm is one ``addcmul`` with
+per-(batch, channel) scale and shift.
+
+Layout everywhere: channels-first pixel blocks ``(B, C, P)`` cut from ``(B, C, H*W)`` views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anyup.layers import EncoderStack, RoPE2d, pixel_coordinates
+
+
+@dataclass
+class FrozenNorm:
+    """A GroupNorm with known statistics: ``y = (x - mean) * scale + bias``, each (B, C, 1).
+
+    Centring first (rather than one ``x * s + t``) keeps float32 exact when the mean is large
+    next to the spread.
+    """
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor
+
+    def apply(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        torch.sub(x, self.mean, out=out)
+        return out.mul_(self.scale).add_(self.bias)
+
+
+@dataclass
+class _Moments:
+    """Running count, mean and M2 per (B, G) in float64 (Chan's parallel algorithm)."""
+
+    count: int = 0
+    mean: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor, groups: int) -> None:
+        """Accumulate chunk x (B, C, P): per-channel two-pass moments, merged into groups in float64."""
+        b, c, p = x.shape
+        mean_c = x.mean(dim=-1)  # (B, C), compute dtype (no reshape: x may be a strided slice)
+        d = x - mean_c.unsqueeze(-1)
+        m2_c = d.square_().sum(dim=-1).double().view(b, groups, -1)  # (B, G, C/G)
+        mean_c = mean_c.double().view(b, groups, -1)
+        mean = mean_c.mean(dim=-1)  # (B, G)
+        m2 = m2_c.sum(dim=-1) + p * (mean_c - mean.unsqueeze(-1)).square().sum(dim=-1)
+        n = p * (c // groups)
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
+        self.count = total
+
+
+@dataclass
+class GroupNormStats:
+    """Statistics of one encoder stack's GroupNorms: ``frozen[i]`` is None until known.
+
+    GroupNorm ``2j`` normalises the input of ResBlock ``j``, ``2j + 1`` its inner activation.
+    """
+
+    norms: list[nn.GroupNorm]
+    frozen: list[FrozenNorm | None] = field(default_factory=list)
+    _pending: dict[int, _Moments] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.frozen = [None] * len(self.norms)
+
+    @property
+    def first_unknown(self) -> int | None:
+        return next((i for i, f in enumerate(self.frozen) if f is None), None)
+
+    def collect(self, index: int, x: torch.Tensor) -> None:
+        """Accumulate a chunk (B, C, P) of GroupNorm ``index``'s input."""
+        self._pending.setdefault(index, _Moments()).add(x, self.norms[index].num_groups)
+
+    def freeze(self, dtype: torch.dtype) -> None:
+        """Turn the accumulated moments into scale/shift (after a full pass over all pixels)."""
+        for index, mom in self._pending.items():
+            gn = self.norms[index]
+            assert mom.mean is not None and mom.m2 is not None
+            b, g = mom.mean.shape
+            c = gn.num_channels
+            rstd = torch.rsqrt(mom.m2 / mom.count + gn.eps)  # (B, G) float64
+            weight = gn.weight.double() if gn.weight is not None else torch.ones(c, dtype=torch.float64)
+            bias = gn.bias.double() if gn.bias is not None else torch.zeros(c, dtype=torch.float64)
+            scale = rstd.repeat_interleave(c // g, dim=1) * weight.to(rstd.device)  # (B, C)
+            mean = mom.mean.repeat_interleave(c // g, dim=1)  # (B, C)
+            bias_c = bias.to(rstd.device).expand_as(scale)
+            self.frozen[index] = FrozenNorm(*(t.to(dtype).unsqueeze(-1).contiguous() for t in (mean, scale, bias_c)))
+        self._pending.clear()
+
+
+def _mm(w: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = w @ x`` per batch item: w (Cout, Cin), x (B, Cin, P), out (B, Cout, P)."""
+    for i in range(x.shape[0]):
+        torch.mm(w, x[i], out=out[i])
+    return out
+
+
+class StackProgram:
+    """One :class:`EncoderStack` as chunk operations (weights cast to the compute dtype once)."""
+
+    def __init__(self, stack: EncoderStack, dtype: torch.dtype) -> None:
+        self.first = stack[0].matrix.detach().to(dtype)  # (D, Din)
+        self.blocks = [
+            (conv1.matrix.detach().to(dtype), conv2.matrix.detach().to(dtype)) for _, conv1, _, conv2 in (b.parts for b in stack.blocks)
+        ]
+        self.stats = GroupNormStats([n for b in stack.blocks for n in (b.parts[0], b.parts[2])])
+
+    @property
+    def num_norms(self) -> int:
+        return len(self.stats.norms)
+
+    def first_into(self, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """First layer (1x1 conv): (B, Din, P) -> ``out`` (B, D, P)."""
+        return _mm(self.first, x_in, out)
+
+    def half1(self, j: int, x: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """ResBlock ``j``, first half: ``y = W1 @ silu(gn1(x))`` (``a`` is scratch)."""
+        gn1 = self.stats.frozen[2 * j]
+        assert gn1 is not None, "GroupNorm statistics must be known before use"
+        F.silu(gn1.apply(x, a), inplace=True)
+        return _mm(self.blocks[j][0], a, y)
+
+    def half2(self, j: int, y: torch.Tensor, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """ResBlock ``j``, second half, in place on the residual stream: ``x += W2 @ silu(gn2(y))``."""
+        gn2 = self.stats.frozen[2 * j + 1]
+        assert gn2 is not None, "GroupNorm statistics must be known before use"
+        F.silu(gn2.apply(y, a), inplace=True)
+        w2 = self.blocks[j][1]
+        for i in range(x.shape[0]):
+            x[i].addmm_(w2, a[i])
+        return x
+
+    def run(self, x_in: torch.Tensor, out: torch.Tensor, a: torch.Tensor, y: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+        """Chunk ``x_in`` (B, Din, P) through the whole stack; ``out`` (B, D, P) holds the result.
+
+        With ``stop = i`` it returns early with GroupNorm ``i``'s input (to gather its statistics).
+        ``a`` and ``y`` are (B, D, P) scratch buffers.
+        """
+        x = self.first_into(x_in, out)
+        for j in range(len(self.blocks)):
+            if stop == 2 * j:
+                return x
+            self.half1(j, x, a, y)
+            if stop == 2 * j + 1:
+                return y
+            self.half2(j, y, a, x)
+        return x
+
+
+class RopeTable:
+    """Per-pixel rotary angles of an image of (H, W) pixels, computed chunk by chunk.
+
+    Angles in float32 (float64 for float64 compute), exactly as :class:`~anyup.layers.RoPE2d`.
+    """
+
+    def __init__(self, rope: RoPE2d, height: int, width: int, device: torch.device, dtype: torch.dtype) -> None:
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        f = rope.freqs.detach().to(acc)
+        self.f0, self.f1 = f[0].view(-1, 1), f[1].view(-1, 1)  # (D, 1)
+        self.ys = pixel_coordinates(height, device).to(acc)
+        self.xs = pixel_coordinates(width, device).to(acc)
+        self.width = width
+
+    def apply(self, x: torch.Tensor, p0: int, out: torch.Tensor) -> torch.Tensor:
+        """RoPE of chunk x (B, D, P) whose first pixel has flat index ``p0``, written to ``out``."""
+        n = x.shape[-1]
+        idx = torch.arange(p0, p0 + n, device=x.device)
+        angle = self.ys[idx // self.width].view(1, -1) * self.f0 + self.xs[idx % self.width].view(1, -1) * self.f1  # (D, P)
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        half = x.shape[1] // 2
+        torch.mul(x, cos, out=out)
+        out[:, :half].addcmul_(x[:, half:], sin[:half], value=-1.0)
+        out[:, half:].addcmul_(x[:, :half], sin[half:])
+        return out

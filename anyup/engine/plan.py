@@ -1,0 +1,206 @@
+"""The execution plan: how the engine runs one call, chosen from a documented memory model.
+
+Working memory (bytes beyond the model, the inputs and the output) is the sum of the buffers the
+engine allocates. With ``es`` the compute element size (4 for float32), ``B`` the batch, ``D``
+the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B*D*H*W*es``:
+
+* **chunk scratch**: 8 buffers of ``B*D*P*es`` plus rotary angles ``3*D*P*4`` (``P`` pixels a chunk);
+* **low resolution** (keys, feature unification): ``10*B*D*h*w*es + 2*B*C*h*w*es`` plus the
+  unification's response chunks ``3 * fu_elements * es``;
+* **decode tile** of ``t x t`` queries against the ``Nk`` cells they reach:
+  ``B*nh*t*t*Nk*4 * 2`` (logits, softmax) ``+ B*t*t*Nk*4`` (weights) ``+ B*t*t*(2*C + 2*D)*es``
+  ``+ B*Nk*C*es`` (gathered values);
+* **query band** of ``t`` output rows: ``B*D*(t+2)*W'*es * 3`` (pooled, padded, convolved) ``+
+  B*D*t*W'*es * 2`` (projected), and in the streamed modes the encoder output for the image rows
+  that band covers, ``B*D*rows*W*es``;
+* **mode**: ``whole`` keeps three full-resolution maps (image encoding, branch stream, inner
+  activation: ``3*map(H, W)``) plus the pooled queries ``map(H', W')`` when the output size
+  differs from the image; ``cached`` keeps only the encoding (``map(H, W)``) and recomputes the
+  branches in passes; ``streamed`` keeps nothing at full resolution and recomputes from the image
+  (about 4x the GEMM work of ``whole``).
+
+The plan takes the fastest mode whose total fits the cap, then the largest tile (up to about one
+window) and band that fit. Under autograd the engine checkpoints per ResBlock and per tile; its
+model is ``13*map(H, W) + 3*map(H', W')`` plus one tile (measured in
+``benchmarks/memory_cap.py``). A cap below the smallest plan is refused at once, naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Mode = Literal["whole", "cached", "streamed", "autograd"]
+
+CHUNK_PIXELS = 8192  # pixels per chunk: a (1, 128, 8192) float32 block is 4 MiB
+
+
+def parse_memory(value: int | float | str | None, name: str = "max_memory") -> int | None:
+    """Bytes from an int or a string such as ``"512MiB"``, ``"1.5 GB"``, ``"2G"``; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number of bytes or a size such as '2GB', got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", value)
+        if m:
+            scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+            n = int(float(m.group(1)) * scale)
+            if n > 0:
+                return n
+    raise ValueError(f"{name} must be a positive number of bytes or a size such as '512MiB' or '2GB', got {value!r}")
+
+
+def default_max_memory(device: torch.device) -> int:
+    """Automatic cap: a quarter of the device's *total* memory, between 256 MiB and 8 GiB.
+
+    Total (not free) memory, so the plan, and with it every output bit, is the same on every run
+    on the same machine.
+    """
+    total = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemTotal:"):
+                        total = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    if total is None:
+        total = 16 << 30
+    return int(min(max(total // 4, 256 << 20), 8 << 30))
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one call."""
+
+    batch: int
+    channels: int  # C of the features
+    image_hw: tuple[int, int]
+    low_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    dim: int
+    heads: int
+    ratio: float
+    elem: int  # bytes per element of the compute dtype
+
+    def map_bytes(self, hw: tuple[int, int]) -> int:
+        return self.batch * self.dim * hw[0] * hw[1] * self.elem
+
+    def reach(self, t_rows: int, t_cols: int) -> int:
+        """Cells a tile of ``t_rows x t_cols`` queries can see (upper bound)."""
+        (h, w), (hq, wq), r = self.low_hw, self.out_hw, self.ratio
+        nr = min(h, math.ceil((2 * r + t_rows / hq) * h) + 2)
+        nc = min(w, math.ceil((2 * r + t_cols / wq) * w) + 2)
+        return nr * nc
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call runs. ``estimate`` is the memory model's working memory in bytes."""
+
+    mode: Mode
+    chunk: int  # pixels per chunk of the per-pixel encoders
+    key_rows: int  # low-res cell rows per key band (streamed modes)
+    tile: int  # side of a query tile in output pixels
+    fu_elements: int  # feature unification: responses alive at once
+    estimate: int
+    cap: int
+
+
+def _tile_bytes(g: Geometry, t: int) -> int:
+    th, tw = min(t, g.out_hw[0]), min(t, g.out_hw[1])
+    nq, nk = th * tw, g.reach(th, tw)
+    b, c, d, es = g.batch, g.channels, g.dim, g.elem
+    attn = b * g.heads * nq * nk * 4 * 2 + b * nq * nk * 4 + nq * nk + b * nq * (2 * c + 2 * d) * es + b * nk * c * es
+    band = b * d * (th + 2) * g.out_hw[1] * es * 3 + b * d * th * g.out_hw[1] * es * 2
+    return attn + band
+
+
+def _query_rows(g: Geometry, t: int) -> int:
+    """Image rows the encoders must produce for a band of ``t`` output rows (with the conv halo)."""
+    return min(g.image_hw[0], math.ceil((t + 2) * g.image_hw[0] / g.out_hw[0]) + 2)
+
+
+def _fixed_bytes(g: Geometry, chunk: int, fu: int) -> int:
+    b, d, c, es = g.batch, g.dim, g.channels, g.elem
+    h, w = g.low_hw
+    scratch = 8 * b * d * chunk * es + 3 * d * chunk * 4
+    low = 10 * b * d * h * w * es + 2 * b * c * h * w * es + 3 * fu * es
+    return scratch + low
+
+
+def _fu_elements(g: Geometry, budget: int) -> int:
+    """Feature-unification responses alive at once: all of them when they fit ``budget``.
+
+    All at once is the reference's own arithmetic (one conv, one mean): the published weights'
+    sharp attention amplifies float32 rounding differences in this branch about 1000x, so the
+    chunked path (same maths, other summation order) is only for caps where the full one cannot fit.
+    """
+    full = g.batch * g.channels * g.dim * g.low_hw[0] * g.low_hw[1]
+    return int(max(min(full, budget // (3 * g.elem)), g.batch * g.dim * g.low_hw[0] * g.low_hw[1]))
+
+
+def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu: int) -> int:
+    fixed = _fixed_bytes(g, chunk, fu)
+    tile_b = _tile_bytes(g, tile)
+    if mode == "autograd":
+        return 13 * g.map_bytes(g.image_hw) + 3 * g.map_bytes(g.out_hw) + fixed + 3 * tile_b
+    full = g.map_bytes(g.image_hw)
+    if mode == "whole":
+        pooled = g.map_bytes(g.out_hw) if g.out_hw != g.image_hw else 0
+        return 3 * full + pooled + fixed + tile_b
+    rows_per_cell = math.ceil(g.image_hw[0] / g.low_hw[0]) + 1
+    key_band = g.batch * g.dim * key_rows * rows_per_cell * g.image_hw[1] * g.elem * 2
+    q_band = g.batch * g.dim * _query_rows(g, min(tile, g.out_hw[0])) * g.image_hw[1] * g.elem
+    cache = full if mode == "cached" else 0
+    return cache + fixed + max(key_band, tile_b + q_band)
+
+
+def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> Plan:
+    """The fastest plan whose estimate fits ``cap``; a ValueError naming the minimum if none does.
+
+    Preference: mode (whole, cached, streamed), then the largest tile up to about one window,
+    then the largest chunk and key band.
+    """
+    pixels = g.image_hw[0] * g.image_hw[1]
+    chunks = sorted({min(c, pixels) for c in (CHUNK_PIXELS, 2048, 512, 64)}, reverse=True)
+    fu = _fu_elements(g, cap // 2)
+    small_fu = g.batch * g.dim * g.low_hw[0] * g.low_hw[1]
+    default_tile = max(16, math.ceil(g.ratio * max(g.out_hw)))
+    tiles = [tile_size] if tile_size is not None else sorted({default_tile, *[max(1, default_tile >> s) for s in range(1, 12)]}, reverse=True)
+    modes: tuple[Mode, ...] = ("autograd",) if autograd else ("whole", "cached", "streamed")
+    smallest: int | None = None
+    for mode in modes:
+        for t in tiles:
+            for chunk in chunks:
+                for key_rows in ([g.low_hw[0]] if mode in ("whole", "autograd") else _key_row_choices(g)):
+                    for f in (fu, small_fu):
+                        est = _estimate(g, mode, chunk, key_rows, t, f)
+                        if est <= cap:
+                            return Plan(mode, chunk, key_rows, int(t), f, est, cap)
+                        smallest = est if smallest is None else min(smallest, est)
+    assert smallest is not None
+    what = "with gradients " if autograd else ""
+    raise ValueError(
+        f"max_memory={cap:,} bytes ({cap / 2**20:.1f} MiB) is below the minimum this call needs {what}"
+        f"({smallest:,} bytes = {smallest / 2**20:.1f} MiB for image {g.image_hw}, features {g.low_hw}x{g.channels}, "
+        f"output {g.out_hw}, batch {g.batch}); raise max_memory or reduce the sizes"
+    )
+
+
+def _key_row_choices(g: Geometry) -> list[int]:
+    h = g.low_hw[0]
+    return sorted({h, *[max(1, h >> s) for s in range(1, 12)]}, reverse=True)

@@ -1,0 +1,330 @@
+"""The engine driver: per-pixel encoders in chunks, low-res keys, then windowed attention by tile.
+
+``iter_tiles(model, image, features, out_hw, options)`` is everything :meth:`anyup.AnyUp.forward`
+hands over. Without autograd it follows a :class:`~anyup.engine.plan.Plan`:
+
+1. **Statistics and encodings** (:class:`PixelEncoders`). ``whole``: each encoder layer is one
+   pass over the image in chunks, writing a full-resolution map and gathering the next
+   GroupNorm's statistics on the way (the GEMM work of the method, once). ``cached`` /
+   ``streamed``: one pass per GroupNorm recomputes the chunks up to it (from the cached image
+   encoding, or from the image), so only chunk buffers live at full resolution.
+2. **Keys** at the feature resolution: the key branch pooled to (h, w) (band by band when
+   streamed), the feature-unification branch, the aggregation.
+3. **Decode**: query rows band by band (3x3 conv with a one-row halo), then each tile of queries
+   against only the rectangle of keys its windows reach, with the chosen attention backend.
+
+With autograd the same maths runs through the modules, checkpointed per ResBlock and per tile,
+so backward recomputes instead of storing (:mod:`anyup.engine.autograd`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from anyup.engine.attention import AttentionBackend, resolve
+from anyup.engine.pixels import RopeTable, StackProgram
+from anyup.engine.plan import Geometry, Plan, default_max_memory, make_plan, parse_memory
+from anyup.engine.window import Window
+from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
+
+logger = logging.getLogger(__name__)
+
+
+class Tile(NamedTuple):
+    """One rectangle of the output: rows ``[y0, y1)``, columns ``[x0, x1)``, ``data`` (B, C, y1-y0, x1-x0)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    data: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Run-time settings of one call (never part of the weights)."""
+
+    max_memory: int | str | None = None  # working-memory cap (bytes or '2GB'); None = automatic
+    tile_size: int | None = None  # query tile side in output pixels; None = from the cap
+    attention: str = "auto"  # see anyup.engine.attention
+
+
+def compute_dtype(features: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; on CUDA half types compute in their dtype; on CPU float32.
+
+    CPU kernels for bfloat16/float16 GEMMs and element-wise ops are several times slower than
+    float32 ones, so on the CPU half inputs compute in float32 (and the output keeps their dtype).
+    """
+    if features.dtype == torch.float64:
+        return torch.float64
+    if features.device.type == "cuda":
+        return features.dtype
+    return torch.float32
+
+
+def geometry(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], dtype: torch.dtype) -> Geometry:
+    cfg = model.config
+    return Geometry(
+        batch=features.shape[0], channels=features.shape[1], image_hw=tuple(image.shape[-2:]),
+        low_hw=tuple(features.shape[-2:]), out_hw=tuple(out_hw), dim=cfg.dim, heads=cfg.num_heads,
+        ratio=cfg.window_ratio, elem=torch.empty((), dtype=dtype).element_size(),
+    )
+
+
+def plan_for(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], options: EngineOptions,
+             autograd: bool = False) -> Plan:
+    """The plan :func:`iter_tiles` would use for these inputs."""
+    cap = parse_memory(options.max_memory)
+    if cap is None:
+        cap = parse_memory(model.config.max_memory) or default_max_memory(image.device)
+    if options.tile_size is not None and (isinstance(options.tile_size, bool) or not isinstance(options.tile_size, int) or options.tile_size < 1):
+        raise ValueError(f"tile_size must be a positive int, got {options.tile_size!r}")
+    g = geometry(model, image, features, out_hw, compute_dtype(features))
+    return make_plan(g, cap, options.tile_size, autograd)
+
+
+def needs_autograd(model, image: torch.Tensor, features: torch.Tensor) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return image.requires_grad or features.requires_grad or any(p.requires_grad for p in model.parameters())
+
+
+def iter_tiles(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], options: EngineOptions) -> Iterator[Tile]:
+    """Yield the upsampled output as non-overlapping tiles covering ``out_hw`` row-major."""
+    autograd = needs_autograd(model, image, features)
+    plan = plan_for(model, image, features, out_hw, options, autograd)
+    backend = resolve(options.attention, features.device)
+    logger.debug("plan %s, attention %s", plan, backend.name)
+    if autograd:
+        from anyup.engine.autograd import iter_tiles_autograd
+
+        yield from iter_tiles_autograd(model, image, features, out_hw, plan, backend)
+        return
+    with torch.no_grad():
+        dtype = compute_dtype(features)
+        image_c, feats_c = image.to(dtype), features.to(dtype)
+        enc = PixelEncoders(model, image_c, plan)
+        enc.gather_statistics()
+        keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
+        for t in decode(model, enc, keys, feats_c, out_hw, plan, backend):
+            yield Tile(t.y0, t.y1, t.x0, t.x1, t.data.to(features.dtype))
+
+
+def low_res_keys(model, kimg: torch.Tensor, features: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Keys (B, D, h, w): aggregation of the pooled image keys and the unified, L2-normalised features."""
+    feats_n = F.normalize(features.to(acc_dtype(features)), dim=1).to(features.dtype)  # L2 over channels
+    kf = model.key_features_encoder
+    x = kf[0].unify(feats_n, plan.fu_elements)  # (B, D, h, w)
+    for blk in kf.blocks:
+        x = blk(x)
+    return model.aggregation(torch.cat([kimg.to(x.dtype), x], dim=1))  # (B, D, h, w)
+
+
+class PixelEncoders:
+    """The image encoder (+ RoPE) and the key/query branches at full resolution, for one image batch."""
+
+    def __init__(self, model, image: torch.Tensor, plan: Plan) -> None:
+        self.plan = plan
+        self.b, _, self.h, self.w = image.shape
+        self.n = self.h * self.w
+        self.dtype, self.device = image.dtype, image.device
+        self.image = image.reshape(self.b, 3, self.n)  # (B, 3, H*W)
+        self.img = StackProgram(model.image_encoder, self.dtype)
+        self.key = StackProgram(model.key_encoder, self.dtype)
+        self.query = StackProgram(model.query_encoder, self.dtype)
+        self.rope = RopeTable(model.rope, self.h, self.w, self.device, self.dtype)
+        d = model.config.dim
+        self.d = d
+        p = plan.chunk
+        self._buf = [torch.empty(self.b, d, p, dtype=self.dtype, device=self.device) for _ in range(7)]
+        self.encoding: torch.Tensor | None = None  # (B, D, H*W) RoPE'd image encoding (whole, cached)
+        self.key_map: torch.Tensor | None = None  # (B, D, H*W) key branch output (whole)
+        self.query_map: torch.Tensor | None = None  # (B, D, H*W) query branch output (whole)
+        self.query_pooled: torch.Tensor | None = None  # (B, D, H', W') pooled queries (whole)
+
+    # -- chunks ------------------------------------------------------------------------------
+    def _chunks(self, p_start: int = 0, p_stop: int | None = None) -> Iterator[tuple[int, int]]:
+        stop = self.n if p_stop is None else p_stop
+        for p0 in range(p_start, stop, self.plan.chunk):
+            yield p0, min(stop, p0 + self.plan.chunk)
+
+    def _b(self, i: int, n: int) -> torch.Tensor:
+        return self._buf[i][:, :, :n]
+
+    def _encoding_chunk(self, p0: int, p1: int) -> torch.Tensor:
+        """RoPE'd image encoding of pixels [p0, p1): (B, D, n), cached or recomputed."""
+        if self.encoding is not None:
+            return self.encoding[:, :, p0:p1]
+        n = p1 - p0
+        x = self.img.run(self.image[:, :, p0:p1], self._b(0, n), self._b(1, n), self._b(2, n))
+        return self.rope.apply(x, p0, self._b(3, n))
+
+    # -- statistics --------------------------------------------------------------------------
+    def gather_statistics(self) -> None:
+        if self.plan.mode == "whole":
+            self._whole()
+            return
+        for i in range(self.img.num_norms):
+            for p0, p1 in self._chunks():
+                n = p1 - p0
+                x = self.img.run(self.image[:, :, p0:p1], self._b(0, n), self._b(1, n), self._b(2, n), stop=i)
+                self.img.stats.collect(i, x)
+            self.img.stats.freeze(self.dtype)
+        if self.plan.mode == "cached":
+            enc = torch.empty(self.b, self.d, self.n, dtype=self.dtype, device=self.device)
+            for p0, p1 in self._chunks():
+                enc[:, :, p0:p1] = self._encoding_chunk(p0, p1)
+            self.encoding = enc
+        for i in range(self.key.num_norms):
+            for p0, p1 in self._chunks():
+                n = p1 - p0
+                e = self._encoding_chunk(p0, p1)
+                for prog in (self.key, self.query):
+                    prog.stats.collect(i, prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n), stop=i))
+            self.key.stats.freeze(self.dtype)
+            self.query.stats.freeze(self.dtype)
+
+    def _layerwise(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor, y_map: torch.Tensor) -> None:
+        """Run ``prog`` layer by layer over full maps: ``x_map`` ends with the output (B, D, H*W)."""
+        for p0, p1 in self._chunks():
+            xs = x_map[:, :, p0:p1]
+            if x_map.data_ptr() == source.data_ptr():  # in place over the source: go through scratch
+                xs.copy_(prog.first_into(source[:, :, p0:p1], self._b(0, p1 - p0)))
+            else:
+                prog.first_into(source[:, :, p0:p1], xs)
+            if prog.num_norms:
+                prog.stats.collect(0, xs)
+        prog.stats.freeze(self.dtype)
+        for j in range(len(prog.blocks)):
+            for p0, p1 in self._chunks():
+                ys = y_map[:, :, p0:p1]
+                prog.half1(j, x_map[:, :, p0:p1], self._b(0, p1 - p0), ys)
+                prog.stats.collect(2 * j + 1, ys)
+            prog.stats.freeze(self.dtype)
+            last = j == len(prog.blocks) - 1
+            for p0, p1 in self._chunks():
+                xs = x_map[:, :, p0:p1]
+                prog.half2(j, y_map[:, :, p0:p1], self._b(0, p1 - p0), xs)
+                if not last:
+                    prog.stats.collect(2 * j + 2, xs)
+            if not last:
+                prog.stats.freeze(self.dtype)
+
+    def _whole(self) -> None:
+        shape = (self.b, self.d, self.n)
+        x = torch.empty(shape, dtype=self.dtype, device=self.device)
+        y = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self._layerwise(self.img, self.image, x, y)
+        for p0, p1 in self._chunks():
+            x[:, :, p0:p1] = self.rope.apply(x[:, :, p0:p1], p0, self._b(1, p1 - p0))
+        self.encoding = x
+        k = torch.empty(shape, dtype=self.dtype, device=self.device)
+        self._layerwise(self.key, x, k, y)
+        self.key_map = k
+        self._layerwise(self.query, x, x, y)  # the encoding is not needed after this branch's first layer
+        self.query_map, self.encoding = x, None
+
+    # -- outputs -----------------------------------------------------------------------------
+    def branch_rows(self, prog: StackProgram, y0: int, y1: int) -> torch.Tensor:
+        """The branch ``prog`` on image rows [y0, y1): (B, D, y1-y0, W) (streamed modes)."""
+        band = torch.empty(self.b, self.d, (y1 - y0) * self.w, dtype=self.dtype, device=self.device)
+        for p0, p1 in self._chunks(y0 * self.w, y1 * self.w):
+            n = p1 - p0
+            e = self._encoding_chunk(p0, p1)
+            band[:, :, p0 - y0 * self.w : p1 - y0 * self.w] = prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n))
+        return band.view(self.b, self.d, y1 - y0, self.w)
+
+    def image_keys(self, low_hw) -> torch.Tensor:
+        """Key branch pooled to the feature grid: (B, D, h, w)."""
+        h, w = int(low_hw[0]), int(low_hw[1])
+        if self.key_map is not None:
+            k = self.key_map.view(self.b, self.d, self.h, self.w)
+            self.key_map = None
+            return adaptive_avg_pool_2d(k.double(), (self.h, self.w), (h, w)).to(self.dtype).contiguous()
+        starts, ends = pool_ranges(self.h, h)
+        parts = []
+        for l0 in range(0, h, self.plan.key_rows):
+            l1 = min(h, l0 + self.plan.key_rows)
+            s, e = starts[l0], ends[l1 - 1]
+            band = self.branch_rows(self.key, s, e).double()  # float64: bands pool to the same bits as the whole map
+            parts.append(adaptive_avg_pool_2d(band, (self.h, self.w), (h, w), (l0, l1), s).to(self.dtype))
+        return torch.cat(parts, dim=2).contiguous()  # (B, D, h, w)
+
+    def query_rows(self, out_hw: tuple[int, int], a: int, z: int) -> torch.Tensor:
+        """Query branch pooled to the output size, output rows [a, z): (B, D, z-a, W')."""
+        hq, wq = out_hw
+        if self.query_map is not None:  # whole mode: pool once, keep the pooled map
+            q = self.query_map.view(self.b, self.d, self.h, self.w)
+            self.query_map = None
+            self.query_pooled = q if (hq, wq) == (self.h, self.w) else adaptive_avg_pool_2d(q, (self.h, self.w), (hq, wq))
+        if self.query_pooled is not None:
+            return self.query_pooled[:, :, a:z]
+        starts, ends = pool_ranges(self.h, hq)
+        s, e = starts[a], ends[z - 1]
+        return adaptive_avg_pool_2d(self.branch_rows(self.query, s, e), (self.h, self.w), (hq, wq), (a, z), s)
+
+
+def decode(model, enc: PixelEncoders, keys: torch.Tensor, values_map: torch.Tensor, out_hw: tuple[int, int],
+           plan: Plan, backend: AttentionBackend) -> Iterator[Tile]:
+    """Windowed attention tile by tile: queries band by band, each tile against its key rectangle."""
+    b, c, h, w = values_map.shape
+    hq, wq = out_hw
+    cd = model.cross_decode
+    kh = cd.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
+    nh, hd = kh.shape[1], kh.shape[-1]
+    kh = kh.view(b, nh, h, w, hd)
+    values = values_map.permute(0, 2, 3, 1)  # (B, h, w, C)
+    window = Window.build(out_hw, (h, w), model.config.window_ratio, values_map.device)
+    t = plan.tile
+    for i0 in range(0, hq, t):
+        i1 = min(hq, i0 + t)
+        a, z = max(0, i0 - 1), min(hq, i1 + 1)  # one halo row each side for the 3x3 conv
+        q = cd.decode_queries(enc.query_rows(out_hw, a, z), pad_top=i0 == 0, pad_bottom=i1 == hq)  # (B, D, th, W')
+        qh_band = cd.cross_attn.project_queries(q).view(b, nh, i1 - i0, wq, hd)  # (B, nh, th, W', hd)
+        for j0 in range(0, wq, t):
+            j1 = min(wq, j0 + t)
+            ra, rb, ca, cb = window.reach(i0, i1, j0, j1)
+            mask = window.mask(i0, i1, j0, j1)  # (th*tw, nr*nc)
+            qh = qh_band[:, :, :, j0:j1].reshape(b, nh, -1, hd)  # (B, nh, th*tw, hd)
+            k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)  # (B, nh, nr*nc, hd)
+            v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)  # (B, nr*nc, C)
+            o = backend.attend(qh, k_sub, v_sub, mask)  # (B, th*tw, C)
+            yield Tile(i0, i1, j0, j1, o.transpose(1, 2).reshape(b, c, i1 - i0, j1 - j0))
+
+
+@torch.no_grad()
+def attention_maps(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int],
+                   pixels, options: EngineOptions) -> torch.Tensor:
+    """Heads-averaged attention of output pixels over the feature grid: (B, P, h, w) float32.
+
+    Each map is non-negative, sums to 1 and is zero outside the pixel's window.
+    """
+    from anyup.engine.attention import attention_weights
+
+    plan = plan_for(model, image, features, out_hw, options)
+    dtype = compute_dtype(features)
+    image_c, feats_c = image.to(dtype), features.to(dtype)
+    b, _, h, w = feats_c.shape
+    hq, wq = out_hw
+    enc = PixelEncoders(model, image_c, plan)
+    enc.gather_statistics()
+    keys = low_res_keys(model, enc.image_keys((h, w)), feats_c, plan)
+    cd = model.cross_decode
+    kh = cd.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
+    window = Window.build(out_hw, (h, w), model.config.window_ratio, feats_c.device)
+    maps = []
+    for y, x in pixels:
+        a, z = max(0, y - 1), min(hq, y + 2)
+        q = cd.decode_queries(enc.query_rows(out_hw, a, z), pad_top=y == 0, pad_bottom=y + 1 == hq)  # (B, D, 1, W')
+        qh = cd.cross_attn.project_queries(q[..., x : x + 1])  # (B, nh, 1, hd)
+        full = torch.zeros(h, w, dtype=torch.bool, device=feats_c.device)
+        ra, rb, ca, cb = window.reach(y, y + 1, x, x + 1)
+        full[ra:rb, ca:cb] = window.mask(y, y + 1, x, x + 1).view(rb - ra, cb - ca)
+        maps.append(attention_weights(qh, kh, full.view(1, -1)).view(b, h, w).float())
+    return torch.stack(maps, dim=1)

@@ -1,0 +1,239 @@
+"""The engine: attention backends, memory plans, the authors' API, GPU paths (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import anyup
+from anyup import AnyUp, AnyUpConfig
+from anyup.engine import BACKENDS, EngineOptions, Window, parse_memory, plan_for, resolve
+from anyup.engine.attention import attend_matmul
+from benchmarks.dense_reference import dense_forward
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
+
+
+def _inputs(b=1, c=6, hw=(23, 31), low=(4, 5), seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, *hw, generator=g).to(dtype)
+    feats = torch.randn(b, c, *low, generator=g).to(dtype)
+    return image.to(device), feats.to(device)
+
+
+@pytest.fixture(scope="module")
+def model() -> AnyUp:
+    torch.manual_seed(0)
+    return AnyUp().eval()
+
+
+def _tile_case(seed=0, b=2, nq=37, nk=23, c=19):
+    g = torch.Generator().manual_seed(seed)
+    qh, kh = torch.randn(b, 4, nq, 32, generator=g) * 3, torch.randn(b, 4, nk, 32, generator=g) * 3
+    v = torch.randn(b, nk, c, generator=g)
+    mask = torch.rand(nq, nk, generator=g) > 0.5
+    mask[:, 0] = True  # every query sees at least one key (as every window does)
+    return qh, kh, v, mask
+
+
+def _reference(qh, kh, v, mask):
+    return attend_matmul(qh.double(), kh.double(), v.double(), mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# Backends
+@pytest.mark.parametrize("name", ["matmul", "sdpa"])
+def test_backend_exact_on_a_tile(name):
+    qh, kh, v, mask = _tile_case()
+    out = BACKENDS[name].attend(qh, kh, v, mask)
+    assert out.shape == (2, 37, 19) and out.dtype == torch.float32
+    assert (out.double() - _reference(qh, kh, v, mask)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["matmul", "sdpa"])
+def test_backend_exact_in_the_model(model, name):
+    image, feats = _inputs(c=384, hw=(28, 42), low=(2, 3))
+    with torch.no_grad():
+        ref = model(image, feats, (57, 13), attention="matmul")
+        out = model(image, feats, (57, 13), attention=name)
+        dense = dense_forward(model, image, feats, (57, 13))
+    assert (out - ref).abs().max() <= 1e-5
+    assert (out - dense).abs().max() <= 1e-5
+
+
+def test_backend_choice_and_errors(model):
+    assert resolve("auto", torch.device("cpu")).name == "matmul"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        resolve("natten", torch.device("cpu"))
+    with pytest.raises(ValueError, match="attention must be one of"):
+        model(*_inputs(), attention="fast")
+    if not BACKENDS["triton"].available(torch.device("cpu")):
+        with pytest.raises(RuntimeError, match="not available"):
+            resolve("triton", torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_triton_kernel_exact_under_the_interpreter(tmp_path):
+    """The two-pass Triton kernel, run by Triton's interpreter on the CPU (TRITON_INTERPRET=1)."""
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import torch
+        from anyup.engine import BACKENDS, resolve
+        from tests.test_engine import _tile_case, _reference
+        assert resolve("triton", torch.device("cpu")).name == "triton"
+        for seed, (nq, nk, c) in enumerate([(37, 23, 19), (5, 70, 3), (16, 32, 64)]):
+            qh, kh, v, mask = _tile_case(seed, 2, nq, nk, c)
+            err = (BACKENDS["triton"].attend(qh, kh, v, mask).double() - _reference(qh, kh, v, mask)).abs().max().item()
+            assert err <= 1e-5, (seed, err)
+        import anyup
+        torch.manual_seed(0)
+        m = anyup.AnyUp().eval()
+        g = torch.Generator().manual_seed(0)
+        image, feats = torch.randn(1, 3, 12, 14, generator=g), torch.randn(1, 5, 3, 4, generator=g)
+        with torch.no_grad():
+            a = m(image, feats, attention="triton")
+            b = m(image, feats, attention="matmul")
+        assert (a - b).abs().max() <= 1e-5
+        print("ok")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_flex_backend_exact():
+    """flex_attention with the window as a block mask (compiled by Inductor on the CPU)."""
+    if not BACKENDS["flex"].available(torch.device("cpu")):
+        pytest.skip("flex_attention is not available in this PyTorch")
+    qh, kh, v, mask = _tile_case(nq=40, nk=24)
+    out = BACKENDS["flex"].attend(qh, kh, v, mask)
+    assert (out.double() - _reference(qh, kh, v, mask)).abs().max() <= 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["matmul", "sdpa", "flex", "triton"])
+def test_backends_on_cuda(model, name):
+    m = AnyUp().cuda().eval()
+    m.load_state_dict(model.state_dict())
+    image, feats = _inputs(c=64, hw=(64, 48), low=(8, 6), device="cuda")
+    with torch.no_grad():
+        ref = dense_forward(m, image, feats)
+        out = m(image, feats, attention=name)
+    assert (out - ref).abs().max() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory plans and the cap
+def test_plan_refuses_a_cap_below_the_minimum_and_names_it(model):
+    image, feats = _inputs(hw=(64, 64), low=(8, 8))
+    with torch.no_grad(), pytest.raises(ValueError, match=r"below the minimum this call needs \([0-9,]+ bytes"):
+        model(image, feats, max_memory=10_000)
+    image.requires_grad_(True)
+    with pytest.raises(ValueError, match="with gradients"):
+        model(image, feats, max_memory=1_000_000)
+
+
+def test_plan_estimate_stays_under_the_cap(model):
+    image, feats = _inputs(c=384, hw=(448, 448), low=(32, 32))
+    seen = set()
+    for cap in [64 << 20, 128 << 20, 256 << 20, 1 << 30, 4 << 30]:
+        p = plan_for(model, image, feats, (448, 448), EngineOptions(max_memory=cap))
+        assert p.estimate <= cap
+        seen.add(p.mode)
+    assert seen == {"whole", "cached", "streamed"}
+
+
+@pytest.mark.parametrize("value,expected", [(1024, 1024), ("1GB", 1 << 30), ("512MiB", 512 << 20), ("1.5 G", 3 << 29), ("64m", 64 << 20)])
+def test_parse_memory(value, expected):
+    assert parse_memory(value) == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "-1GB", 0, -5, True, "1GBB", float("nan")])
+def test_parse_memory_errors(value):
+    with pytest.raises(ValueError, match="max_memory"):
+        parse_memory(value)
+
+
+def test_automatic_cap_is_the_same_every_run(model):
+    """The automatic cap comes from total memory, so the plan (and every output bit) is fixed."""
+    image, feats = _inputs()
+    plans = {plan_for(model, image, feats, (23, 31), EngineOptions()) for _ in range(3)}
+    assert len(plans) == 1
+    with torch.no_grad():
+        assert torch.equal(model(image, feats), model(image, feats))
+
+
+def test_window_dense_mask_matches_tiles():
+    w = Window.build((17, 23), (4, 5), 0.1)
+    dense = w.dense_mask().view(17, 23, 4, 5)
+    ra, rb, ca, cb = w.reach(3, 9, 5, 12)
+    tile = w.mask(3, 9, 5, 12).view(6, 7, rb - ra, cb - ca)
+    assert torch.equal(dense[3:9, 5:12, ra:rb, ca:cb], tile)
+    assert not dense[3:9, 5:12].flatten(2)[..., [i * 5 + j for i in range(4) for j in range(5) if not (ra <= i < rb and ca <= j < cb)]].any()
+
+
+# ------------------------------------------------------------------------------------------------
+# Drop-in for the authors' API
+def test_authors_forward_arguments(model):
+    image, feats = _inputs(c=8, hw=(30, 40), low=(3, 4))
+    with torch.no_grad():
+        ref = model(image, feats, output_size=(30, 40))
+        out = model(image, feats, output_size=(30, 40), q_chunk_size=128)
+        vis = model(image, feats, output_size=(30, 40), vis_attn=True)
+    assert (out - ref).abs().max() <= 1e-5 and (vis - ref).abs().max() <= 1e-5
+    maps = model.last_attention
+    assert maps.shape == (1, 9, 3, 4) and torch.allclose(maps.sum((-1, -2)), torch.ones(1, 9), atol=1e-5)
+    assert len(model.last_attention_pixels) == 9
+
+
+def test_torch_hub_load_as_in_the_authors_readme(tmp_path, golden_file, monkeypatch):
+    """``torch.hub.load(repo, "anyup", use_natten=False, pretrained=True, device=...)`` from a local checkout."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv("ANYUP_WEIGHTS_DIR", str(golden_file.parents[1] / "weights"))  # offline: the local copy
+    upsampler = torch.hub.load(repo, "anyup", source="local", use_natten=False, pretrained=True, device="cpu")
+    with pytest.raises(ValueError, match="NATTEN"):
+        torch.hub.load(repo, "anyup", source="local", use_natten=True, pretrained=False)
+    hr_image, lr_features = _inputs(c=384, hw=(56, 56), low=(4, 4))
+    with torch.no_grad():
+        hr = upsampler(hr_image, lr_features, output_size=(56, 56), q_chunk_size=256)
+        ref = anyup.load(golden_file.parents[1] / "weights" / "anyup_paper.pth")(hr_image, lr_features)
+    assert hr.shape == (1, 384, 56, 56) and torch.allclose(hr, ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Precision
+def test_bfloat16_on_cpu_computes_in_float32(model):
+    image, feats = _inputs(hw=(32, 40), low=(4, 5))
+    with torch.no_grad():
+        out = model(image.bfloat16(), feats.bfloat16())
+        ref = model(image.bfloat16().float(), feats.bfloat16().float())
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, ref.bfloat16())
+
+
+@needs_cuda
+def test_bfloat16_on_cuda(model):
+    m = AnyUp().cuda().eval()
+    m.load_state_dict(model.state_dict())
+    image, feats = _inputs(c=32, hw=(64, 64), low=(8, 8), device="cuda")
+    with torch.no_grad():
+        ref = m(image, feats)
+        out = m(image.bfloat16(), feats.bfloat16())
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().mean() < 0.05
+
+
+def test_config_attention_field(model):
+    m = AnyUp(AnyUpConfig(attention="sdpa")).eval()
+    m.load_state_dict(model.state_dict())
+    image, feats = _inputs()
+    with torch.no_grad():
+        assert (m(image, feats) - model(image, feats)).abs().max() <= 1e-5
