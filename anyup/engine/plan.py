@@ -4,14 +4,14 @@ Working memory (bytes beyond the model, the inputs and the output) is the sum of
 engine allocates. With ``es`` the compute element size (4 for float32), ``B`` the batch, ``D``
 the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B*D*H*W*es``:
 
-* **chunk scratch**: 8 buffers of ``B*D*P*es`` plus rotary angles ``3*D*P*4`` (``P`` pixels a chunk);
+* **chunk scratch**: 9 buffers of ``B*D*P*es`` plus rotary angles ``5*D*P*4`` (``P`` pixels a chunk);
 * **low resolution** (keys, feature unification): ``10*B*D*h*w*es + 2*B*C*h*w*es`` plus the
   unification's response chunks ``3 * fu_elements * es``;
 * **decode tile** of ``t x t`` queries against the ``Nk`` cells they reach:
   ``B*nh*t*t*Nk*4 * 2`` (logits, softmax) ``+ B*t*t*Nk*4`` (weights) ``+ B*t*t*(2*C + 2*D)*es``
   ``+ B*Nk*C*es`` (gathered values);
 * **query band** of ``t`` output rows: ``B*D*(t+2)*W'*es * 3`` (pooled, padded, convolved) ``+
-  B*D*t*W'*es * 2`` (projected), and in the streamed modes the encoder output for the image rows
+  B*D*t*W'*es * 6`` (RMS norm and projection temporaries), and in the streamed modes the encoder output for the image rows
   that band covers, ``B*D*rows*W*es``;
 * **mode**: ``whole`` keeps three full-resolution maps (image encoding, branch stream, inner
   activation: ``3*map(H, W)``) plus the pooled queries ``map(H', W')`` when the output size
@@ -125,7 +125,7 @@ def _tile_bytes(g: Geometry, t: int) -> int:
     nq, nk = th * tw, g.reach(th, tw)
     b, c, d, es = g.batch, g.channels, g.dim, g.elem
     attn = b * g.heads * nq * nk * 4 * 2 + b * nq * nk * 4 + nq * nk + b * nq * (2 * c + 2 * d) * es + b * nk * c * es
-    band = b * d * (th + 2) * g.out_hw[1] * es * 3 + b * d * th * g.out_hw[1] * es * 2
+    band = b * d * (th + 2) * g.out_hw[1] * es * 3 + b * d * th * g.out_hw[1] * es * 6
     return attn + band
 
 
@@ -137,7 +137,7 @@ def _query_rows(g: Geometry, t: int) -> int:
 def _fixed_bytes(g: Geometry, chunk: int, fu: int) -> int:
     b, d, c, es = g.batch, g.dim, g.channels, g.elem
     h, w = g.low_hw
-    scratch = 8 * b * d * chunk * es + 3 * d * chunk * 4
+    scratch = 9 * b * d * chunk * es + 5 * d * chunk * 4
     low = 10 * b * d * h * w * es + 2 * b * c * h * w * es + 3 * fu * es
     return scratch + low
 
