@@ -30,7 +30,16 @@ import torch
 import torch.nn.functional as F
 
 from anyup.weights import DEFAULT_WEIGHTS
-from anyup.image import ImageLike, imagenet_normalize, load_image, resize_to_multiple
+from anyup._checks import check_output_memory
+from anyup.image import (
+    ImageLike,
+    image_size,
+    imagenet_normalize,
+    load_image,
+    multiple_size,
+    resize_image,
+    resize_to_multiple,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +102,6 @@ def load_model(model: str | os.PathLike | torch.nn.Module, device: str | torch.d
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a weights name, a file path or an AnyUp module, got {type(model).__name__}")
     return load(model, device=device), str(model)
-
-
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 3, *size), antialiased bilinear."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    out = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.clamp(0, 1)
 
 
 def output_size_for(
@@ -181,15 +182,43 @@ class Upsampler:
     def layers(self) -> tuple[str, ...]:
         return self.encoder.info.layer_names
 
-    def prepare(self, image: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image as loaded (3, H0, W0), encoder input (3, H, W)) both RGB in [0, 1]."""
-        img = load_image(image)  # (3, H0, W0)
+    def encoder_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the encoder input for an image of ``hw`` (short side ``input_size``, long side capped)."""
+        m = self.encoder.info.multiple
+        return multiple_size(hw[0], hw[1], m, short_side=self.input_size)
+
+    def prepare(self, image: ImageLike, min_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image as loaded (3, H0, W0), encoder input (3, H, W)) both RGB in [0, 1].
+
+        ``min_size``: the largest size the image will be resized to; a very large file is then
+        decoded reduced (see :func:`anyup.image.load_image`).
+        """
+        img = load_image(image, min_size=min_size)  # (3, H0, W0)
         m = self.encoder.info.multiple
         if self.input_size is None:
             enc_in = resize_to_multiple(img, m)
         else:
             enc_in = resize_to_multiple(img, m, short_side=self.input_size)
         return img, enc_in
+
+    def load(
+        self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
+    ) -> torch.Tensor:
+        """The image (3, H, W) in [0, 1] as this upsampler needs it: a very large file is decoded reduced."""
+        return load_image(image, min_size=self.needed_size(image, output_size, scale))
+
+    def needed_size(
+        self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
+    ) -> tuple[int, int]:
+        """The largest (H, W) an image is resized to (encoder input or output), from its header only.
+
+        Also refuses an output whose features would not fit in memory (before anything is computed).
+        """
+        enc_hw = self.encoder_size(image_size(image))
+        out_hw = output_size_for(enc_hw, output_size, scale)
+        channels = sum(layer.channels for layer in self.encoder.info.layers)
+        check_output_memory((1, channels, *out_hw), self.dtype, self.device, what="upsampled features")
+        return max(enc_hw[0], out_hw[0]), max(enc_hw[1], out_hw[1])
 
     @torch.no_grad()
     def predict(
@@ -212,13 +241,17 @@ class Upsampler:
         scale: float | None = None,
     ) -> list[list[UpsampleResult]]:
         """Like :meth:`predict` for several images; images whose sizes match run as one batch."""
-        prepared = [self.prepare(im) for im in images]
+        if isinstance(images, (str, os.PathLike, torch.Tensor)) or not isinstance(images, Sequence):
+            raise TypeError(f"images must be a list of images, got {type(images).__name__}")
+        prepared = [self.prepare(im, self.needed_size(im, output_size, scale)) for im in images]
         groups: dict[tuple, list[int]] = {}
         for i, (_, enc_in) in enumerate(prepared):
             in_hw = tuple(enc_in.shape[-2:])
             groups.setdefault((in_hw, output_size_for(in_hw, output_size, scale)), []).append(i)
         results: list[list[UpsampleResult] | None] = [None] * len(prepared)
         for (in_hw, out_hw), idx in groups.items():
+            channels = sum(layer.channels for layer in self.encoder.info.layers)
+            check_output_memory((len(idx), channels, *out_hw), self.dtype, self.device, what="upsampled features")
             batch = torch.stack([prepared[i][1] for i in idx]).to(self.device)  # (B, 3, H, W)
             per_image = self._run(batch, out_hw, [prepared[i][0] for i in idx])
             for i, res in zip(idx, per_image):
@@ -271,7 +304,7 @@ class Upsampler:
         Returns:
             (maps (P, h, w) float32 each summing to 1, guidance image (3, H', W') RGB in [0, 1]).
         """
-        img, enc_in = self.prepare(image)
+        img, enc_in = self.prepare(image, self.needed_size(image, output_size))
         enc_in = enc_in[None].to(self.device)
         out_hw = output_size_for(tuple(enc_in.shape[-2:]), output_size)
         feats = self.encoder(enc_in.to(self.dtype))
@@ -313,6 +346,28 @@ def save_result(
         meta[key] = ",".join(r.metadata()[key] for r in results)
     meta.update(extra or {})
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def result_is_complete(path: str | os.PathLike, expected: dict[str, str] | None = None) -> bool:
+    """Whether ``path`` is a readable result file whose metadata has every ``expected`` value.
+
+    Results are written atomically, so a readable file is complete; a folder run skips such
+    outputs (``--overwrite`` redoes them) and recomputes ones made with other settings.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False
+    if not any(k == "features" or k.startswith("features.") for k in keys):
+        return False
+    return all(meta.get(k) == v for k, v in (expected or {}).items())
 
 
 def upsample(
