@@ -140,8 +140,20 @@ def read_signal(path: str | os.PathLike, kind: str) -> np.ndarray:
     if not p.is_file():
         raise FileNotFoundError(f"signal file not found: {str(p)!r}")
     suffix = p.suffix.lower()
+    try:
+        return _read_signal(p, suffix, kind)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise ValueError(f"cannot read signal {str(p)!r}: {' '.join(str(err).split())}") from None
+    except Exception as err:  # noqa: BLE001 - e.g. SafetensorError: a broken file, said in one line
+        raise ValueError(f"cannot read signal {str(p)!r}: {err.__class__.__name__}: {err}") from None
+
+
+def _read_signal(p, suffix: str, kind: str) -> np.ndarray:
     if suffix == ".npy":
-        return np.load(p, allow_pickle=False)
+        arr = np.load(p, allow_pickle=False)
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise ValueError(f"expected a numeric array, got dtype {getattr(arr, 'dtype', type(arr).__name__)}")
+        return arr
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 

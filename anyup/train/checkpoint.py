@@ -61,12 +61,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint on the CPU with ``weights_only=True`` and check its format."""
+    from anyup._state import torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path, "training checkpoint")  # one clear error naming the file
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not an anyup training checkpoint (format {FORMAT})")
+    for key, tp in (("step", int), ("model", dict), ("optimizer", dict), ("data", dict), ("rng", list)):
+        if not isinstance(state.get(key), tp):
+            raise ValueError(
+                f"training checkpoint {str(path)!r} is damaged: {key!r} is missing or not a {tp.__name__}; "
+                f"delete it to start the run afresh"
+            )
     return state
 
 

@@ -58,6 +58,7 @@ from anyup.train.data import (
     split_holdout,
 )
 from anyup.train.losses import RecipeLoss, crop_boxes, extract_crops
+from anyup._atomic import hold_folder_lock
 from anyup.model import ARCH_FIELDS
 from anyup.train.metrics import MetricsWriter
 
@@ -510,6 +511,7 @@ class Trainer:
         cfg = self.cfg
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            hold_folder_lock(self.run_dir)  # a second trainer on this folder fails at once; stale temps removed
         self.ctx.barrier()
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
