@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from anyup.train.checkpoint import (
+    RESUME_KEYS,
     atomic_write,
     capture_rng_state,
     export_safetensors,
@@ -380,7 +381,7 @@ class Trainer:
         ckpt_path = self.run_dir / LAST_CHECKPOINT
         if not ckpt_path.is_file():
             return
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, required=RESUME_KEYS)
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
