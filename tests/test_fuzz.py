@@ -190,9 +190,11 @@ def test_baselines_share_the_model_checks(limits):
         (_G, torch.full_like(_F, float("inf")), "NaN or inf"),
         (torch.rand(1, 3, 8, 8) * 255, _F, "ImageNet-normalised"),
         (_G, _F, "output_size"),
+        (_G, torch.randn(1, 256, 2, 2), "needs .* but only"),  # 4 TiB of output
     ]:
+        size = {"output_size": (0, 4), "needs .* but only": (65536, 65536)}.get(match, (8, 8))
         with pytest.raises(ValueError, match=match):
-            up(image, feats, (0, 4) if match == "output_size" else (8, 8))
+            up(image, feats, size)
 
 
 # ------------------------------------------------------------------------------------- image modes

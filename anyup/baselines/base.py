@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anyup._checks import OutputSize, check_image_and_features, parse_output_size
+from anyup._checks import OutputSize, check_image_and_features, check_output_memory, parse_output_size
 
 __all__ = ["MethodUnavailable", "OutputSize", "Upsampler", "check_inputs", "parse_output_size"]
 
@@ -25,7 +25,9 @@ class MethodUnavailable(RuntimeError):
 def check_inputs(image: torch.Tensor, features: torch.Tensor, output_size: OutputSize) -> tuple[int, int]:
     """Validate the common call signature (see :mod:`anyup._checks`); return the output size ``(H', W')``."""
     check_image_and_features(image, features)
-    return parse_output_size(output_size, image)
+    size = parse_output_size(output_size, image)
+    check_output_memory((*features.shape[:2], *size), features.dtype, features.device)
+    return size
 
 
 class Upsampler(nn.Module):
