@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-MAX_IMAGE_PIXELS = 1 << 28  # 268 M pixels (e.g. 16384 x 16384): larger files are refused before decoding
+MAX_IMAGE_PIXELS = 178_956_970  # ~13400 x 13400 (PIL's own hard limit): larger files are refused before decoding
 REDUCE_ABOVE_PIXELS = 1 << 24  # with min_size, files above 16.7 M pixels are decoded/shrunk in uint8 first
 MAX_ASPECT = 8  # a short-side resize keeps the long side under MAX_ASPECT x the short side
 FLOAT_TOLERANCE = 1e-3  # float pixels within this of [0, 1] are rounding, clamped; further out is an error
@@ -79,7 +80,7 @@ def load_image(source: ImageLike, *, min_size: tuple[int, int] | None = None) ->
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {str(path)!r}")
         try:
-            with Image.open(path) as im:
+            with _open(path) as im:
                 _check_pixels(im.size, str(path))
                 _draft(im, min_size)
                 im.load()
@@ -108,7 +109,7 @@ def image_size(source: ImageLike) -> tuple[int, int]:
         if not Path(source).is_file():
             raise FileNotFoundError(f"image file not found: {str(source)!r}")
         try:
-            with Image.open(source) as im:
+            with _open(source) as im:
                 w, h = im.size
                 orientation = im.getexif().get(0x0112, 1)
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
@@ -124,6 +125,15 @@ def image_size(source: ImageLike) -> tuple[int, int]:
     if isinstance(source, (np.ndarray, torch.Tensor)):
         raise ValueError(f"an image needs at least 2 dimensions, got shape {tuple(source.shape)}")
     raise TypeError(f"cannot load an image from {type(source).__name__}; pass a path, PIL image, array or tensor")
+
+
+def _open(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821
+    """``PIL.Image.open`` without PIL's decompression-bomb warning (:data:`MAX_IMAGE_PIXELS` is checked instead)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def _check_pixels(size: tuple[int, int], what: str) -> None:

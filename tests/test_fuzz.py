@@ -326,6 +326,22 @@ def test_broken_image_files(tmp_path, limits, content):
         load_image(path)
 
 
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, limits):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # 20000 x 20000 RGB, no pixel data
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match="bomb.png.*(pixels|decompression)"):
+        load_image(path)
+    with pytest.raises(ValueError, match="bomb.png"):
+        anyup.image.image_size(path)
+
+
 def test_truncated_jpeg(tmp_path, limits):
     path = tmp_path / "cut.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
