@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_ENCODER = "efficientnet_lite0"
 DEFAULT_MODEL = DEFAULT_WEIGHTS  # our offline weights; the published ones are one argument away
 DEFAULT_INPUT_SIZE = 448
+MAX_INPUT_SIDE = 4096  # largest input_size (short side of the encoder input)
+MAX_INPUT_PIXELS = 4096 * 4096  # largest encoder input, whatever its shape
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -159,8 +161,10 @@ class Upsampler:
             dtype = DTYPES[dtype]
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
-        if input_size is not None and (not isinstance(input_size, int) or input_size < 1):
-            raise ValueError(f"input_size must be a positive int or None, got {input_size!r}")
+        if input_size is not None and (
+            isinstance(input_size, bool) or not isinstance(input_size, int) or not 1 <= input_size <= MAX_INPUT_SIDE
+        ):
+            raise ValueError(f"input_size must be a positive int up to {MAX_INPUT_SIDE} or None, got {input_size!r}")
         self.device = torch.device(device)
         self.dtype = dtype
         self.input_size = input_size
@@ -183,9 +187,18 @@ class Upsampler:
         return self.encoder.info.layer_names
 
     def encoder_size(self, hw: tuple[int, int]) -> tuple[int, int]:
-        """(H, W) of the encoder input for an image of ``hw`` (short side ``input_size``, long side capped)."""
+        """(H, W) of the encoder input for an image of ``hw`` (short side ``input_size``, long side capped).
+
+        Refuses an input over :data:`MAX_INPUT_PIXELS` (e.g. ``input_size=None`` on a huge photo).
+        """
         m = self.encoder.info.multiple
-        return multiple_size(hw[0], hw[1], m, short_side=self.input_size)
+        h, w = multiple_size(hw[0], hw[1], m, short_side=self.input_size)
+        if h * w > MAX_INPUT_PIXELS:
+            raise ValueError(
+                f"the encoder input would be {h}x{w} = {h * w} pixels, more than {MAX_INPUT_PIXELS} "
+                f"(4096 x 4096); pass a smaller input_size (--input-size), e.g. {DEFAULT_INPUT_SIZE}"
+            )
+        return h, w
 
     def prepare(self, image: ImageLike, min_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(image as loaded (3, H0, W0), encoder input (3, H, W)) both RGB in [0, 1].

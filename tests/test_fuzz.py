@@ -561,6 +561,31 @@ def test_upsampler_refuses_bad_input(upsampler, limits, image, kwargs, exc, matc
         upsampler(image, **kwargs)
 
 
+@pytest.mark.parametrize("input_size", [0, -1, 10**6, True, 2.5, "448"])
+def test_upsampler_refuses_bad_input_sizes(tiny_model, limits, input_size):
+    with pytest.raises(ValueError, match="input_size must be a positive int up to 4096"):
+        anyup.Upsampler("efficientnet_lite0", tiny_model, pretrained=False, input_size=input_size)
+
+
+def test_upsampler_refuses_a_huge_own_size_input(tiny_model, limits):
+    up = anyup.Upsampler("efficientnet_lite0", tiny_model, pretrained=False, input_size=None)
+    with pytest.raises(ValueError, match="encoder input would be .* pass a smaller input_size"):
+        up(torch.zeros(3, 8192, 4096, dtype=torch.uint8))
+
+
+def test_upsample_signal_checks_before_work(tiny_file, photo, limits):
+    from anyup.guided import upsample_signal
+
+    with pytest.raises(ValueError, match="upsampled signal .* needs"):
+        upsample_signal(photo, np.zeros((4, 4), np.float32), (65536, 65536), model=tiny_file, kind="depth")
+    with pytest.raises(ValueError, match="empty"):
+        upsample_signal(photo, np.zeros((0, 4), np.float32), model=tiny_file, kind="depth")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        upsample_signal(photo, np.full((4, 4), np.inf, np.float32), model=tiny_file, kind="depth")
+    out = upsample_signal(photo, np.arange(16).reshape(4, 4) % 3, model=tiny_file, kind="mask")
+    assert out.shape == (40, 56) and set(np.unique(np.asarray(out)).tolist()) <= {0, 1, 2}
+
+
 def test_upsampler_on_a_thin_strip_is_quick_and_bounded(upsampler, limits):
     res = upsampler(torch.rand(3, 4, 4096))
     assert max(res.input_size) <= 8 * 32 and res.features.shape[-2:] == res.input_size
