@@ -383,6 +383,31 @@ def result_is_complete(path: str | os.PathLike, expected: dict[str, str] | None 
     return all(meta.get(k) == v for k, v in (expected or {}).items())
 
 
+def pending_jobs(
+    up: Upsampler, jobs: Sequence[tuple[Path, str]], out_dir: str | os.PathLike, pictures: bool = True
+) -> list[tuple[Path, str]]:
+    """The ``(image path, output stem)`` jobs of a folder run whose outputs are not complete in ``out_dir``.
+
+    Complete: ``<stem>.safetensors`` readable and made from that image with ``up``'s encoder and
+    model, plus (with ``pictures``) every ``<stem>[_<layer>]_pca.png``. Logs how many are skipped.
+    """
+    out_dir = Path(out_dir)
+    expected = {"encoder": up.encoder_name, "model": up.model_name}
+    pngs = ["_pca.png"] if len(up.layers) == 1 else [f"_{layer}_pca.png" for layer in up.layers]
+
+    def complete(path: Path, stem: str) -> bool:
+        if not result_is_complete(out_dir / f"{stem}.safetensors", {**expected, "image": str(path)}):
+            return False
+        return not pictures or all((out_dir / f"{stem}{end}").is_file() for end in pngs)
+
+    todo = [(p, stem) for p, stem in jobs if not complete(p, stem)]
+    if len(todo) < len(jobs):
+        logger.warning(
+            "skipping %d image(s) whose outputs exist in %s (--overwrite redoes them)", len(jobs) - len(todo), out_dir
+        )
+    return todo
+
+
 def upsample(
     image: ImageLike,
     encoder: str = DEFAULT_ENCODER,

@@ -210,7 +210,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
 
     from anyup._atomic import ensure_writable_dir
     from anyup.image import list_images
-    from anyup.predictor import Upsampler, result_is_complete, save_result
+    from anyup.predictor import Upsampler, pending_jobs, save_result
     from anyup.viz import pca_comparison, save_png
     from anyup.viz.edges import edge_alignment
 
@@ -233,19 +233,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     jobs = list(zip(paths, unique_stems(paths)))
     skipped = 0
     if not args.overwrite:  # outputs are written atomically: an existing, readable one is complete
-        expected = {"encoder": up.encoder_name, "model": up.model_name}
-        pngs = ["_pca.png"] if len(up.layers) == 1 else [f"_{layer}_pca.png" for layer in up.layers]
-
-        def complete(path: Path, stem: str) -> bool:
-            if not result_is_complete(out_dir / f"{stem}.safetensors", {**expected, "image": str(path)}):
-                return False
-            return args.no_png or all((out_dir / f"{stem}{end}").is_file() for end in pngs)
-
-        todo = [(p, stem) for p, stem in jobs if not complete(p, stem)]
-        skipped = len(jobs) - len(todo)
-        if skipped:
-            logger.warning("skipping %d image(s) whose outputs exist in %s (--overwrite redoes them)", skipped, out_dir)
-        jobs = todo
+        todo = pending_jobs(up, jobs, out_dir, pictures=not args.no_png)
+        skipped, jobs = len(jobs) - len(todo), todo
     failed: list[tuple[Path, str]] = []
 
     def fail(path: Path, err: Exception) -> None:
