@@ -1,21 +1,24 @@
 """Atomic file writes for the whole package: a temp file in the target's folder, then ``os.replace``.
 
 A reader never sees a half-written file, and a failed write leaves no temp file behind. Temp files
-are named ``.<name>.anyup-tmp-<pid>-<random><suffix>`` (hidden, recognisable, the writer's process
-id inside), so one killed with ``kill -9`` is found and removed by :func:`clean_stale_temps` on the
-next run in that folder, while a live writer's temp file is left alone.
+are named ``.<name>.anyup-tmp-<pid>@<host>@<random><suffix>`` (hidden, recognisable, the writer's
+process id and machine inside), so one killed with ``kill -9`` is found and removed by
+:func:`clean_stale_temps` on the next run in that folder, while a live writer's temp file (or one
+of another machine sharing the folder) is left alone.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 TEMP_MARK = ".anyup-tmp-"
-_TEMP_RE = re.compile(r"^\..*\.anyup-tmp-(\d+)-[^/]*$")
+_TEMP_RE = re.compile(r"^\..*\.anyup-tmp-(\d+)@([^@/]*)@[^/]*$")
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64]  # temps of other machines are never removed
 
 
 def _umask() -> int:
@@ -27,7 +30,8 @@ def _umask() -> int:
 def temp_path(path: str | os.PathLike) -> Path:
     """A new empty temp file beside ``path`` (same folder, same suffix, recognisable name)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}{TEMP_MARK}{os.getpid()}-", suffix=path.suffix)
+    prefix = f".{path.stem}{TEMP_MARK}{os.getpid()}@{_HOST}@"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=path.suffix)
     os.close(fd)
     return Path(tmp)
 
@@ -94,7 +98,7 @@ def clean_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> lis
     removed = []
     for p in folder.rglob(f".*{TEMP_MARK}*") if recursive else folder.glob(f".*{TEMP_MARK}*"):
         m = _TEMP_RE.match(p.name)
-        if m and p.is_file() and not _alive(int(m.group(1))):
+        if m and m.group(2) == _HOST and p.is_file() and not _alive(int(m.group(1))):
             try:
                 p.unlink()
                 removed.append(p)
@@ -133,7 +137,11 @@ def hold_folder_lock(folder: str | os.PathLike, what: str = "run folder") -> Non
     key = str(folder.resolve())
     if key in _HELD_LOCKS:
         return
-    import fcntl
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX (Windows): no lock, but still clean up
+        clean_stale_temps(folder, recursive=True)
+        return
 
     path = folder / ".anyup.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())

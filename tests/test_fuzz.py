@@ -607,12 +607,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, limits):
 def test_stale_temps_of_dead_writers_are_cleaned(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    stale = tmp_path / f".chelsea{TEMP_MARK}{pid}-abc.safetensors"
-    live = tmp_path / f".astronaut{TEMP_MARK}{os.getpid()}-abc.safetensors"
-    stale.write_bytes(b"x")
-    live.write_bytes(b"x")
+    from anyup._atomic import _HOST
+
+    stale = tmp_path / f".chelsea{TEMP_MARK}{pid}@{_HOST}@abc.safetensors"
+    live = tmp_path / f".astronaut{TEMP_MARK}{os.getpid()}@{_HOST}@abc.safetensors"
+    other_host = tmp_path / f".rocket{TEMP_MARK}{pid}@another-machine@abc.safetensors"
+    for p in (stale, live, other_host):
+        p.write_bytes(b"x")
     assert clean_stale_temps(tmp_path) == [stale]
-    assert live.exists()
+    assert live.exists() and other_host.exists()
 
 
 def test_output_folder_checks(tmp_path, limits):
@@ -712,7 +715,9 @@ def test_folder_run_skips_complete_outputs_and_cleans_temps(tmp_path, tiny_file,
     rc, stdout, err = _cli(capsys, *argv)
     assert rc == 1 and "wrote 3 of 4 images" in stdout and "broken.png" in err and "Traceback" not in err
     first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    dead = f".a{TEMP_MARK}999999999-x.safetensors"  # a temp file of a killed run (no such pid)
+    from anyup._atomic import _HOST
+
+    dead = f".a{TEMP_MARK}999999999@{_HOST}@x.safetensors"  # a temp file of a killed run (no such pid)
     (out / dead).write_bytes(b"partial")
     (out / "b.safetensors").write_bytes(b"truncated")  # damaged: must be redone
     rc, stdout, _ = _cli(capsys, *argv)
@@ -801,8 +806,8 @@ def test_kill_during_a_folder_run_then_resume(tmp_path, tiny_file):
             "--input-size", "64", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(out.glob("*.safetensors"))) < 3:
+    deadline = time.monotonic() + 240  # a busy 2-core machine needs a while to import torch and start
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("*.safetensors"))) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -811,9 +816,11 @@ def test_kill_during_a_folder_run_then_resume(tmp_path, tiny_file):
     for p in done:  # every visible output is complete
         assert anyup.predictor.result_is_complete(p)
     complete = [p for p in done if (p.parent / f"{p.stem}_pca.png").is_file()]  # features + picture
-    rc, stdout, err, _, _ = _run(args[3:], tmp_path, timeout=120)
+    assert complete, "no image was complete when the run was killed"
+    rc, stdout, err, _, _ = _run(args[3:], tmp_path, timeout=300)
     assert rc == 0, err
-    assert f"({len(complete)} already there)" in stdout
+    assert f"wrote {12 - len(complete)} of 12 images" in stdout and f"({len(complete)} already there)" in stdout, (
+        stdout, [p.name for p in done], [p.name for p in complete])
     assert len(list(out.glob("*.safetensors"))) == 12 and not _leftovers(out)
 
 
