@@ -256,6 +256,7 @@ class Upsampler:
         """Like :meth:`predict` for several images; images whose sizes match run as one batch."""
         if isinstance(images, (str, os.PathLike, torch.Tensor)) or not isinstance(images, Sequence):
             raise TypeError(f"images must be a list of images, got {type(images).__name__}")
+        sizes = [image_size(im) for im in images]  # as stored: a large file may be decoded reduced
         prepared = [self.prepare(im, self.needed_size(im, output_size, scale)) for im in images]
         groups: dict[tuple, list[int]] = {}
         for i, (_, enc_in) in enumerate(prepared):
@@ -268,6 +269,8 @@ class Upsampler:
             batch = torch.stack([prepared[i][1] for i in idx]).to(self.device)  # (B, 3, H, W)
             per_image = self._run(batch, out_hw, [prepared[i][0] for i in idx])
             for i, res in zip(idx, per_image):
+                for r in res:
+                    r.original_size = sizes[i]
                 results[i] = res
         return results  # type: ignore[return-value]
 

@@ -209,7 +209,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from anyup._atomic import ensure_writable_dir
-    from anyup.image import list_images
+    from anyup.image import image_size, list_images
     from anyup.predictor import Upsampler, pending_jobs, save_result
     from anyup.viz import pca_comparison, save_png
     from anyup.viz.edges import edge_alignment
@@ -244,7 +244,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     stats: list[tuple[str, str, float, float]] = []
 
     def write(path: Path, stem: str, results) -> None:
-        extra = {"image": str(path)}
+        h0, w0 = image_size(path)  # the file's own size (a very large one was decoded reduced)
+        extra = {"image": str(path), "original_size": f"{h0}x{w0}"}
         for r in results:
             ours, bil = edge_alignment(r.features, r.image), edge_alignment(r.bilinear(), r.image)
             stats.append((stem, r.layer, ours, bil))
