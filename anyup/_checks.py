@@ -254,3 +254,51 @@ def check_out(out: object, shape: Sequence[int]) -> torch.Tensor:
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     return out
+
+
+# --------------------------------------------------------------------------------------------- architecture
+# AnyUp architecture fields: (type, lowest, highest); dim and heads/groups are also checked together.
+ARCH_RULES: dict[str, tuple[type, float, float]] = {
+    "dim": (int, 4, 4096),
+    "num_heads": (int, 1, 256),
+    "num_groups": (int, 1, 4096),
+    "num_blocks": (int, 0, 64),
+    "lfu_kernel_size": (int, 1, 63),
+    "window_ratio": (float, 0.0, 1.0),
+}
+
+
+def check_arch_fields(fields: object, source: str, names: Sequence[str] = tuple(ARCH_RULES)) -> dict:
+    """Validated AnyUp architecture values from untrusted input (weights metadata, config.json, a config).
+
+    Takes only ``names`` (the architecture fields; run-time settings are ignored). Each must have
+    the right type and range; ``dim`` a multiple of 4 that ``num_heads`` and ``num_groups`` divide
+    (checked when both are given: pass every field, e.g. ``AnyUpConfig().to_dict()`` updated with the
+    input); ``lfu_kernel_size`` odd. Errors name ``source``, the field, its value and the rule.
+    """
+    if not isinstance(fields, dict):
+        raise ValueError(f"{source}: the architecture must be a JSON object, got {type(fields).__name__}")
+    values: dict = {}
+    for key in names:
+        if key not in fields or key not in ARCH_RULES:
+            continue
+        tp, lo, hi = ARCH_RULES[key]
+        v = fields[key]
+        if tp is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+            rule = f"an integer in [{lo}, {hi}]"
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v <= hi
+            rule = f"a number in ({lo}, {hi}]"
+        if not ok:
+            raise ValueError(f"{source}: architecture field {key}={v!r} is invalid; it must be {rule}")
+        values[key] = float(v) if tp is float else int(v)
+    dim = values.get("dim")
+    if dim is not None and dim % 4:
+        raise ValueError(f"{source}: dim={dim} must be a multiple of 4")
+    for key in ("num_heads", "num_groups"):
+        if dim is not None and key in values and dim % values[key]:
+            raise ValueError(f"{source}: {key}={values[key]} must divide dim={dim}")
+    if values.get("lfu_kernel_size", 1) % 2 == 0:
+        raise ValueError(f"{source}: lfu_kernel_size={values['lfu_kernel_size']} must be odd")
+    return values

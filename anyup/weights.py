@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from anyup._atomic import atomic_write
+from anyup._checks import check_arch_fields
 from anyup._env import ENV_CACHE_DIR, require_network  # noqa: F401  (ENV_CACHE_DIR re-exported)
 from anyup._env import cache_dir as _cache_root
 from anyup._state import load_strict, read_state_dict
@@ -267,50 +267,17 @@ def load(
 
 
 # ------------------------------------------------------------------------------- untrusted metadata
-# Architecture fields: (type, lowest, highest). dim and heads/groups are further checked together.
-_ARCH_RULES: dict[str, tuple[type, float, float]] = {
-    "dim": (int, 4, 4096),
-    "num_heads": (int, 1, 256),
-    "num_groups": (int, 1, 4096),
-    "num_blocks": (int, 0, 64),
-    "lfu_kernel_size": (int, 1, 63),
-    "window_ratio": (float, 0.0, 1.0),
-}
-
-
 def arch_config(fields: Any, source: str) -> AnyUpConfig:
     """A validated :class:`AnyUpConfig` from untrusted architecture fields (metadata, config.json).
 
     Only :data:`anyup.model.ARCH_FIELDS` are taken (run-time settings never come from a file);
-    each must have the right type and range, ``dim`` a multiple of 4, ``num_heads`` and
-    ``num_groups`` dividing ``dim``. Errors name ``source``, the field, its value and the rule.
+    the rules are :func:`anyup._checks.check_arch_fields`.
     """
     if not isinstance(fields, dict):
         raise ValueError(f"{source}: the architecture must be a JSON object, got {type(fields).__name__}")
-    values: dict[str, Any] = {}
-    for key in ARCH_FIELDS:
-        if key not in fields:
-            continue
-        tp, lo, hi = _ARCH_RULES[key]
-        v = fields[key]
-        if tp is int:
-            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-            rule = f"an integer in [{lo}, {hi}]"
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v <= hi
-            rule = f"a number in ({lo}, {hi}]"
-        if not ok:
-            raise ValueError(f"{source}: architecture field {key}={v!r} is invalid; it must be {rule}")
-        values[key] = float(v) if tp is float else int(v)
-    cfg = AnyUpConfig(**values)
-    if cfg.dim % 4:
-        raise ValueError(f"{source}: dim={cfg.dim} must be a multiple of 4")
-    for key in ("num_heads", "num_groups"):
-        if cfg.dim % getattr(cfg, key):
-            raise ValueError(f"{source}: {key}={getattr(cfg, key)} must divide dim={cfg.dim}")
-    if cfg.lfu_kernel_size % 2 == 0:
-        raise ValueError(f"{source}: lfu_kernel_size={cfg.lfu_kernel_size} must be odd")
-    return cfg
+    defaults = AnyUpConfig().to_dict()
+    full = {k: fields.get(k, defaults[k]) for k in ARCH_FIELDS}  # missing fields: the published defaults
+    return AnyUpConfig(**check_arch_fields(full, source, ARCH_FIELDS))
 
 
 def _expected_shapes(config: AnyUpConfig) -> dict[str, tuple[int, ...]]:

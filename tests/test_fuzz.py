@@ -446,6 +446,15 @@ def test_run_time_fields_never_come_from_a_file(tmp_path, limits):
         AnyUp.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("bad", [{"num_heads": 0}, {"dim": 130}, {"num_groups": 3}, {"dim": 65536}])
+def test_arch_check_for_configs_the_model_can_call(tmp_path, tiny_file, bad):
+    cfg = {**AnyUpConfig().to_dict(), **bad}
+    with pytest.raises(ValueError, match="AnyUpConfig: .*(invalid|must)"):
+        _checks.check_arch_fields(cfg, "AnyUpConfig")
+    with pytest.raises(ValueError, match="config: "):
+        anyup.load(tiny_file, config=AnyUpConfig(**cfg))  # validated before AnyUp(config) allocates
+
+
 def test_nan_weights_are_refused(tmp_path, limits):
     state = {k: v.contiguous() for k, v in AnyUp(TINY).state_dict().items()}
     key = sorted(state)[0]
