@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"anyup {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or ANYUP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
@@ -56,13 +57,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
-        # User-facing errors: one clear line, no traceback (use -vv for the traceback).
-        if args.verbose >= 2:
+    except KeyboardInterrupt:
+        sys.stderr.write(f"anyup {args.command}: interrupted\n")
+        return 130
+    except Exception as err:  # noqa: BLE001 - every error: one clear line, no traceback
+        from anyup._env import debug_enabled
+
+        if args.debug or debug_enabled() or args.verbose >= 2:
             raise
-        sys.stderr.write(f"anyup {args.command}: error: {err}\n")
+        sys.stderr.write(f"anyup {args.command}: error: {error_line(err)}\n")
         return 1
     return int(result or 0)
+
+
+def error_line(err: BaseException) -> str:
+    """One line for the user: the message (its type when that says more, e.g. PermissionError)."""
+    text = " ".join(str(err).split()) or err.__class__.__name__
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        text = f"{err.__class__.__name__}: {text}"
+    elif not isinstance(err, (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError)):
+        text = f"{err.__class__.__name__}: {text} (run with --debug or ANYUP_DEBUG=1 for the traceback)"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,8 @@ from anyup.weights import DEFAULT_WEIGHTS
 import torch
 import torch.nn.functional as F
 
-from anyup.image import ImageLike, imagenet_normalize, load_image
+from anyup._checks import check_output_memory
+from anyup.image import ImageLike, image_size, imagenet_normalize, load_image
 
 KINDS = ("auto", "mask", "logits", "depth")
 MAX_MASK_LABELS = 4096  # one-hot channels; more distinct labels is almost surely not a label map
@@ -110,8 +111,12 @@ def upsample_signal(
     if kind != "mask" and not sig.is_floating_point():
         sig = sig.float()
     x, nd = _to_bchw(sig, kind)
-    img = load_image(image)  # (3, H0, W0)
-    out_hw = check_size(output_size, "output_size", tuple(img.shape[-2:]))
+    if min(x.shape) < 1:
+        raise ValueError(f"the signal is empty: shape {tuple(sig.shape)}")
+    out_hw = check_size(output_size, "output_size", image_size(image))
+    channels = x.shape[1] if kind != "mask" else min(int(torch.unique(x).numel()), MAX_MASK_LABELS)  # one-hot
+    check_output_memory((x.shape[0], channels, *out_hw), torch.float32, device, what="upsampled signal")
+    img = load_image(image, min_size=out_hw)  # (3, H0, W0); a very large file decoded reduced
     net, _ = load_model(model, device)
     dtype = next(net.parameters()).dtype
     guide = imagenet_normalize(resize_image(img[None].to(device), out_hw)).to(dtype)  # (1, 3, H, W)
@@ -140,8 +145,20 @@ def read_signal(path: str | os.PathLike, kind: str) -> np.ndarray:
     if not p.is_file():
         raise FileNotFoundError(f"signal file not found: {str(p)!r}")
     suffix = p.suffix.lower()
+    try:
+        return _read_signal(p, suffix, kind)
+    except (ValueError, OSError, EOFError, SyntaxError) as err:
+        raise ValueError(f"cannot read signal {str(p)!r}: {' '.join(str(err).split())}") from None
+    except Exception as err:  # noqa: BLE001 - e.g. SafetensorError: a broken file, said in one line
+        raise ValueError(f"cannot read signal {str(p)!r}: {err.__class__.__name__}: {err}") from None
+
+
+def _read_signal(p, suffix: str, kind: str) -> np.ndarray:
     if suffix == ".npy":
-        return np.load(p, allow_pickle=False)
+        arr = np.load(p, allow_pickle=False)
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+            raise ValueError(f"expected a numeric array, got dtype {getattr(arr, 'dtype', type(arr).__name__)}")
+        return arr
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -30,13 +30,24 @@ import torch
 import torch.nn.functional as F
 
 from anyup.weights import DEFAULT_WEIGHTS
-from anyup.image import ImageLike, imagenet_normalize, load_image, resize_to_multiple
+from anyup._checks import check_output_memory
+from anyup.image import (
+    ImageLike,
+    image_size,
+    imagenet_normalize,
+    load_image,
+    multiple_size,
+    resize_image,
+    resize_to_multiple,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "efficientnet_lite0"
 DEFAULT_MODEL = DEFAULT_WEIGHTS  # our offline weights; the published ones are one argument away
 DEFAULT_INPUT_SIZE = 448
+MAX_INPUT_SIDE = 4096  # largest input_size (short side of the encoder input)
+MAX_INPUT_PIXELS = 4096 * 4096  # largest encoder input, whatever its shape
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -95,14 +106,6 @@ def load_model(model: str | os.PathLike | torch.nn.Module, device: str | torch.d
     return load(model, device=device), str(model)
 
 
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, 3, H, W) in [0, 1] -> (B, 3, *size), antialiased bilinear."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    out = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out.clamp(0, 1)
-
-
 def output_size_for(
     input_hw: tuple[int, int], output_size: Sequence[int] | int | None = None, scale: float | None = None
 ) -> tuple[int, int]:
@@ -158,8 +161,10 @@ class Upsampler:
             dtype = DTYPES[dtype]
         if dtype not in DTYPES.values():
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
-        if input_size is not None and (not isinstance(input_size, int) or input_size < 1):
-            raise ValueError(f"input_size must be a positive int or None, got {input_size!r}")
+        if input_size is not None and (
+            isinstance(input_size, bool) or not isinstance(input_size, int) or not 1 <= input_size <= MAX_INPUT_SIDE
+        ):
+            raise ValueError(f"input_size must be a positive int up to {MAX_INPUT_SIDE} or None, got {input_size!r}")
         self.device = torch.device(device)
         self.dtype = dtype
         self.input_size = input_size
@@ -181,15 +186,52 @@ class Upsampler:
     def layers(self) -> tuple[str, ...]:
         return self.encoder.info.layer_names
 
-    def prepare(self, image: ImageLike) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image as loaded (3, H0, W0), encoder input (3, H, W)) both RGB in [0, 1]."""
-        img = load_image(image)  # (3, H0, W0)
+    def encoder_size(self, hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the encoder input for an image of ``hw`` (short side ``input_size``, long side capped).
+
+        Refuses an input over :data:`MAX_INPUT_PIXELS` (e.g. ``input_size=None`` on a huge photo).
+        """
+        m = self.encoder.info.multiple
+        h, w = multiple_size(hw[0], hw[1], m, short_side=self.input_size)
+        if h * w > MAX_INPUT_PIXELS:
+            raise ValueError(
+                f"the encoder input would be {h}x{w} = {h * w} pixels, more than {MAX_INPUT_PIXELS} "
+                f"(4096 x 4096); pass a smaller input_size (--input-size), e.g. {DEFAULT_INPUT_SIZE}"
+            )
+        return h, w
+
+    def prepare(self, image: ImageLike, min_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image as loaded (3, H0, W0), encoder input (3, H, W)) both RGB in [0, 1].
+
+        ``min_size``: the largest size the image will be resized to; a very large file is then
+        decoded reduced (see :func:`anyup.image.load_image`).
+        """
+        img = load_image(image, min_size=min_size)  # (3, H0, W0)
         m = self.encoder.info.multiple
         if self.input_size is None:
             enc_in = resize_to_multiple(img, m)
         else:
             enc_in = resize_to_multiple(img, m, short_side=self.input_size)
         return img, enc_in
+
+    def load(
+        self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
+    ) -> torch.Tensor:
+        """The image (3, H, W) in [0, 1] as this upsampler needs it: a very large file is decoded reduced."""
+        return load_image(image, min_size=self.needed_size(image, output_size, scale))
+
+    def needed_size(
+        self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
+    ) -> tuple[int, int]:
+        """The largest (H, W) an image is resized to (encoder input or output), from its header only.
+
+        Also refuses an output whose features would not fit in memory (before anything is computed).
+        """
+        enc_hw = self.encoder_size(image_size(image))
+        out_hw = output_size_for(enc_hw, output_size, scale)
+        channels = sum(layer.channels for layer in self.encoder.info.layers)
+        check_output_memory((1, channels, *out_hw), self.dtype, self.device, what="upsampled features")
+        return max(enc_hw[0], out_hw[0]), max(enc_hw[1], out_hw[1])
 
     @torch.no_grad()
     def predict(
@@ -212,16 +254,23 @@ class Upsampler:
         scale: float | None = None,
     ) -> list[list[UpsampleResult]]:
         """Like :meth:`predict` for several images; images whose sizes match run as one batch."""
-        prepared = [self.prepare(im) for im in images]
+        if isinstance(images, (str, os.PathLike, torch.Tensor)) or not isinstance(images, Sequence):
+            raise TypeError(f"images must be a list of images, got {type(images).__name__}")
+        sizes = [image_size(im) for im in images]  # as stored: a large file may be decoded reduced
+        prepared = [self.prepare(im, self.needed_size(im, output_size, scale)) for im in images]
         groups: dict[tuple, list[int]] = {}
         for i, (_, enc_in) in enumerate(prepared):
             in_hw = tuple(enc_in.shape[-2:])
             groups.setdefault((in_hw, output_size_for(in_hw, output_size, scale)), []).append(i)
         results: list[list[UpsampleResult] | None] = [None] * len(prepared)
         for (in_hw, out_hw), idx in groups.items():
+            channels = sum(layer.channels for layer in self.encoder.info.layers)
+            check_output_memory((len(idx), channels, *out_hw), self.dtype, self.device, what="upsampled features")
             batch = torch.stack([prepared[i][1] for i in idx]).to(self.device)  # (B, 3, H, W)
             per_image = self._run(batch, out_hw, [prepared[i][0] for i in idx])
             for i, res in zip(idx, per_image):
+                for r in res:
+                    r.original_size = sizes[i]
                 results[i] = res
         return results  # type: ignore[return-value]
 
@@ -271,7 +320,7 @@ class Upsampler:
         Returns:
             (maps (P, h, w) float32 each summing to 1, guidance image (3, H', W') RGB in [0, 1]).
         """
-        img, enc_in = self.prepare(image)
+        img, enc_in = self.prepare(image, self.needed_size(image, output_size))
         enc_in = enc_in[None].to(self.device)
         out_hw = output_size_for(tuple(enc_in.shape[-2:]), output_size)
         feats = self.encoder(enc_in.to(self.dtype))
@@ -313,6 +362,53 @@ def save_result(
         meta[key] = ",".join(r.metadata()[key] for r in results)
     meta.update(extra or {})
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def result_is_complete(path: str | os.PathLike, expected: dict[str, str] | None = None) -> bool:
+    """Whether ``path`` is a readable result file whose metadata has every ``expected`` value.
+
+    Results are written atomically, so a readable file is complete; a folder run skips such
+    outputs (``--overwrite`` redoes them) and recomputes ones made with other settings.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return False
+    if not any(k == "features" or k.startswith("features.") for k in keys):
+        return False
+    return all(meta.get(k) == v for k, v in (expected or {}).items())
+
+
+def pending_jobs(
+    up: Upsampler, jobs: Sequence[tuple[Path, str]], out_dir: str | os.PathLike, pictures: bool = True
+) -> list[tuple[Path, str]]:
+    """The ``(image path, output stem)`` jobs of a folder run whose outputs are not complete in ``out_dir``.
+
+    Complete: ``<stem>.safetensors`` readable and made from that image with ``up``'s encoder and
+    model, plus (with ``pictures``) every ``<stem>[_<layer>]_pca.png``. Logs how many are skipped.
+    """
+    out_dir = Path(out_dir)
+    expected = {"encoder": up.encoder_name, "model": up.model_name}
+    pngs = ["_pca.png"] if len(up.layers) == 1 else [f"_{layer}_pca.png" for layer in up.layers]
+
+    def complete(path: Path, stem: str) -> bool:
+        if not result_is_complete(out_dir / f"{stem}.safetensors", {**expected, "image": str(path)}):
+            return False
+        return not pictures or all((out_dir / f"{stem}{end}").is_file() for end in pngs)
+
+    todo = [(p, stem) for p, stem in jobs if not complete(p, stem)]
+    if len(todo) < len(jobs):
+        logger.warning(
+            "skipping %d image(s) whose outputs exist in %s (--overwrite redoes them)", len(jobs) - len(todo), out_dir
+        )
+    return todo
 
 
 def upsample(

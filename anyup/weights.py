@@ -1,28 +1,53 @@
 """Checkpoint registry and loading.
 
-``anyup.load(name_or_path)`` resolves a registered name (download URL, sha256, cache folder,
-``ANYUP_WEIGHTS_DIR`` for a local folder of weights) or loads a file path (``.pth`` or
-``.safetensors``), with a strict key check and never executing a pickle.
+``anyup.load(name_or_path)`` resolves a registered name or loads a file path (``.pth`` or
+``.safetensors``), with a strict key and shape check, finite values, and never executing a pickle.
+A registered name is looked for, in order, in the package, ``$ANYUP_WEIGHTS_DIR``, the cache
+(``$ANYUP_CACHE_DIR``, default ``~/.cache/anyup``) and torch.hub's checkpoint folder
+(``$TORCH_HOME/hub/checkpoints``); a file found locally must match the registered sha256. Only then
+is it downloaded (failing at once when offline). Architecture metadata in a ``.safetensors`` file
+is validated (types, ranges, shapes against the tensors in the file) before anything is allocated;
+run-time settings (``max_memory``, ``tile_size`` ...) never come from a file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from anyup._atomic import atomic_write
+from anyup._checks import check_arch_fields
+from anyup._env import ENV_CACHE_DIR, require_network  # noqa: F401  (ENV_CACHE_DIR re-exported)
+from anyup._env import cache_dir as _cache_root
+from anyup._state import load_strict, read_state_dict
 from anyup.model import ARCH_FIELDS, AnyUp, AnyUpConfig
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "WeightSpec",
+    "arch_config",
+    "available_weights",
+    "cache_dir",
+    "load",
+    "load_state_dict_strict",
+    "read_state_dict",
+    "register_weights",
+    "resolve_weights",
+    "sha256_file",
+    "stored_config",
+    "verify_weights",
+]
+
 ENV_WEIGHTS_DIR = "ANYUP_WEIGHTS_DIR"  # a folder holding <name>.pth / <name>.safetensors files
-ENV_CACHE_DIR = "ANYUP_CACHE"  # where downloads are kept (default ~/.cache/anyup)
 PACKAGE_WEIGHTS_DIR = Path(__file__).parent / "weights_data"  # weights shipped inside the package
 
 
@@ -88,155 +113,218 @@ def available_weights() -> dict[str, WeightSpec]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get(ENV_CACHE_DIR, Path.home() / ".cache" / "anyup"))
+    """Where downloads are kept: ``$ANYUP_CACHE_DIR`` (``$ANYUP_CACHE`` deprecated), default ``~/.cache/anyup``."""
+    return _cache_root()
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``, default ``~/.cache/torch/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, so a file is hashed once
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def _candidates(spec: WeightSpec) -> list[Path]:
+    out = [PACKAGE_WEIGHTS_DIR / spec.filename]
+    if os.environ.get(ENV_WEIGHTS_DIR):
+        out.append(Path(os.environ[ENV_WEIGHTS_DIR]).expanduser() / spec.filename)
+    out.append(cache_dir() / spec.filename)
+    out.append(torch_hub_dir() / spec.filename)
+    return out
+
+
+def _check_sha256(name: str, spec: WeightSpec, path: Path) -> Path:
+    digest = sha256_file(path)
+    if digest != spec.sha256:
+        raise ValueError(
+            f"{str(path)!r} is not the registered {name!r} (sha256 {digest[:16]}..., expected "
+            f"{spec.sha256[:16]}...): a different or damaged file; remove it, or load it by path"
+        )
+    return path
 
 
 def resolve_weights(name: str, download: bool = True) -> Path:
-    """Local file of a registered checkpoint: package, ``$ANYUP_WEIGHTS_DIR``, cache, then download."""
-    if name not in _REGISTRY:
+    """Local file of a registered checkpoint (sha256-checked): package, ``$ANYUP_WEIGHTS_DIR``, cache,
+    torch.hub's checkpoints, then a download."""
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown weights {name!r}; registered names: {sorted(_REGISTRY)} (or pass a file path)")
     spec = _REGISTRY[name]
-    candidates = [PACKAGE_WEIGHTS_DIR / spec.filename]
-    if os.environ.get(ENV_WEIGHTS_DIR):
-        candidates.append(Path(os.environ[ENV_WEIGHTS_DIR]) / spec.filename)
-    cached = cache_dir() / spec.filename
-    candidates.append(cached)
+    candidates = _candidates(spec)
     for path in candidates:
         if path.is_file():
-            return path
+            return _check_sha256(name, spec, path)
     if spec.url is None:
         raise FileNotFoundError(f"weights {name!r} should ship with the package but {candidates[0]} is missing")
     if not download:
         raise FileNotFoundError(f"weights {name!r} not found locally (looked in {[str(p) for p in candidates]})")
+    cached, hub_file = cache_dir() / spec.filename, torch_hub_dir() / spec.filename
+    how = (
+        f"Download {spec.filename} elsewhere and either pass its path "
+        f"(anyup.load('/path/to/{spec.filename}') or --model /path/to/{spec.filename}), "
+        f"set {ENV_WEIGHTS_DIR}=/folder/holding/it, or copy it to {cached} or {hub_file}."
+    )
     try:
+        require_network(spec.url, f"weights {name!r} ({spec.url})", how)
         _download(spec.url, cached, spec.sha256)
     except (OSError, RuntimeError) as err:
         raise RuntimeError(
             f"could not download weights {name!r} from {spec.url} ({err.__class__.__name__}: {err}). "
-            f"Offline? Download {spec.filename} elsewhere and either pass its path "
-            f"(anyup.load('/path/to/{spec.filename}') or --model /path/to/{spec.filename}), "
-            f"set {ENV_WEIGHTS_DIR}=/folder/holding/it, or copy it to {cached}."
-        ) from err
+            + ("" if how in str(err) else f"Offline? {how}")
+        ) from None
     return cached
 
 
 def _download(url: str, dest: Path, sha256: str) -> None:
+    """Stream ``url`` into ``dest`` (atomically), checking the sha256 before the file appears."""
     from urllib.request import urlopen
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
-    try:
+    def write(tmp: str) -> None:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=30) as resp:  # noqa: S310 (fixed https URLs)
+        with open(tmp, "wb") as out, urlopen(url, timeout=30) as resp:  # noqa: S310 (fixed https URLs)
             for block in iter(lambda: resp.read(1 << 20), b""):
                 out.write(block)
                 h.update(block)
         if h.hexdigest() != sha256:
             raise RuntimeError(f"sha256 mismatch for {url}: got {h.hexdigest()}, expected {sha256}")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(dest, write)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a plain tensor state dict from ``.safetensors`` or a ``weights_only`` torch file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {str(path)!r}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+def verify_weights(names: list[str] | None = None, download: bool = False) -> list[tuple[str, str, bool]]:
+    """``(name, message, ok)`` for every registered name (or ``names``): never stops at the first problem."""
+    rows = []
+    for n in names or sorted(_REGISTRY):
         try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{str(path)!r} is not a valid safetensors file: {err}") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as err:
-        raise ValueError(
-            f"{str(path)!r} is not a plain PyTorch state dict that can be loaded safely "
-            f"(weights_only=True refused it or it is corrupt): {str(err).splitlines()[0]}"
-        ) from err
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        obj = obj["model"]  # a training checkpoint of ours
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors (got {type(obj).__name__})")
-    return obj
+            path = resolve_weights(n, download=download)
+            rows.append((n, f"{path} sha256 OK", True))
+        except (ValueError, FileNotFoundError, RuntimeError) as err:
+            rows.append((n, str(err), False))
+    return rows
 
 
 def load_state_dict_strict(model: AnyUp, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Load with a strict key *and shape* check; errors list what is missing or unexpected."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or bad_shapes:
-        raise ValueError(
-            f"{source} does not fit the AnyUp architecture: "
-            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
-            f"shape mismatches {bad_shapes[:5]}"
-        )
-    model.load_state_dict(state, strict=True)
+    """Load with a strict key *and shape* check and finite values; errors list what is missing or unexpected."""
+    load_strict(model, state, source, what="the AnyUp architecture")
 
 
 def load(
-    name_or_path: str | os.PathLike = "anyup_multi_backbone",
+    name_or_path: str | os.PathLike = DEFAULT_WEIGHTS,
     device: str | torch.device = "cpu",
     config: AnyUpConfig | None = None,
 ) -> AnyUp:
     """Build AnyUp and load weights by registered name or file path; returns an eval-mode model.
 
     Args:
-        name_or_path: a name from :func:`available_weights` or a ``.pth``/``.safetensors`` file.
+        name_or_path: a name from :func:`available_weights` (default: :data:`DEFAULT_WEIGHTS`, the
+            offline weights shipped with the package) or a ``.pth``/``.safetensors`` file.
         device: where to put the model.
         config: run-time settings (window ratio, memory cap); architecture fields must match. Default:
             the architecture stored in a ``.safetensors`` file's metadata (``anyup train`` exports
             and ``save_pretrained`` write it), else ``AnyUpConfig()``.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(
+            f"weights must be a registered name {sorted(_REGISTRY)} or a file path, got "
+            f"{name_or_path!r} ({type(name_or_path).__name__})"
+        )
+    if config is not None and not isinstance(config, AnyUpConfig):
+        raise TypeError(f"config must be an AnyUpConfig or None, got {type(config).__name__}")
     p = Path(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in _REGISTRY:
         path = resolve_weights(name_or_path)
+    elif p.is_dir():
+        raise ValueError(f"{str(p)!r} is a folder; pass a weights file, or use AnyUp.from_pretrained for a folder")
     elif p.suffix in (".pth", ".pt", ".safetensors", ".bin") or p.exists():
         path = p
     else:
         raise ValueError(
             f"{str(name_or_path)!r} is neither a registered weights name {sorted(_REGISTRY)} nor an existing file"
         )
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {str(path)!r}")
     if config is None:
-        config = stored_config(path)
+        config = stored_config(path) or AnyUpConfig()
+    else:
+        arch_config({k: getattr(config, k) for k in ARCH_FIELDS}, "config")
+    check_shapes_before_allocating(path, config)
     model = AnyUp(config)
     load_state_dict_strict(model, read_state_dict(path), source=str(path))
     return model.to(device).eval()
 
 
-def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:
-    """The architecture in a ``.safetensors`` file's ``anyup_config`` metadata (JSON), if any."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    import json
+# ------------------------------------------------------------------------------- untrusted metadata
+def arch_config(fields: Any, source: str) -> AnyUpConfig:
+    """A validated :class:`AnyUpConfig` from untrusted architecture fields (metadata, config.json).
 
+    Only :data:`anyup.model.ARCH_FIELDS` are taken (run-time settings never come from a file);
+    the rules are :func:`anyup._checks.check_arch_fields`.
+    """
+    if not isinstance(fields, dict):
+        raise ValueError(f"{source}: the architecture must be a JSON object, got {type(fields).__name__}")
+    defaults = AnyUpConfig().to_dict()
+    full = {k: fields.get(k, defaults[k]) for k in ARCH_FIELDS}  # missing fields: the published defaults
+    return AnyUpConfig(**check_arch_fields(full, source, ARCH_FIELDS))
+
+
+def _expected_shapes(config: AnyUpConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of ``AnyUp(config)``, computed on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = AnyUp(AnyUpConfig(**{k: getattr(config, k) for k in ARCH_FIELDS}))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_shapes_before_allocating(path: Path, config: AnyUpConfig) -> None:
+    """For ``.safetensors``: the file's tensor shapes (from its header) must fit ``config``, before any allocation."""
+    if path.suffix != ".safetensors":
+        return
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{str(path)!r} is not a valid safetensors file: {err}") from None
+    expected = _expected_shapes(config)
+    bad = [f"{k}: file {shapes[k]} vs model {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
+    if bad:
+        arch = {k: getattr(config, k) for k in ARCH_FIELDS}
+        raise ValueError(
+            f"weights {str(path)!r} do not fit the AnyUp architecture {arch}: shape mismatches {bad[:4]}"
+        )
+
+
+def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:
+    """The architecture in a ``.safetensors`` file's ``anyup_config`` metadata (JSON), validated; else ``None``."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is not a valid safetensors file: it is empty (0 bytes)")
+    try:
+        with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{str(path)!r} is not a valid safetensors file: {err}") from err
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{str(path)!r} is not a valid safetensors file: {err}") from None
     if "anyup_config" not in meta:
         return None
     try:
         fields = json.loads(meta["anyup_config"])
-        return AnyUpConfig(**{k: v for k, v in fields.items() if k in ARCH_FIELDS})
-    except (json.JSONDecodeError, TypeError, AttributeError) as err:
-        raise ValueError(f"{str(path)!r} has unreadable anyup_config metadata: {err}") from err
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{str(path)!r} has unreadable anyup_config metadata: {err}") from None
+    return arch_config(fields, f"{str(path)!r} anyup_config metadata")

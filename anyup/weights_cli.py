@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anyup.weights import available_weights, resolve_weights, sha256_file
+from anyup.weights import available_weights, verify_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +28,9 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(f"{n:<24} {s.licence:<28} {s.description}\n")
         return 0
     bad = 0
-    for n in names:
-        path = resolve_weights(n, download=args.action == "fetch")
-        digest = sha256_file(path)
-        ok = digest == specs[n].sha256
+    for n, message, ok in verify_weights(names, download=args.action == "fetch"):
         bad += not ok
-        sys.stdout.write(f"{n}: {path} sha256 {'OK' if ok else 'MISMATCH ' + digest}\n")
+        sys.stdout.write(f"{n}: {message}\n" if ok else f"{n}: MISSING OR BAD: {message}\n")
+    if bad:
+        sys.stderr.write(f"{bad} of {len(names)} weights file(s) missing or bad\n")
     return 1 if bad else 0

@@ -394,7 +394,7 @@ class TestSynthetic:
     def test_default_cache_dir_from_env(self, monkeypatch, tmp_path):
         from anyup.eval.datasets.synthetic import SyntheticConfig, cache_folder
 
-        monkeypatch.setenv("ANYUP_CACHE", str(tmp_path))
+        monkeypatch.setenv("ANYUP_CACHE_DIR", str(tmp_path))
         folder = cache_folder(SyntheticConfig())
         assert folder.parent == tmp_path / "synthetic" and folder.name.startswith("v2-")
         assert cache_folder(SyntheticConfig(seed=1)) != folder

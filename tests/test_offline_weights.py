@@ -12,7 +12,7 @@ from anyup.weights import DEFAULT_WEIGHTS, available_weights, resolve_weights, s
 
 def test_shipped_file_matches_registry_and_loads_strictly(monkeypatch, tmp_path):
     monkeypatch.delenv("ANYUP_WEIGHTS_DIR", raising=False)
-    monkeypatch.setenv("ANYUP_CACHE", str(tmp_path))  # prove no cache or network is involved
+    monkeypatch.setenv("ANYUP_CACHE_DIR", str(tmp_path))  # prove no cache or network is involved
     spec = available_weights()["anyup_offline"]
     path = resolve_weights("anyup_offline", download=False)
     assert path.suffix == ".safetensors" and path.stat().st_size < 8 << 20

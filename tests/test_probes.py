@@ -233,7 +233,7 @@ def test_feature_cache_roundtrip(tmp_path):
     a = encode(enc, images, cache)
     assert enc.calls == 4 and cache.misses == 4
     files = list(tmp_path.rglob("*.safetensors"))
-    assert len(files) == 4 and not list(tmp_path.rglob(".tmp-*"))
+    assert len(files) == 4 and not list(tmp_path.rglob("*.anyup-tmp-*"))
     b = encode(enc, images, cache)
     assert enc.calls == 4 and cache.hits == 4
     for x, y in zip(a, b):

@@ -136,7 +136,7 @@ def test_upsample_offline_model_name_error(tmp_path, photos, monkeypatch, capsys
 
     monkeypatch.setattr(anyup.weights, "_download", no_network)
     monkeypatch.setenv("ANYUP_WEIGHTS_DIR", str(tmp_path / "empty"))
-    monkeypatch.setenv("ANYUP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ANYUP_CACHE_DIR", str(tmp_path / "cache"))
     rc = main(["upsample", str(photos / "chelsea.png"), "--model", "anyup_paper", "--out", str(tmp_path / "o")])
     assert rc == 1
     err = capsys.readouterr().err

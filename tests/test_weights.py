@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def offline(monkeypatch, tmp_path):
     """No weights dir, an empty cache, and downloads that fail like an offline machine."""
     monkeypatch.delenv("ANYUP_WEIGHTS_DIR", raising=False)
-    monkeypatch.setenv("ANYUP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ANYUP_CACHE_DIR", str(tmp_path / "cache"))
 
     def refuse(url, dest, sha):
         raise OSError("network unreachable")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 GUIDES = ("rgb", "grey", "lab", "normalized")
 
@@ -50,7 +49,6 @@ def make_guide(image: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tens
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize, ``align_corners=False``, antialiased when shrinking; identity if same size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    from anyup.image import resize as _resize
+
+    return _resize(x, size, antialias="shrink")

@@ -1,4 +1,4 @@
-"""Reading encoder weights files and loading them with a strict key and shape check."""
+"""Encoder weights files: where they are, and reading/loading them with the package's strict loader."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anyup._state import load_strict as _load_strict
+from anyup._state import read_state_dict
+
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a plain ``weights_only`` torch state dict."""
-    from anyup.weights import read_state_dict
-
     return read_state_dict(path)
 
 
@@ -24,28 +25,8 @@ def load_strict(
     source: str,
     ignore_unexpected: Iterable[str] = (),
 ) -> None:
-    """Load ``state`` into ``module``; every parameter/buffer must be present with the right shape.
-
-    Args:
-        ignore_unexpected: key prefixes of the file that are allowed to be left unused
-            (e.g. a classifier head the encoder does not have).
-    """
-    own = module.state_dict()
-    prefixes = tuple(ignore_unexpected)
-    state = {k: v for k, v in state.items() if not (prefixes and k.startswith(prefixes) and k not in own)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"weights {source} do not fit this encoder: {len(missing)} missing keys {missing[:4]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:4]}, shape mismatches {shapes[:4]}"
-        )
-    module.load_state_dict(state, strict=True)
+    """Load ``state`` into ``module`` with the package's one strict loader (:func:`anyup._state.load_strict`)."""
+    _load_strict(module, state, source, ignore_unexpected, what="this encoder")
 
 
 def package_file(package: str, *parts: str, pip_name: str) -> Path:

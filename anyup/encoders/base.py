@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from anyup._checks import check_encoder_input
+
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -78,18 +80,8 @@ class Encoder(nn.Module):
             (B, C, H // stride, W // stride) in the dtype of the encoder's parameters, or a list of
             such maps (one per layer) when the encoder was created with a list of layers.
         """
-        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
-            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-            raise ValueError(f"{self.info.name}: expected an RGB tensor (B, 3, H, W) in [0, 1], got {shape}")
-        if not image.is_floating_point():
-            raise ValueError(f"{self.info.name}: expected a float image in [0, 1], got dtype {image.dtype}")
+        check_encoder_input(image, self.info.name, self.info.multiple)
         h, w = image.shape[-2:]
-        m = self.info.multiple
-        if h % m or w % m:
-            raise ValueError(
-                f"{self.info.name}: input size {h}x{w} is not a multiple of {m}; resize first, e.g. "
-                f"anyup.image.resize_to_multiple(image, {m})"
-            )
         dtype = self.mean.dtype
         x = (image.to(dtype) - self.mean) / self.std  # (B, 3, H, W)
         maps = self.extract(x)

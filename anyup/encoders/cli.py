@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="print how well AnyUp's and bilinear's feature edges follow the image edges",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--overwrite", action="store_true", help="recompute images whose outputs already exist (default: skip them)"
+    )
     p.set_defaults(func=_cmd_upsample)
 
     p = subparsers.add_parser(
@@ -205,8 +208,9 @@ def _stress(args: argparse.Namespace) -> int:
 def _cmd_upsample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from anyup.image import list_images, load_image
-    from anyup.predictor import Upsampler, save_result
+    from anyup._atomic import ensure_writable_dir
+    from anyup.image import image_size, list_images
+    from anyup.predictor import Upsampler, pending_jobs, save_result
     from anyup.viz import pca_comparison, save_png
     from anyup.viz.edges import edge_alignment
 
@@ -225,9 +229,12 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
     )
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_writable_dir(args.out)  # before any work; removes temp files of killed runs
     jobs = list(zip(paths, unique_stems(paths)))
+    skipped = 0
+    if not args.overwrite:  # outputs are written atomically: an existing, readable one is complete
+        todo = pending_jobs(up, jobs, out_dir, pictures=not args.no_png)
+        skipped, jobs = len(jobs) - len(todo), todo
     failed: list[tuple[Path, str]] = []
 
     def fail(path: Path, err: Exception) -> None:
@@ -237,7 +244,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     stats: list[tuple[str, str, float, float]] = []
 
     def write(path: Path, stem: str, results) -> None:
-        extra = {"image": str(path)}
+        h0, w0 = image_size(path)  # the file's own size (a very large one was decoded reduced)
+        extra = {"image": str(path), "original_size": f"{h0}x{w0}"}
         for r in results:
             ours, bil = edge_alignment(r.features, r.image), edge_alignment(r.bilinear(), r.image)
             stats.append((stem, r.layer, ours, bil))
@@ -257,7 +265,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
             loaded = []
             for path, stem in chunk:
                 try:
-                    loaded.append((path, stem, load_image(path)))
+                    loaded.append((path, stem, up.load(path, output_size=size, scale=args.scale)))
                 except Exception as err:  # noqa: BLE001 - a broken file must not stop the folder
                     fail(path, err)
             results = None
@@ -273,12 +281,15 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
                 except Exception as err:  # noqa: BLE001 - reported, counted, and the folder goes on
                     fail(path, err)
             bar.update(len(chunk))
-    done = len(jobs) - len(failed)
+    done = len(jobs) - len(failed) + skipped
     if args.stats and stats:
         sys.stdout.write("| image | layer | edge alignment AnyUp | edge alignment bilinear |\n|---|---|---|---|\n")
         for stem, layer, ours, bil in stats:
             sys.stdout.write(f"| {stem} | {layer} | {ours:.3f} | {bil:.3f} |\n")
-    sys.stdout.write(f"wrote {done} of {len(jobs)} images to {out_dir}\n")
+    sys.stdout.write(
+        f"wrote {done - skipped} of {len(jobs) + skipped} images to {out_dir}"
+        + (f" ({skipped} already there)" if skipped else "") + "\n"
+    )
     if failed:
         sys.stderr.write(f"{len(failed)} image(s) failed:\n")
         for path, msg in failed:
@@ -288,8 +299,14 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
 
 
 def _cmd_upsample_signal(args: argparse.Namespace) -> int:
+    from anyup._atomic import ensure_writable_dir
     from anyup.guided import read_signal, upsample_signal, write_signal
 
+    if Path(args.out).suffix.lower() not in (".npy", ".safetensors", ".png"):
+        raise ValueError(f"--out must end in .npy, .safetensors or .png, got {args.out!r}")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a folder; give a file name ending in .npy, .safetensors or .png")
+    ensure_writable_dir(Path(args.out).parent, "folder of --out")  # before any work
     signal = read_signal(args.signal, args.kind)
     out = upsample_signal(
         args.image, signal, parse_size(args.size), model=args.model, kind=args.kind, device=args.device

@@ -41,6 +41,10 @@ def _import_timm():
 
 def _create_from_hub(timm_name: str, **kwargs) -> nn.Module:
     """timm model with pretrained weights from the hub (network). Tests replace this function."""
+    from anyup._env import require_network
+
+    # Fail at once offline (HF_HUB_OFFLINE=1, or no route to the hub) instead of after timm's retries.
+    require_network("huggingface.co", f"timm/{timm_name}", "")
     timm = _import_timm()
     return timm.create_model(timm_name, pretrained=True, **kwargs)
 

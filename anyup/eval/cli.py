@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -65,28 +66,31 @@ def _command() -> str:
     return ""
 
 
-def _scalar(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _method_configs(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+    """``--method-set jbu.sigma_spatial=2`` -> ``{"jbu": {"sigma_spatial": 2.0}}``, typed by the method's config."""
+    from anyup._config import coerce, parse_value, split_assignment
+
+    raw: dict[str, dict[str, str]] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
+        key, value = split_assignment(item, "METHOD.FIELD=VALUE")
         method, dot, fld = key.partition(".")
-        if not (sep and dot and method and fld):
+        if not (dot and method and fld):
             raise ValueError(f"--method-set must look like METHOD.FIELD=VALUE, got {item!r}")
-        out.setdefault(method.strip(), {})[fld.strip()] = _scalar(value.strip())
+        raw.setdefault(method.strip(), {})[fld.strip()] = value
+    out: dict[str, dict[str, Any]] = {}
+    for method, fields in raw.items():
+        try:
+            from anyup.baselines import get_spec
+
+            cls = get_spec(method).config_cls
+            hints = typing.get_type_hints(cls)
+        except (ValueError, KeyError, NameError, TypeError):  # unknown here: the runner reports the method
+            out[method] = {k: parse_value(v) for k, v in fields.items()}
+            continue
+        out[method] = {
+            k: coerce(v if hints.get(k) is str else parse_value(v), hints.get(k, Any), f"--method-set {method}.{k}")
+            for k, v in fields.items()
+        }
     return out
 
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from anyup.eval.probes import ProbeSample
 
@@ -44,9 +42,9 @@ __all__ = [
 
 def default_cache_dir() -> Path:
     """``$ANYUP_CACHE_DIR/eval_features``, else ``~/.cache/anyup/eval_features``."""
-    base = os.environ.get("ANYUP_CACHE_DIR")
-    root = Path(base) if base else Path.home() / ".cache" / "anyup"
-    return root / "eval_features"
+    from anyup._env import cache_dir
+
+    return cache_dir() / "eval_features"
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
@@ -121,26 +119,17 @@ class FeatureCache:
             return
         from safetensors.torch import save_file
 
-        p = self.path(fingerprint, key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({"features": features.detach().float().contiguous()}, tmp, metadata=metadata)
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from anyup._atomic import atomic_write
+
+        tensors = {"features": features.detach().float().contiguous()}
+        atomic_write(self.path(fingerprint, key), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _encoder_input(image_u8: torch.Tensor, multiple: int) -> torch.Tensor:
     """uint8 ``(3, H, W)`` -> float ``(3, H', W')`` in [0, 1] with sides rounded to ``multiple``."""
-    x = image_u8.float() / 255.0
-    h, w = x.shape[-2:]
-    nh, nw = max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple)
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
-    return x
+    from anyup.image import load_image, resize_to_multiple
+
+    return resize_to_multiple(load_image(image_u8), multiple)
 
 
 @torch.no_grad()

@@ -27,6 +27,7 @@ Presets (:func:`get_protocol`):
 from __future__ import annotations
 
 import dataclasses
+import typing
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -170,38 +171,22 @@ def get_protocol(name: str, **overrides: Any) -> Protocol:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Parse ``["epochs=3", "seeds=0,1", "hflip=false"]`` into typed protocol overrides."""
+    """Parse ``["epochs=3", "seeds=0,1", "hflip=false"]`` into typed protocol overrides.
+
+    Values are read by the package's one override parser (:func:`anyup._config.parse_value` then
+    :func:`anyup._config.coerce` to the field's type).
+    """
+    from anyup._config import coerce, parse_value, split_assignment
+
     out: dict[str, Any] = {}
-    fields = {f.name: f for f in dataclasses.fields(Protocol)}
+    hints = typing.get_type_hints(Protocol)
+    allowed = sorted(f.name for f in dataclasses.fields(Protocol) if f.name != "name")
     for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"protocol override must look like KEY=VALUE, got {item!r}")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        if key not in fields or key == "name":
-            raise ValueError(f"unknown protocol field {key!r}; allowed: {sorted(set(fields) - {'name'})}")
-        default = getattr(PROTOCOLS["offline"], key)
-        out[key] = _parse_value(key, raw, default)
+        key, raw = split_assignment(item, "KEY=VALUE")
+        if key not in allowed:
+            raise ValueError(f"unknown protocol field {key!r}; allowed: {allowed}")
+        try:
+            out[key] = coerce(raw if hints[key] is str else parse_value(raw), hints[key], key)
+        except ValueError as err:
+            raise ValueError(f"bad value {raw.strip()!r} for protocol field {key!r}: {err}") from None
     return out
-
-
-def _parse_value(key: str, raw: str, default: Any) -> Any:
-    low = raw.lower()
-    if low in ("none", "null") and key.startswith(("max_", "fidelity_max")):
-        return None
-    try:
-        if isinstance(default, bool):
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if isinstance(default, tuple):
-            cast = int if key == "seeds" else float
-            return tuple(cast(v) for v in raw.split(",") if v.strip())
-        if isinstance(default, int) or default is None:
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        return raw
-    except ValueError:
-        raise ValueError(f"bad value {raw!r} for protocol field {key!r} (default {default!r})") from None

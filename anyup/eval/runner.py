@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from anyup._atomic import ensure_writable_dir
 from anyup.eval.features import FeatureCache, default_cache_dir, prepare_fidelity, prepare_samples
 from anyup.eval.metrics import FidelityMeter, feature_edges
 from anyup.eval.probes import ProbeSample, UpsampledFeatures, _normalize, evaluate_probes, image_float, train_probes
@@ -347,8 +348,7 @@ def run(options: RunOptions) -> list[ResultRow]:
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []
     methods, explicit = resolve_methods(options.methods)
-    out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(options.out)  # before any work; removes temp files of killed runs
     cache_root = (options.cache_dir or default_cache_dir()) if options.use_cache else None
     cache = FeatureCache(cache_root)
     rows: list[ResultRow] = []

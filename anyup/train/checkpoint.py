@@ -59,14 +59,28 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint on the CPU with ``weights_only=True`` and check its format."""
+RESUME_KEYS: dict[str, type] = {"step": int, "model": dict, "optimizer": dict, "data": dict, "rng": list}
+
+
+def load_checkpoint(path: str | os.PathLike, required: dict[str, type] | None = None) -> dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True`` and check its format.
+
+    Every failure (missing, empty, truncated, foreign or malicious file) is one ``ValueError`` /
+    ``FileNotFoundError`` naming the file. ``required``: keys that must be present with these
+    types (the trainer passes :data:`RESUME_KEYS`).
+    """
+    from anyup._state import torch_load
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path, "training checkpoint")  # one clear error naming the file
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{str(path)!r} is not an anyup training checkpoint (format {FORMAT})")
+    for key, tp in (required or {}).items():
+        if not isinstance(state.get(key), tp):
+            raise ValueError(
+                f"training checkpoint {str(path)!r} is damaged: {key!r} is missing or not a {tp.__name__}; "
+                f"delete it to start the run afresh"
+            )
     return state
 
 

@@ -13,16 +13,14 @@ Every number of the recipe is a field here. A configuration is resolved in three
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anyup._config import coerce, from_dict, parse_value, split_assignment
 
 @dataclass
 class EncoderSpec:
@@ -228,85 +226,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _strip_optional(tp: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), optional
-    return tp, False
+_FROM_STR: dict[type, Callable[[str], Any]] = {EncoderSpec: lambda name: {"name": name}}  # "encoders=[x, y]"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML value to the annotated type ``tp``; raise ``ValueError`` naming ``where``."""
-    tp, optional = _strip_optional(tp)
-    if value is None:
-        if optional or tp is Any:
-            return None
-        raise ValueError(f"{where} must not be null")
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if tp is EncoderSpec and isinstance(value, str):
-            value = {"name": value}
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a mapping, got {value!r}")
-        return _from_dict(tp, value, where)
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, (str, dict)) or not isinstance(value, Sequence):
-            value = [value]  # a single item where a list is expected
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        item_tps = typing.get_args(tp)
-        if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != len(item_tps):
-            raise ValueError(f"{where} must be a list of {len(item_tps)} values, got {value!r}")
-        return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_tps)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a mapping, got {value!r}")
-        return dict(value)
-    if origin is typing.Union:  # e.g. int | str
-        for t in typing.get_args(tp):
-            if isinstance(value, t) and not (t is int and isinstance(value, bool)):
-                return value
-        raise ValueError(f"{where} must be one of {typing.get_args(tp)}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{where} must be true or false, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{where} must be a number, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ValueError(f"{where} must be an integer, got {value!r}")
-        return int(value)
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"{where} must be a string, got {value!r}")
-    raise TypeError(f"unsupported config type {tp} at {where}")  # pragma: no cover
+    """Convert a YAML value to the annotated type ``tp`` (the package's one parser, :func:`anyup._config.coerce`)."""
+    return coerce(value, tp, where, _FROM_STR)
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; allowed: {names}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    return from_dict(cls, data, where, _FROM_STR)
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
@@ -327,26 +256,12 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=1e-4"`` -> ``(["optim", "lr"], 1e-4)``; the value is parsed as YAML."""
-    yaml = _yaml()
-    if "=" not in text:
-        raise ValueError(f"override {text!r} must look like section.field=value (e.g. optim.lr=1e-4)")
-    key, raw = text.split("=", 1)
-    keys = [k for k in key.strip().split(".") if k]
+    """``"optim.lr=1e-4"`` -> ``(["optim", "lr"], 1e-4)``; the value is parsed as YAML (:func:`anyup._config.parse_value`)."""
+    key, raw = split_assignment(text, "section.field=value (e.g. optim.lr=1e-4)")
+    keys = [k for k in key.split(".") if k]
     if not keys:
         raise ValueError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else None
-    if isinstance(value, str) and _looks_numeric(value):  # YAML reads "1e-4" as a string
-        value = float(value)
-    return keys, value
-
-
-def _looks_numeric(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+    return keys, parse_value(raw)
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from anyup.image import IMAGE_SUFFIXES, list_images, load_image
+from anyup.image import IMAGE_SUFFIXES, list_images, load_image, resize, square_resize
 from anyup._atomic import atomic_write_text
 from anyup.train.augment import photometric_augment
 from anyup.train.config import AugmentConfig
@@ -175,21 +174,9 @@ def split_holdout(files: Sequence[Path], count: int, seed: int) -> tuple[list[Pa
 # one sample
 
 
-def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``(3, H, W)`` so the short side is ``size`` (antialiased bilinear), centre-crop to square."""
-    h, w = image.shape[-2:]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[:, top : top + size, left : left + size].clamp(0, 1).contiguous()  # (3, size, size)
-
-
 def downsample(image: torch.Tensor, size: int) -> torch.Tensor:
     """Antialiased bilinear resize of ``(..., 3, H, W)`` to ``(size, size)``."""
-    x = image[None] if image.ndim == 3 else image
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-    return x[0] if image.ndim == 3 else x
+    return resize(image, (size, size), antialias=True, clamp=True)
 
 
 def load_square(path: Path, size: int) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from anyup.train.checkpoint import (
+    RESUME_KEYS,
     atomic_write,
     capture_rng_state,
     export_safetensors,
@@ -58,6 +59,7 @@ from anyup.train.data import (
     split_holdout,
 )
 from anyup.train.losses import RecipeLoss, crop_boxes, extract_crops
+from anyup._atomic import hold_folder_lock
 from anyup.model import ARCH_FIELDS
 from anyup.train.metrics import MetricsWriter
 
@@ -379,7 +381,7 @@ class Trainer:
         ckpt_path = self.run_dir / LAST_CHECKPOINT
         if not ckpt_path.is_file():
             return
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, required=RESUME_KEYS)
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -510,6 +512,7 @@ class Trainer:
         cfg = self.cfg
         if self.ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            hold_folder_lock(self.run_dir)  # a second trainer on this folder fails at once; stale temps removed
         self.ctx.barrier()
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)

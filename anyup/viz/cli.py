@@ -50,14 +50,17 @@ def parse_pixel(text: str) -> tuple[int, int]:
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
-    from anyup.image import load_image
+    from pathlib import Path
+
+    from anyup._atomic import ensure_writable_dir
+    from anyup.image import image_size
     from anyup.predictor import Upsampler
     from anyup.viz.attention import attention_row
     from anyup.viz.io import save_png
 
     pixels = [parse_pixel(p) for p in args.pixel]
-    img = load_image(args.image)
-    h0, w0 = img.shape[-2:]
+    h0, w0 = image_size(args.image)  # header only: a broken or huge file fails before any work
+    ensure_writable_dir(Path(args.out).parent, "folder of --out")
     for y, x in pixels:
         if not (0 <= y < h0 and 0 <= x < w0):
             raise ValueError(f"--pixel {y},{x} lies outside the image of {h0} rows x {w0} columns")
@@ -69,6 +72,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
         input_size=args.input_size,
         device=args.device,
     )
+    img = up.load(args.image)  # a very large file is decoded reduced
     _, enc_in = up.prepare(img)
     h, w = enc_in.shape[-2:]
     scaled = [(min(h - 1, y * h // h0), min(w - 1, x * w // w0)) for y, x in pixels]  # output coordinates

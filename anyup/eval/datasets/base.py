@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
@@ -114,28 +113,16 @@ def resize_sample(sample: dict[str, Any], size: int | None, crop: bool = True) -
     """
     if size is None:
         return sample
+    from anyup.image import center_crop, resize, resize_nearest, short_side_size
+
     image = sample["image"]
     h, w = image.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    if min(h, w) == size:
-        new_h, new_w = h, w
-    top, left = ((new_h - size) // 2, (new_w - size) // 2) if crop else (0, 0)
-    out_h, out_w = (size, size) if crop else (new_h, new_w)
+    new_hw = short_side_size(h, w, size)
+    out_hw = (size, size) if crop else new_hw
 
     def fit(x: torch.Tensor, dense: bool) -> torch.Tensor:
-        squeeze = x.ndim == 2
-        y = x[None, None] if squeeze else x[None]  # (1, c, h, w)
-        if (new_h, new_w) != (h, w):
-            if dense:
-                y = F.interpolate(y.float(), size=(new_h, new_w), mode="bilinear", align_corners=False,
-                                  antialias=True).to(x.dtype)
-            else:
-                dtype = y.dtype
-                y = F.interpolate(y.float() if dtype == torch.bool else y.to(torch.float64), size=(new_h, new_w),
-                                  mode="nearest-exact").to(dtype)
-        y = y[..., top:top + out_h, left:left + out_w]
-        return y[0, 0] if squeeze else y[0]
+        y = resize(x.float(), new_hw, antialias=True).to(x.dtype) if dense else resize_nearest(x, new_hw)
+        return center_crop(y, out_hw) if crop else y
 
     out = dict(sample)
     out["image"] = fit(image, dense=True).clamp(0, 1)

@@ -185,16 +185,15 @@ def nyuv2_from_mat(mat_path: str | os.PathLike, out_root: str | os.PathLike,
 
 
 def _atomic_save_png(im: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from anyup._atomic import atomic_write
+
+    atomic_write(path, lambda tmp: im.save(tmp, format="PNG"))
 
 
 def _atomic_save_npy(arr: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-    os.replace(tmp, path)
+    from anyup._atomic import atomic_write
+
+    atomic_write(path, lambda tmp: np.save(tmp, arr))
 
 
 # ----------------------------------------------------------------------------- Middlebury (offline)

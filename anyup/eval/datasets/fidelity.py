@@ -8,7 +8,6 @@ image), are the prediction. The metric itself lives in :mod:`anyup.eval.metrics`
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def fidelity_pair(
@@ -26,11 +25,10 @@ def fidelity_pair(
         raise ValueError(f"image must be (3, H, W) or (B, 3, H, W), got shape {tuple(image.shape)}")
     if factor < 1 or multiple < 1:
         raise ValueError(f"factor and multiple must be >= 1, got factor={factor}, multiple={multiple}")
-    from anyup.image import resize_to_multiple
+    from anyup.image import resize, resize_to_multiple
 
     full = resize_to_multiple(image, multiple * factor, short_side=short_side)
     x = full.unsqueeze(0) if full.ndim == 3 else full
     h, w = x.shape[-2] // factor, x.shape[-1] // factor
-    small = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    small = small.clamp(0, 1).to(image.dtype)
+    small = resize(x.float(), (h, w), antialias=True, clamp=True).to(image.dtype)
     return (small[0] if full.ndim == 3 else small), full

@@ -10,7 +10,7 @@ are computed from the depth (back-projected neighbours, the side with the smalle
 never across objects or occlusion edges), in the camera frame x right / y down / z forward.
 
 Scenes are a pure function of ``(seed, split, index)`` and cached on disk under
-``$ANYUP_CACHE/synthetic/<version>-<params hash>`` (default ``~/.cache/anyup/synthetic``) as
+``$ANYUP_CACHE_DIR/synthetic/<version>-<params hash>`` (default ``~/.cache/anyup/synthetic``) as
 memory-mapped ``.npy`` arrays, written to a temporary folder and renamed when complete.
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anyup._atomic import atomic_write, atomic_write_text
 from anyup.eval.datasets.base import IGNORE_INDEX, DatasetConfig, DenseDataset, add_valid_masks
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class SyntheticConfig(DatasetConfig):
     min_objects: int = 3
     max_objects: int = 7
     fov: float = 60.0  # vertical field of view in degrees
-    cache_dir: str | None = None  # default: $ANYUP_CACHE/synthetic or ~/.cache/anyup/synthetic
+    cache_dir: str | None = None  # default: $ANYUP_CACHE_DIR/synthetic or ~/.cache/anyup/synthetic
     normal_edge: float = 0.1  # relative depth jump above which neighbours are not used for normals
 
     def generation_params(self) -> dict[str, Any]:
@@ -372,9 +373,7 @@ def write_textures(folder: Path, seed: int) -> list[Path]:
         path = folder / f"tex{i:03d}.png"
         img = make_texture(rng)
         if not path.is_file():
-            tmp = path.with_name(path.name + ".tmp.png")
-            Image.fromarray(img).save(tmp)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))
         files.append(path)
     return files
 
@@ -388,9 +387,7 @@ def write_quad(path: Path, r: int) -> Path:
         "f 1/1/1 2/2/1 3/3/1\nf 1/1/1 3/3/1 4/4/1\n"
     )
     if not path.is_file() or path.read_text() != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return path
 
 
@@ -403,8 +400,9 @@ def render_scene(seed: int, split: str, index: int, renderer: SceneRenderer) -> 
 def cache_root(config: SyntheticConfig) -> Path:
     if config.cache_dir:
         return Path(config.cache_dir).expanduser()
-    env = os.environ.get("ANYUP_CACHE")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "anyup") / "synthetic"
+    from anyup._env import cache_dir
+
+    return cache_dir() / "synthetic"
 
 
 def cache_folder(config: SyntheticConfig) -> Path:
