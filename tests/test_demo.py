@@ -66,7 +66,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"anyup demo exited early:\n{proc.communicate()[0]}")
+            raise RuntimeError(f"anyup demo exited early (rc {proc.returncode}); see its log")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -97,18 +97,19 @@ def test_demo_page_in_headless_chromium(tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    server = subprocess.Popen(
-        [sys.executable, "-c", CLI, "demo", "--port", str(port), "--input-size", input_size, "--encoder", "efficientnet_lite0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
-    driver = None
     # docs/images/demo_*.png: ANYUP_DEMO_SCREENSHOTS=docs/images ANYUP_DEMO_INPUT_SIZE=224 pytest -k chromium
     shots = Path(os.environ.get("ANYUP_DEMO_SCREENSHOTS", tmp_path))
     input_size = os.environ.get("ANYUP_DEMO_INPUT_SIZE", "112")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen(
+        [sys.executable, "-c", CLI, "demo", "--port", str(port), "--input-size", input_size, "--encoder", "efficientnet_lite0"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    driver = None
     try:
         url = f"http://127.0.0.1:{port}/"
         _wait_http(url, server, timeout=180)
@@ -148,4 +149,5 @@ def test_demo_page_in_headless_chromium(tmp_path):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
         shutil.rmtree(profile, ignore_errors=True)
