@@ -127,38 +127,53 @@ def test_hf_folder_by_name_and_offline_id(dinov2, tmp_path, monkeypatch):
     assert "facebook/dinov2-small" in str(err.value) and "HF_HUB_OFFLINE" in str(err.value)
 
 
+TINY_OPEN_CLIP = {  # an open_clip model config: a 3-block ViT-B-style image tower, 64 wide
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 3, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
+}
+
+
 def test_open_clip_from_model_config(tmp_path, monkeypatch):
+    import json
+
     open_clip = pytest.importorskip("open_clip")
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "anyup-test-tiny.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(tmp_path / "cfg")
     torch.manual_seed(3)
-    enc = create("open_clip:ViT-B-32", pretrained=False, layers=["final", 5])
-    assert enc.info.layer_names == ("final", "block5")
-    assert (enc.info.stride, enc.info.channels, enc.info.mean) == (32, 768, CLIP_MEAN)
+    enc = create("open_clip:anyup-test-tiny", pretrained=False, layers=["final", 1])
+    assert enc.info.layer_names == ("final", "block1")
+    assert (enc.info.stride, enc.info.channels, enc.info.mean) == (16, 64, CLIP_MEAN)
     visual = enc.model
-    # at the model's own grid (224 = 7 x 7 patches) our call matches open_clip's token output
+    # at the model's own grid (64 = 4 x 4 patches) our call matches open_clip's token output
     visual.output_tokens = True
-    x = torch.rand(1, 3, 224, 224)
+    x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        _, tokens = visual(_norm(x, CLIP_MEAN, CLIP_STD))  # (1, 49, 768), cls already dropped
-    torch.testing.assert_close(enc(x)[0], _grid(tokens, 7, 7, prefix=0), rtol=1e-5, atol=1e-5)
-    final, block5 = enc(torch.rand(2, 3, 64, 160))  # non-square: position embeddings interpolated
-    assert final.shape == block5.shape == (2, 768, 2, 5)
+        _, tokens = visual(_norm(x, CLIP_MEAN, CLIP_STD))  # (1, 16, 64), cls already dropped
+    torch.testing.assert_close(enc(x)[0], _grid(tokens, 4, 4, prefix=0), rtol=1e-5, atol=1e-5)
+    final, block1 = enc(torch.rand(2, 3, 48, 112))  # non-square: position embeddings interpolated
+    assert final.shape == block1.shape == (2, 64, 3, 7)
     assert torch.isfinite(final).all()
 
     # weights file: a state dict of the whole CLIP, loaded with a strict key check
     from safetensors.torch import save_file
 
-    full = open_clip.create_model("ViT-B-32", pretrained=None)
+    full = open_clip.create_model("anyup-test-tiny", pretrained=None)
     path = tmp_path / "clip.safetensors"
     save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(path))
-    from_file = create("open_clip:ViT-B-32", weights=path)
+    from_file = create("open_clip:anyup-test-tiny", weights=path)
+    assert from_file.info.weights == str(path)
     full.visual.output_tokens = True
     with torch.no_grad():
         _, ref = full.visual(_norm(x, CLIP_MEAN, CLIP_STD))
-    torch.testing.assert_close(from_file(x), _grid(ref, 7, 7, 0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_file(x), _grid(ref, 4, 4, 0), rtol=1e-5, atol=1e-5)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match=r"--weights FILE"):
         create("open_clip:ViT-B-32/openai")
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        create("open_clip:no-such-model", pretrained=False)
 
 
 HUBCONF = '''
@@ -208,6 +223,8 @@ def test_torch_hub_dinov2_local_clone(tmp_path, monkeypatch):
 
 
 def test_plain_module_cnn_and_errors():
+    import copy
+
     torch.manual_seed(5)
     net = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
@@ -220,6 +237,7 @@ def test_plain_module_cnn_and_errors():
     first, last = enc(x)
     torch.testing.assert_close(last, net(x), rtol=0, atol=0)
     torch.testing.assert_close(first, net[0](x), rtol=0, atol=0)
+    torch.testing.assert_close(copy.deepcopy(enc)(x)[1], last, rtol=0, atol=0)
     with pytest.raises(ValueError, match="no submodule 'nope'"):
         wrap(net, layer="nope")
     with pytest.raises(ValueError, match="int layer"):

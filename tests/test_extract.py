@@ -127,9 +127,12 @@ def test_zarr_incomplete_item_is_redone(tmp_path, one_thread):
     store.features["img001"].attrs["complete"] = False  # as if killed while writing it
     store.features["img001"][...] = 0
     assert store.completed() == {"img000", "img002"}
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")  # one unreadable image
     s = run([str(tmp_path / "imgs")], cfg, engine="local", progress=False)
-    assert (s.skipped, s.written) == (2, 1)
+    assert (s.total, s.skipped, s.written) == (4, 2, 1)
+    assert list(s.failed) == ["broken"] and "cannot read image" in s.failed["broken"]
     assert torch.equal(read_item(out, "img001")["features"], before["features"])
+    assert store.completed() == {"img000", "img001", "img002"}  # the failed item is retried next time
 
 
 def _free_port() -> int:
@@ -152,9 +155,7 @@ def test_ray_two_workers_killed_and_resumed(tmp_path):
 
     # the single-process reference
     ref = tmp_path / "ref.zarr"
-    torch_threads = torch.get_num_threads()
     s = run(inputs, _config(ref, pca=8), engine="local", progress=False)
-    torch.set_num_threads(torch_threads)
     assert s.written == 40
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -21,6 +21,7 @@ Modules of known libraries get their library's defaults (see :mod:`anyup.encoder
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,17 @@ class WrappedEncoder(Encoder):
         super().__init__(probe_info, config.return_list)
         self.model = module
         self.config = config
+        self._lock = threading.Lock()  # hooks live on the shared module: one forward pass at a time
         self.info = self._probe(module)
+
+    def __getstate__(self) -> dict:  # locks do not pickle / deepcopy
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._lock = threading.Lock()
 
     # --------------------------------------------------------------------------------------------
     def _run(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -151,16 +162,17 @@ class WrappedEncoder(Encoder):
 
             return hook
 
-        for tap in wanted:
-            handles.append(modules[tap].register_forward_hook(make_hook(tap)))
-        try:
-            out = cfg.call(self.model, x) if cfg.call is not None else self.model(x)
-            captured[OUTPUT] = out
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        with self._lock:
+            for tap in wanted:
+                handles.append(modules[tap].register_forward_hook(make_hook(tap)))
+            try:
+                out = cfg.call(self.model, x) if cfg.call is not None else self.model(x)
+                captured[OUTPUT] = out
+            except _Stop:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
         missing = [t for t in cfg.taps if t not in captured]
         if missing:
             raise RuntimeError(f"{cfg.name}: submodule(s) {missing} did not run in the forward pass")

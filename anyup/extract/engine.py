@@ -194,6 +194,14 @@ def run(
         raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
     if engine == "auto":
         engine = "ray" if ray_available() else "local"
+    threads = torch.get_num_threads()
+    try:
+        return _run(inputs, config, engine, address, num_workers, progress)
+    finally:
+        torch.set_num_threads(threads)  # a local Extractor may have set its own thread count
+
+
+def _run(inputs, config: ExtractConfig, engine: str, address, num_workers, progress) -> ExtractSummary:
     items = list_items(inputs)
     store = open_store(config.out, config.format)
     store.check_settings(config.settings())
