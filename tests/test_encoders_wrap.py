@@ -111,6 +111,23 @@ def test_clip_and_siglip_non_square(kind):
     torch.testing.assert_close(enc(x), _grid(tokens, 3, 6, prefix), rtol=0, atol=0)
 
 
+def test_full_clip_model_uses_its_image_tower():
+    torch.manual_seed(6)
+    vision = dict(patch_size=16, image_size=64, **SMALL)
+    text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision)).eval()
+    enc = wrap(model, layer=["final", 0])
+    assert enc.info.layer_names == ("final", "block0") and enc.info.channels == 48
+    x = torch.rand(1, 3, 32, 64)
+    with torch.no_grad():
+        out = model.vision_model(
+            pixel_values=_norm(x, CLIP_MEAN, CLIP_STD), interpolate_pos_encoding=True, output_hidden_states=True
+        )
+    final, block0 = enc(x)
+    torch.testing.assert_close(final, _grid(out.last_hidden_state, 2, 4, 1), rtol=0, atol=0)
+    torch.testing.assert_close(block0, _grid(out.hidden_states[1], 2, 4, 1), rtol=0, atol=1e-6)
+
+
 def test_hf_folder_by_name_and_offline_id(dinov2, tmp_path, monkeypatch):
     folder = tmp_path / "dinov2-tiny"
     dinov2.save_pretrained(folder)

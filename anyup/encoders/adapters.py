@@ -108,10 +108,13 @@ class TransformersAdapter(Adapter):
         return getattr(cfg, "vision_config", None) or cfg
 
     def blocks(self, module: nn.Module) -> list[str]:
-        for name, sub in module.named_modules():
-            if isinstance(sub, nn.ModuleList) and re.search(r"(^|\.)encoder\.layers?$", name):
-                return [f"{name}.{i}" for i in range(len(sub))]
-        return []
+        found = [
+            (name, len(sub))
+            for name, sub in module.named_modules()
+            if isinstance(sub, nn.ModuleList) and re.search(r"(^|\.)encoder\.layers?$", name)
+        ]
+        found.sort(key=lambda f: "vision" not in f[0])  # a full CLIPModel also has text_model.encoder.layers
+        return [f"{found[0][0]}.{i}" for i in range(found[0][1])] if found else []
 
     def patch_size(self, module: nn.Module) -> int | None:
         p = getattr(self._config(module), "patch_size", None)
