@@ -105,7 +105,8 @@ def test_demo_page_in_headless_chromium(tmp_path):
     env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - closed in finally
     server = subprocess.Popen(
-        [sys.executable, "-c", CLI, "demo", "--port", str(port), "--input-size", input_size, "--encoder", "efficientnet_lite0"],
+        [sys.executable, "-c", CLI, "demo", "--port", str(port), "--input-size", input_size,
+         "--encoder", "efficientnet_lite0"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)

@@ -249,7 +249,7 @@ def test_plain_module_cnn_and_errors():
         torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
     )
     enc = wrap(net, layer=["0", None], normalize="none")
-    assert [(l.name, l.stride, l.channels) for l in enc.info.layers] == [("0", 2, 8), ("final", 4, 16)]
+    assert [(x.name, x.stride, x.channels) for x in enc.info.layers] == [("0", 2, 8), ("final", 4, 16)]
     x = torch.rand(1, 3, 32, 48)
     first, last = enc(x)
     torch.testing.assert_close(last, net(x), rtol=0, atol=0)

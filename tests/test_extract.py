@@ -74,7 +74,8 @@ def test_sources_folder_list_and_shards(tmp_path):
     assert [it["key"] for it in items] == ["sub__img000", "sub__img001", "sub__img002"]
     assert [it["key"] for it in list_items([str(listing)])] == ["imgs__sub__img000", "imgs__sub__img001"]
     shard_items = list_items([str(tmp_path / "shard-{000..000}.tar")])
-    assert [(it["key"], it["member"]) for it in shard_items] == [("shard-000__s0", "s0.png"), ("shard-000__s1", "s1.png"), ("shard-000__s2", "s2.png")]
+    expected = [("shard-000__s0", "s0.png"), ("shard-000__s1", "s1.png"), ("shard-000__s2", "s2.png")]
+    assert [(it["key"], it["member"]) for it in shard_items] == expected
     with pytest.raises(ValueError, match="give the item key"):
         list_items([str(tmp_path / "imgs"), str(tmp_path / "imgs")])
     with pytest.raises(FileNotFoundError, match="input not found"):
@@ -105,6 +106,16 @@ def test_local_resume_pca_and_dtypes(tmp_path, fmt, one_thread):
     basis = open_store(out, fmt).load_pca()
     expected = basis.project(full).to(cfg_dtype(cfg))
     assert torch.equal(read_item(out, "img000")["features"], expected)
+
+    if fmt == "wds":  # the shards read with the webdataset library itself
+        wds = pytest.importorskip("webdataset")
+        from safetensors.torch import load
+
+        shards = [str(p) for p in sorted(out.glob("part-*.tar"))]
+        samples = list(wds.WebDataset(shards, shardshuffle=False))
+        assert sorted(x["__key__"] for x in samples) == sorted(["img000", "img001", "img002", "img003", "part__extra"])
+        first = next(x for x in samples if x["__key__"] == "img000")
+        assert torch.equal(load(first["safetensors"])["features"], read_item(out, "img000")["features"])
 
     again = run(inputs, cfg, engine="local", progress=False)
     assert (again.skipped, again.written) == (5, 0)

@@ -38,7 +38,7 @@ from torch import nn
 
 from anyup.encoders.base import Encoder
 from anyup.encoders.registry import LayerArg
-from anyup.encoders.wrap import NORMALIZATIONS, OUTPUT, CLIP_MEAN, CLIP_STD, wrap
+from anyup.encoders.wrap import CLIP_MEAN, CLIP_STD, NORMALIZATIONS, OUTPUT, wrap
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ DINOV2_HUB_REPO = "facebookresearch/dinov2"
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``ANYUP_OFFLINE``) asks for no network access."""
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "ANYUP_OFFLINE"))
+    flags = (os.environ.get(k, "").strip().lower() for k in ("HF_HUB_OFFLINE", "ANYUP_OFFLINE"))
+    return any(v in ("1", "true", "yes", "on") for v in flags)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,7 +79,8 @@ class Adapter:
             raise TypeError(f"a layer is None, a submodule name or a block index, got {layer!r}")
         if not blocks:
             raise ValueError(
-                f"{type(module).__name__}: no block list known, so an int layer cannot be resolved; pass a submodule name"
+                f"{type(module).__name__}: no block list known, so an int layer cannot be resolved; "
+                "pass a submodule name"
             )
         if not -len(blocks) <= layer < len(blocks):
             raise ValueError(f"block index {layer} out of range for {type(module).__name__} ({len(blocks)} blocks)")
@@ -338,7 +340,8 @@ def build_open_clip(target: str, weights: Path | None, pretrained: bool, layers:
     elif pretrained:
         if not tag:
             tags = [t for m, t in open_clip.list_pretrained() if m == model_name]
-            raise ValueError(f"open_clip:{model_name} needs a pretrained tag, e.g. open_clip:{model_name}/{tags[0] if tags else 'TAG'}")
+            example = f"open_clip:{model_name}/{tags[0] if tags else 'TAG'}"
+            raise ValueError(f"open_clip:{model_name} needs a pretrained tag, e.g. {example}")
         if hub_offline():
             raise _open_clip_error(target, FileNotFoundError("HF_HUB_OFFLINE/ANYUP_OFFLINE is set"))
         pretrained_arg, source = tag, f"hub:open_clip/{target}"

@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "skipped), on Ray Data (one model-holding actor per CPU or GPU slot; any cluster: --address) or in "
         "this process (the default when Ray is not installed); both give the same output.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="folder, image, .txt file list, .tar shard or shard-{000..009}.tar")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="folder, image, .txt file list, .tar shard or shard-{000..009}.tar"
+    )
     p.add_argument("--out", required=True, metavar="STORE", help="OUT.zarr (zarr) or a folder (webdataset)")
     p.add_argument("--format", default=None, choices=("zarr", "wds"), help="default: zarr for *.zarr, else wds")
     p.add_argument("--encoder", default="efficientnet_lite0", help="encoder name (see `anyup encoders`), hf:ID, ...")

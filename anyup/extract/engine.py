@@ -190,7 +190,8 @@ def run(
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1):
+    bad_workers = isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1
+    if num_workers is not None and bad_workers:
         raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
     if engine == "auto":
         engine = "ray" if ray_available() else "local"
