@@ -168,6 +168,9 @@ def create(
         >>> enc(torch.rand(1, 3, 224, 320)).shape                    # doctest: +SKIP
         torch.Size([1, 112, 14, 20])
     """
+    prefix, sep, target = name.partition(":") if isinstance(name, str) else ("", "", "")
+    adapter = bool(sep) and prefix in ADAPTER_PREFIXES  # hf:<id>, torchhub:<entry>, open_clip:<model>
+    spec = None if adapter else get_spec(name)
     path = None
     if weights is not None:
         if not pretrained:
@@ -175,14 +178,12 @@ def create(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file for encoder {name!r} not found: {str(path)!r}")
-    prefix, sep, target = name.partition(":") if isinstance(name, str) else ("", "", "")
-    if sep and prefix in ADAPTER_PREFIXES:  # hf:<id>, torchhub:<entry>, open_clip:<model>
+    if spec is None:
         from anyup.encoders.adapters import ADAPTER_BUILDERS
 
         encoder = ADAPTER_BUILDERS[prefix](target, path, pretrained, layers)
         logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
         return encoder.freeze().to(device)
-    spec = get_spec(name)
     selected, return_list = spec.resolve_layers(layers)
     request = BuildRequest(spec=spec, layers=selected, return_list=return_list, weights=path, pretrained=pretrained)
     encoder = spec.builder(request)
