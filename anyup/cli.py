@@ -21,6 +21,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "anyup.viz.cli",
     "anyup.eval.cli",
     "anyup.train.cli",
+    "anyup.extract.cli",
+    "anyup.demo.cli",
 )
 
 

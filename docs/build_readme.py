@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["head", "encoders", "core", "errors", "bench", "offline_card", "baselines_datasets", "eval", "train"]
+SECTIONS = ["head", "encoders", "ecosystem", "core", "errors", "bench", "offline_card", "baselines_datasets", "eval", "train"]
 
 
 def build() -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
 from anyup.encoders.registry import EncoderSpec, create, get_spec, list_encoders, register
+from anyup.encoders.wrap import WrapConfig, WrappedEncoder, wrap
 
 # Importing these modules registers their encoders (they import nothing heavy at module level).
 from anyup.encoders import efficientnet, timm_models, vgg  # noqa: F401  isort:skip
@@ -31,4 +32,7 @@ __all__ = [
     "get_spec",
     "list_encoders",
     "register",
+    "wrap",
+    "WrapConfig",
+    "WrappedEncoder",
 ]

@@ -112,6 +112,8 @@ class EncoderSpec:
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
+# Name prefixes that load a model of another library (see anyup.encoders.adapters), e.g. "hf:facebook/dinov2-small".
+ADAPTER_PREFIXES = ("hf", "torchhub", "open_clip")
 
 
 def register(spec: EncoderSpec) -> EncoderSpec:
@@ -148,7 +150,8 @@ def create(
     """Build a frozen, eval-mode encoder.
 
     Args:
-        name: a name from :func:`list_encoders`.
+        name: a name from :func:`list_encoders`, or ``hf:<id or folder>``, ``torchhub:[REPO_OR_DIR:]<entry>``,
+            ``open_clip:<model>[/<tag>]`` (see :mod:`anyup.encoders.adapters`).
         weights: a local weights file. Without it, pretrained weights come from the hub (timm
             models; fails with instructions when offline) or from their installed package
             (``efficientnet_lite0``, ``vgg16_bn_craft``, ``vgg16_hed``).
@@ -165,8 +168,9 @@ def create(
         >>> enc(torch.rand(1, 3, 224, 320)).shape                    # doctest: +SKIP
         torch.Size([1, 112, 14, 20])
     """
-    spec = get_spec(name)
-    selected, return_list = spec.resolve_layers(layers)
+    prefix, sep, target = name.partition(":") if isinstance(name, str) else ("", "", "")
+    adapter = bool(sep) and prefix in ADAPTER_PREFIXES  # hf:<id>, torchhub:<entry>, open_clip:<model>
+    spec = None if adapter else get_spec(name)
     path = None
     if weights is not None:
         if not pretrained:
@@ -174,6 +178,13 @@ def create(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file for encoder {name!r} not found: {str(path)!r}")
+    if spec is None:
+        from anyup.encoders.adapters import ADAPTER_BUILDERS
+
+        encoder = ADAPTER_BUILDERS[prefix](target, path, pretrained, layers)
+        logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
+        return encoder.freeze().to(device)
+    selected, return_list = spec.resolve_layers(layers)
     request = BuildRequest(spec=spec, layers=selected, return_list=return_list, weights=path, pretrained=pretrained)
     encoder = spec.builder(request)
     logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
