@@ -115,7 +115,8 @@ def upsample_signal(
         raise ValueError(f"the signal is empty: shape {tuple(sig.shape)}")
     out_hw = check_size(output_size, "output_size", image_size(image))
     channels = x.shape[1] if kind != "mask" else min(int(torch.unique(x).numel()), MAX_MASK_LABELS)  # one-hot
-    check_output_memory((x.shape[0], channels, *out_hw), torch.float32, device, what="upsampled signal")
+    # the result and the full-resolution RGB guide are both held at the output size
+    check_output_memory((x.shape[0], channels + 3, *out_hw), torch.float32, device, what="upsampled signal")
     img = load_image(image, min_size=out_hw)  # (3, H0, W0); a very large file decoded reduced
     net, _ = load_model(model, device)
     dtype = next(net.parameters()).dtype

@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from anyup._checks import check_image_and_features, check_ratio, check_size
+from anyup._checks import check_arch_fields, check_image_and_features, check_out, check_output_memory, check_ratio, check_size
 from anyup.engine import EngineOptions, Tile, iter_tiles
 from anyup.layers import (
     CrossDecode,
@@ -73,6 +73,7 @@ class AnyUp(nn.Module):
     def __init__(self, config: AnyUpConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or AnyUpConfig()
+        check_arch_fields(cfg.to_dict(), "AnyUpConfig")
         check_ratio(cfg.window_ratio)
         d = cfg.dim
         spec = EncoderStackSpec(dim=d, num_blocks=cfg.num_blocks, num_groups=cfg.num_groups)
@@ -135,10 +136,9 @@ class AnyUp(nn.Module):
             self.last_attention_pixels = pixels
             self.last_attention = self.attention_weights(image, features, size, pixels)
         if out is not None:
-            if tuple(out.shape) != (b, c, *size):
-                raise ValueError(f"out must have shape {(b, c, *size)}, got {tuple(out.shape)}")
-            if not out.is_floating_point():
-                raise TypeError(f"out must be a floating-point tensor, got {out.dtype}")
+            check_out(out, (b, c, *size))
+        else:
+            check_output_memory((b, c, *size), features.dtype, features.device)
         tiles = self.iter_tiles(image, features, size, max_memory=max_memory, tile_size=tile_size, attention=attention)
         if out is None and torch.is_grad_enabled():
             return _assemble(list(tiles))  # differentiable

@@ -139,18 +139,15 @@ def test_suspicious_guide_warns(tiny_model, limits):
         tiny_model(torch.full((1, 3, 6, 6), 7.0), _F)
 
 
-@pytest.mark.xfail(strict=True, reason="needs anyup/model.py (lead) to call anyup._checks.check_out")
 def test_model_refuses_an_int_out_tensor(tiny_model):
     with pytest.raises(TypeError, match="floating-point"):
         tiny_model(_G, _F, (8, 8), out=torch.empty(1, 4, 8, 8, dtype=torch.int32))
 
 
-@pytest.mark.xfail(strict=True, reason="needs anyup/model.py (lead) to call anyup._checks.parse_memory")
 def test_model_accepts_max_memory_as_text(tiny_model):
     tiny_model(_G, _F, (8, 8), max_memory="1GB")
 
 
-@pytest.mark.xfail(strict=True, reason="needs anyup/model.py (lead) to call anyup._checks.check_output_memory")
 def test_model_refuses_an_output_larger_than_memory(tiny_model, limits):
     with pytest.raises(ValueError, match="needs .* but only"):
         tiny_model(_G, _F, (65536, 65536))
@@ -435,9 +432,9 @@ def test_run_time_fields_never_come_from_a_file(tmp_path, limits):
     assert m.config.max_memory is None and m.config.tile_size is None and m.config.dim == 16
     folder = AnyUp(TINY).save_pretrained(tmp_path / "hf")
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, "max_memory": 1, "channels_last": True}))
+    (folder / "config.json").write_text(json.dumps({**cfg, "max_memory": 1, "attention": "triton"}))
     m = AnyUp.from_pretrained(folder)
-    assert m.config.max_memory is None and m.config.channels_last is False
+    assert m.config.max_memory is None and m.config.attention == "auto"
     (folder / "config.json").write_text(json.dumps({**cfg, "num_heads": 0}))
     with pytest.raises(ValueError, match="config.json.*num_heads=0"):
         AnyUp.from_pretrained(folder)

@@ -28,35 +28,16 @@ model is ``13*map(H, W) + 3*map(H', W')`` plus one tile (measured in
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from anyup._checks import parse_memory  # noqa: F401  (re-exported: the one size parser)
+
 Mode = Literal["whole", "cached", "streamed", "autograd"]
 
 CHUNK_PIXELS = 8192  # pixels per chunk: a (1, 128, 8192) float32 block is 4 MiB
-
-
-def parse_memory(value: int | float | str | None, name: str = "max_memory") -> int | None:
-    """Bytes from an int or a string such as ``"512MiB"``, ``"1.5 GB"``, ``"2G"``; None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number of bytes or a size such as '2GB', got {value!r}")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a positive number of bytes, got {value!r}")
-        return int(value)
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", value)
-        if m:
-            scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-            n = int(float(m.group(1)) * scale)
-            if n > 0:
-                return n
-    raise ValueError(f"{name} must be a positive number of bytes or a size such as '512MiB' or '2GB', got {value!r}")
 
 
 def default_max_memory(device: torch.device) -> int:

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from anyup.engine.attention import AttentionBackend, resolve
 from anyup.engine.pixels import RopeTable, StackProgram
-from anyup.engine.plan import Geometry, Plan, default_max_memory, make_plan, parse_memory
+from anyup._checks import parse_memory
+from anyup.engine.plan import Geometry, Plan, default_max_memory, make_plan
 from anyup.engine.window import Window
 from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
 
