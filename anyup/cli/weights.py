@@ -7,6 +7,8 @@ import sys
 
 from anyup.weights import available_weights, resolve_weights, sha256_file
 
+TITLE = "Weights"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="list, download or verify AnyUp checkpoints")
