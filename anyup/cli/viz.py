@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model(p, DEFAULT_WEIGHTS)
     p.add_argument("--layer", default=None, help="encoder layer")
     p.add_argument("--input-size", type=int, default=448, metavar="N", help="short side of the encoder input")
-    p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity")
+    p.add_argument("--alpha", type=float, default=0.75, help="heatmap opacity")
+    p.add_argument("--gamma", type=float, default=0.5, help="colour = (weight / max) ** gamma (< 1 lifts small weights)")
     add_device(p)
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=_cmd_attention)
@@ -76,7 +77,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     scaled = [(min(h - 1, y * h // h0), min(w - 1, x * w // w0)) for y, x in pixels]  # output coordinates
     maps, guide = up.attention(img, scaled)
     labels = [f"pixel y={y}, x={x}" for y, x in pixels]  # in the original image's coordinates
-    save_png(attention_row(guide, maps, scaled, alpha=args.alpha, labels=labels), args.out)
+    save_png(attention_row(guide, maps, scaled, alpha=args.alpha, labels=labels, gamma=args.gamma), args.out)
     sys.stdout.write(
         f"wrote attention of {len(pixels)} pixel(s) ({h}x{w} output, {maps.shape[-2]}x{maps.shape[-1]} tokens) to {args.out}\n"
     )
