@@ -21,6 +21,7 @@ README_SECTIONS = ["head"]
 # docs/<page>.md <- its sections from docs/readme/, in order
 PAGES: dict[str, list[str]] = {
     "upsample": ["encoders"],
+    "cli": ["cli"],
     "python": ["core"],
     "performance": ["bench"],
     "model-card": ["offline_card"],
