@@ -22,10 +22,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "docs" / "readme"
@@ -40,7 +40,7 @@ def _readme_lines() -> tuple[str, str]:
 
 
 def test_readme_is_built_from_sections():
-    res = subprocess.run([sys.executable, str(ROOT / "docs" / "build_readme.py"), "--check"], cwd=ROOT)
+    res = subprocess.run([sys.executable, str(ROOT / "docs" / "build_readme.py"), "--check"], check=False, cwd=ROOT)
     assert res.returncode == 0, "README.md or docs/*.md is out of date: run `python docs/build_readme.py`"
 
 
@@ -89,7 +89,7 @@ def test_readme_two_lines_in_a_fresh_venv(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTEST_ADDOPTS")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", VIRTUAL_ENV=str(venv), PIP_DISABLE_PIP_VERSION_CHECK="1")
-    res = subprocess.run(["bash", "-c", first], cwd=clone, env=env, capture_output=True, text=True)
+    res = subprocess.run(["bash", "-c", first], check=False, cwd=clone, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     # the package came from the clone, into the venv
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import anyup; print(anyup.__file__)"], cwd=tmp_path,
@@ -101,7 +101,7 @@ def test_readme_two_lines_in_a_fresh_venv(tmp_path):
     left = sorted(l[3:] for l in status if l.strip())
     assert all(p == "out/" or p.endswith(".egg-info/") or "__pycache__" in p for p in left), left
     for opts in ("--collect-only", "tests/test_readme.py -m 'not slow'"):
-        res = subprocess.run(["bash", "-c", second], cwd=clone, capture_output=True, text=True,
+        res = subprocess.run(["bash", "-c", second], check=False, cwd=clone, capture_output=True, text=True,
                              env={**env, "PYTEST_ADDOPTS": opts, FRESH: "1"})  # fmt: skip
         assert res.returncode == 0, (opts, res.stdout[-3000:] + res.stderr[-3000:])
 
@@ -155,7 +155,7 @@ def test_runnable_blocks(name, tmp_path):
                     pytest.fail(f"{SHARED_WEIGHTS} is missing: CI must provide ../shared beside the repository")
                 pytest.skip(f"{SHARED_WEIGHTS} not present")
             env["ANYUP_WEIGHTS_DIR"] = str(SHARED_WEIGHTS)
-        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True,
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], check=False, cwd=work, env=env, capture_output=True,
                              text=True)  # fmt: skip
         assert res.returncode == 0, f"{name}:\n{script}\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
         printed = res.stdout.splitlines()

@@ -179,7 +179,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
     from anyup.eval.protocols import PROTOCOLS
     from anyup.eval.runner import SUITES
 
-    for name, p in PROTOCOLS.items():
+    for p in PROTOCOLS.values():
         sys.stdout.write(f"{p.tag}  v{p.version}  {p.notes}\n")
         if args.json:
             sys.stdout.write(f"  {p.canonical_json()}\n")

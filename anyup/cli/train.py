@@ -7,7 +7,15 @@ import logging
 import os
 from pathlib import Path
 
-from anyup.cli._flags import ListAction, RenamedList, add_device, add_list, add_model, add_renamed, add_set
+from anyup.cli._flags import (
+    ListAction,
+    RenamedList,
+    add_device,
+    add_list,
+    add_model,
+    add_renamed,
+    add_set,
+)
 
 logger = logging.getLogger(__name__)
 
