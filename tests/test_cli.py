@@ -80,6 +80,9 @@ def test_list_and_set_conventions():
     assert args.methods == ["bilinear", "jbu", "anyup"] and args.set == ["epochs=1", "seeds=0,1"]
     assert LEAVES["upsample"].parse_args(["x", "--out", "o", "--layer", "stage2,stage3", "--layer", "stage4"]).layer == [
         "stage2", "stage3", "stage4"]
+    # one value per list flag: a positional argument after it is not swallowed
+    args = LEAVES["upsample"].parse_args(["--layer", "stage4", "photo.png", "--out", "o"])
+    assert args.layer == ["stage4"] and args.inputs == ["photo.png"]
     with pytest.raises(SystemExit):
         p.parse_args(["--out", "o", "--set", "epochs"])  # not KEY=VALUE
 

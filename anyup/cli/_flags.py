@@ -43,12 +43,12 @@ def split_list(values: Sequence[str] | str | None) -> list[str]:
 class ListAction(argparse.Action):
     """A list flag: comma-separated values, the flag repeatable; the values extend one list.
 
-    Several space-separated values after one flag (``--data a b``, the old convention of some
-    commands) still work for one release, with a deprecation warning.
+    One value per flag (so a positional argument after it is not swallowed). Flags that used to
+    take several space-separated values (``--data a b``, ``--set a=1 b=2`` of ``anyup train``) are
+    built with ``nargs="+"``: that form still works for one release, with a deprecation warning.
     """
 
     def __init__(self, option_strings, dest, split: bool = True, **kwargs) -> None:
-        kwargs.setdefault("nargs", "+")
         kwargs.setdefault("default", None)
         self.split = split
         super().__init__(option_strings, dest, **kwargs)
@@ -134,9 +134,9 @@ def add_list(p: argparse.ArgumentParser, flag: str, help: str, metavar: str = "N
     p.add_argument(flag, action=ListAction, metavar=metavar, help=f"{help} (comma-separate or repeat)", **kwargs)
 
 
-def add_set(p: argparse.ArgumentParser, help: str, dest: str = "set") -> None:
+def add_set(p: argparse.ArgumentParser, help: str, dest: str = "set", **kwargs: Any) -> None:
     """``--set KEY=VALUE`` (repeatable)."""
-    p.add_argument("--set", action=SetAction, dest=dest, help=f"{help} (repeat --set for more)")
+    p.add_argument("--set", action=SetAction, dest=dest, help=f"{help} (repeat --set for more)", **kwargs)
 
 
 def add_device(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:

@@ -43,15 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="base configuration")
     p.add_argument("--config", type=Path, help="YAML file merged over the preset")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="use RUN_DIR/config.yaml (then flags and --set)")
-    add_list(p, "--data", "image folders or .txt lists (data.root)", metavar="PATH")
-    add_list(p, "--val-data", "held-out image folders or .txt lists (val.root)", metavar="PATH")
+    add_list(p, "--data", "image folders or .txt lists (data.root)", metavar="PATH", nargs="+")
+    add_list(p, "--val-data", "held-out image folders or .txt lists (val.root)", metavar="PATH", nargs="+")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (run_dir)")
     p.add_argument("--steps", type=int, help="optimiser steps (steps)")
     add_list(p, "--encoders", "encoder registry names (encoders)")
-    p.add_argument("--encoder", dest="encoders", action=RenamedList, new="--encoders", help=argparse.SUPPRESS)
+    p.add_argument("--encoder", dest="encoders", action=RenamedList, new="--encoders", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--init", metavar="NAME|PATH", help="start from weights: a published name or a file (init)")
     add_device(p, None)
-    add_set(p, "dotted config override, value parsed as YAML, e.g. optim.lr=1e-4 or 'data.root=[a, b]'", dest="overrides")
+    add_set(p, "dotted config override, value parsed as YAML, e.g. optim.lr=1e-4 or 'data.root=[a, b]'", dest="overrides",
+            nargs="+")  # fmt: skip
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=run)
 
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate RUN_DIR on its held-out images for every encoder of the run; print a Markdown table.",
     )
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    e.add_argument("--reference", action=ListAction, split=False, metavar="LABEL=WEIGHTS",
+    e.add_argument("--reference", action=ListAction, split=False, nargs="+", metavar="LABEL=WEIGHTS",
                    help="other AnyUp weights (registered name or file), e.g. published=anyup_multi_backbone "
                         "(repeat for more)")  # fmt: skip
     add_model(e, None, help="the run's AnyUp weights to evaluate (default: RUN_DIR/model.safetensors)")
