@@ -62,7 +62,8 @@ class RunEstimate:
         return (
             f"output {self.output_size[0]}x{self.output_size[1]}: about {self.peak_bytes / gib:.1f} GiB "
             f"({self.output_bytes / gib:.2f} GiB features + {self.working_bytes / gib:.2f} GiB AnyUp working-memory "
-            f"cap + {self.guide_bytes / gib:.2f} GiB guide) and roughly {_duration(self.seconds)}"
+            f"cap + {self.guide_bytes / gib:.2f} GiB guide) and at least ~{_duration(self.seconds)} "
+            "(a small calibration run, scaled; streamed encoders add passes it does not see)"
         )
 
 

@@ -344,6 +344,7 @@ def test_upsample_large_output_path(tmp_path, photos, random_model_file, monkeyp
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "anyup upsample: chelsea.png: output 300x451: about" in captured.err and "GiB features" in captured.err
+    assert "at least ~" in captured.err
     assert "| chelsea | stage4 |" in captured.out
     tensors, meta = _read(out / "chelsea.safetensors")
     assert tuple(tensors["features"].shape) == (112, 300, 451) and meta["output_size"] == "300x451"
