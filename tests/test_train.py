@@ -404,13 +404,18 @@ class TestData:
         with pytest.raises(ValueError, match="fewer than one step"):
             StepSampler(3, batch_size=2, world_size=2)
 
-    def test_holdout_split_is_seeded(self):
+    def test_holdout_split_is_seeded(self, caplog):
         files = [Path(f"{i}.png") for i in range(10)]
         tr, va = split_holdout(files, 3, seed=1)
         assert len(va) == 3 and sorted(tr + va) == sorted(files)
         assert split_holdout(files, 3, seed=1) == (tr, va) and split_holdout(files, 3, seed=2)[1] != va
-        with pytest.raises(ValueError, match="hold out"):
-            split_holdout(files, 10, seed=0)
+        # more than a quarter asked for: scaled to the data, with the fix named in the warning
+        with caplog.at_level("WARNING", logger="anyup.train.data"):
+            tr, va = split_holdout(files, 8, seed=0)
+        assert len(va) == 3 and len(tr) == 7
+        assert "--set val.num_images=N" in caplog.text and "--val-data" in caplog.text
+        with pytest.raises(ValueError, match=r"--val-data DIR.*--set val.num_images=0"):
+            split_holdout(files[:1], 1, seed=0)
 
     def test_choose_encoder_is_weighted_and_deterministic(self):
         specs = [C.EncoderSpec("a", weight=1.0), C.EncoderSpec("b", weight=3.0)]

@@ -160,12 +160,29 @@ class SizeIndex:
 
 
 def split_holdout(files: Sequence[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """Seeded split into ``(train, held_out)`` with ``count`` held-out files (order preserved)."""
+    """Seeded split into ``(train, held_out)`` with ``count`` held-out files (order preserved).
+
+    The hold-out is scaled to the data: at most a third of the files (at least one) are held
+    out, with a warning saying how to choose (``--set val.num_images=N``, ``--val-data DIR``), so
+    a preset's ``val.num_images`` also works on a handful of photos.
+    """
     if count <= 0:
         return list(files), []
-    if count >= len(files):
-        raise ValueError(f"cannot hold out {count} validation images from only {len(files)} images")
-    perm = torch.randperm(len(files), generator=generator_for(seed, 0x5EED)).tolist()
+    n = len(files)
+    if n < 2:
+        raise ValueError(
+            f"cannot hold out validation images from only {n} image(s): pass held-out images with "
+            "--val-data DIR, or train without validation with --set val.num_images=0"
+        )
+    most = max(1, n // 3)
+    if count > most:
+        logger.warning(
+            "holding out %d of the %d training images for validation, not val.num_images=%d (at most a third); "
+            "choose with --set val.num_images=N or pass held-out images with --val-data DIR",
+            most, n, count,
+        )  # fmt: skip
+        count = most
+    perm = torch.randperm(n, generator=generator_for(seed, 0x5EED)).tolist()
     held = set(perm[:count])
     return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
 
