@@ -66,3 +66,16 @@ def test_bad_inputs_name_the_value():
         cell_border_energy(torch.zeros(8, 8), (2, 2))
     with pytest.raises(ValueError, match="fraction"):
         flat_mask(torch.zeros(3, 8, 8), 0.0)
+
+
+def test_phase_profile_finds_a_grid_locked_step_inside_cells():
+    """A step at the same place inside every cell (as where an attention window jumps) is a peak."""
+    g = torch.Generator().manual_seed(3)
+    low = torch.randn(1, 8, 8, 8, generator=g)
+    bil = F.interpolate(low, size=(128, 128), mode="bilinear")[0]  # 16 px per cell
+    x = torch.arange(128)
+    stepped = bil + 2.0 * ((x + 10) // 16).float()[None, None, :]  # a staircase: one jump at phase 6 of every cell
+    r_bil, r_step = cell_border_energy(bil, (8, 8)), cell_border_energy(stepped, (8, 8))
+    assert len(r_step.phase_profile) == 16 and r_bil.peak_ratio < 1.3
+    assert r_step.peak_ratio > 3 and max(range(16), key=lambda b: r_step.phase_profile[b]) == 6
+    assert r_step.ratio < 1  # the border ratio alone misses it (the steps are inside the cells)

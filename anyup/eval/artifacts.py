@@ -31,12 +31,24 @@ class BorderEnergy:
     off_border: float  # mean squared step inside cells, flat pixels
     pairs_on: int  # number of flat pixel pairs across a border
     pairs_off: int  # number of flat pixel pairs inside a cell
+    # Mean energy by where the pair's shared edge falls inside a cell (bin 0: on the border), and
+    # its largest bin over the mean of the bins: a grid-locked step anywhere in the cell (e.g. where
+    # an attention window gains or loses a low-res cell) shows as a peak, not only at the borders.
+    phase_profile: list[float] | None = None
+    peak_ratio: float = float("nan")
 
 
 def cell_index(out_len: int, low_len: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Low-res cell of every output pixel along one axis: ``floor((i + 0.5) * low_len / out_len)``, ``(out_len,)``."""
     i = torch.arange(out_len, device=device, dtype=torch.float64)
     return ((i + 0.5) * low_len / out_len).floor().long().clamp_(0, low_len - 1)
+
+
+def _phase_bins(out_len: int, low_len: int, bins: int, device: torch.device | str | None) -> torch.Tensor:
+    """Phase bin (0 .. bins-1) of the edge between output pixels j and j+1 inside its low-res cell, ``(out_len - 1,)``."""
+    t = torch.arange(1, out_len, device=device, dtype=torch.float64) * low_len / out_len  # edge position in cells
+    frac = t - t.floor()
+    return ((frac * bins + 0.5).floor().long() % bins)  # bin 0 centred on the cell border
 
 
 def _interior(out_len: int, low_len: int, device: torch.device | str | None) -> torch.Tensor:
@@ -109,16 +121,25 @@ def cell_border_energy(
     ix, iy = _interior(ww, w, u.device), _interior(hh, h, u.device)
     flat_x = flat[:, 1:] & flat[:, :-1] & (ix[1:] & ix[:-1])[None, :]
     flat_y = flat[1:, :] & flat[:-1, :] & (iy[1:] & iy[:-1])[:, None]
+    bins = max(1, round(min(ww / w, hh / h)))
+    px = _phase_bins(ww, w, bins, u.device)[None, :].expand_as(ex)  # (H, W-1)
+    py = _phase_bins(hh, h, bins, u.device)[:, None].expand_as(ey)  # (H-1, W)
     energies = torch.cat([ex.flatten(), ey.flatten()])
     border = torch.cat([border_x.flatten(), border_y.flatten()])
     keep = torch.cat([flat_x.flatten(), flat_y.flatten()])
     on, off = energies[border & keep], energies[~border & keep]
     e_on = float(on.mean()) if on.numel() else float("nan")
     e_off = float(off.mean()) if off.numel() else float("nan")
+    phase = torch.cat([px.flatten(), py.flatten()])[keep]
+    e_keep = energies[keep]
+    profile = [float(e_keep[phase == b].mean()) if bool((phase == b).any()) else float("nan") for b in range(bins)]
+    valid = [v for v in profile if v == v]
+    mean_profile = sum(valid) / len(valid) if valid else float("nan")
+    peak = max(valid) / mean_profile if valid and mean_profile > 0 else float("nan")
     if not (on.numel() and off.numel()):
         ratio = float("nan")
     elif e_off > 0:
         ratio = e_on / e_off
     else:  # a map constant inside every cell (nearest upsampling)
         ratio = float("inf") if e_on > 0 else 1.0
-    return BorderEnergy(ratio, e_on, e_off, int(on.numel()), int(off.numel()))
+    return BorderEnergy(ratio, e_on, e_off, int(on.numel()), int(off.numel()), profile, peak)
