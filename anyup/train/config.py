@@ -466,12 +466,12 @@ def _cpu_offline_v2() -> TrainConfig:
     families (3 seeded initialisations each; together ~25 % of the steps). Each step draws an
     upsampling ratio among 2, 4 and 8 that leaves the encoder at least 4 low-res cells (256 px
     high-res image, 128/64/32 px inputs), random resized crops (60-100 % of the short side) and
-    flips. Fine-tuning: lr 1e-4, cosine decay after step 40 to 5 % at step 120 (what a session on
+    flips. Fine-tuning: lr 1e-4, cosine decay after step 40 to 5 % at step 90 (what a session on
     the shared 2-core machine affords: ~30 s per step at nice 10 under load).
     """
     cfg = _cpu_offline_multi()
     cfg.run_dir = "runs/anyup_cpu_offline_v2"
-    cfg.steps = 120
+    cfg.steps = 90
     cfg.optim.lr = 1e-4
     cfg.optim.decay_start = 40
     cfg.val.at_start = False  # fine-tuning: the starting point is the init's own evaluation (train-eval)

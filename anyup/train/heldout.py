@@ -172,14 +172,17 @@ def artifact(methods: dict[str, Upsample], encoder, images: torch.Tensor) -> tup
 
 
 def evaluate(
-    val_dir: str | os.PathLike, weights: dict[str, str], config: HeldoutConfig | None = None
+    val_dir: str | os.PathLike,
+    weights: dict[str, str],
+    config: HeldoutConfig | None = None,
+    feathered: Sequence[str] = (),
 ) -> list[dict]:
     """Rows ``{"kind", "encoder", "factor", method: value, ...}`` for fidelity and artifact."""
     cfg = config or HeldoutConfig()
     files = collect_images([val_dir])
     images_hr, used = load_eval_images(files, cfg.hr)  # (N, 3, hr, hr)
     logger.info("held-out photos: %s", [p.name for p in used])
-    methods = methods_from(weights)
+    methods = methods_from(weights, feathered)
     rows = []
     for label in cfg.encoders:
         enc = build(label)
@@ -204,7 +207,7 @@ def evaluate(
 @torch.no_grad()
 def pca_pictures(
     path: str | os.PathLike, val_dir: str | os.PathLike, weights: dict[str, str], encoder: str, size: int = 224,
-    count: int = 2, tile: int = 224,
+    count: int = 2, tile: int = 224, names: Sequence[str] = (), feathered: Sequence[str] = (),
 ) -> Path:  # fmt: skip
     """One row per held-out photo: image | bilinear | JBU | each weights, all upsampled to every pixel.
 
@@ -215,8 +218,11 @@ def pca_pictures(
 
     from anyup.train.checkpoint import atomic_write
 
-    images, _ = load_eval_images(collect_images([val_dir])[:count], size)
-    methods = methods_from(weights)
+    files = collect_images([val_dir])
+    if names:
+        files = [f for f in files if any(n in f.name for n in names)]
+    images, _ = load_eval_images(files[:count], size)
+    methods = methods_from(weights, feathered)
     enc = build(encoder)
     rows = []
     for img in images:
@@ -268,9 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("val_dir", type=Path, help="held-out photos (python -m anyup.train.photos OUT -> OUT/val)")
     p.add_argument("--weights", nargs="+", default=[], metavar="LABEL=WEIGHTS", help="AnyUp weights to compare")
     p.add_argument("--encoders", nargs="+", help="encoder labels (default: seen, unseen and random-init layers)")
+    p.add_argument("--feathered", nargs="+", default=[], metavar="LABEL",
+                   help="also evaluate these weights with the feathered-window prototype")  # fmt: skip
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     p.add_argument("--pca", type=Path, metavar="PNG", help="also draw PCA pictures (first two photos)")
     p.add_argument("--pca-encoder", default="efficientnet_lite0@stage4")
+    p.add_argument("--pca-photos", nargs="+", default=["astronaut", "coffee"], help="parts of the photos' file names")
+    p.add_argument("--no-eval", action="store_true", help="only draw the PCA pictures")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     weights = {}
@@ -282,14 +292,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = HeldoutConfig()
     if args.encoders:
         cfg.encoders = list(args.encoders)
-    rows = evaluate(args.val_dir, weights, cfg)
-    if args.out:
-        from anyup._atomic import atomic_write_text
+    unknown = sorted(set(args.feathered) - set(weights))
+    if unknown:
+        raise SystemExit(f"--feathered {unknown}: not among the --weights labels {sorted(weights)}")
+    if not args.no_eval:
+        rows = evaluate(args.val_dir, weights, cfg, args.feathered)
+        if args.out:
+            from anyup._atomic import atomic_write_text
 
-        atomic_write_text(args.out, json.dumps(rows, indent=1))
-    print(markdown(rows, ["bilinear", "jbu", *weights]))  # noqa: T201 - the command's result
+            atomic_write_text(args.out, json.dumps(rows, indent=1))
+        labels = [x for w in weights for x in ([w, f"{w} feathered"] if w in args.feathered else [w])]
+        print(markdown(rows, ["bilinear", "jbu", *labels]))  # noqa: T201 - the command's result
     if args.pca:
-        print(pca_pictures(args.pca, args.val_dir, weights, args.pca_encoder))  # noqa: T201
+        picture = pca_pictures(args.pca, args.val_dir, weights, args.pca_encoder, names=args.pca_photos,
+                               feathered=args.feathered)  # fmt: skip
+        print(picture)  # noqa: T201
     return 0
 
 
