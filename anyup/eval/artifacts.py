@@ -16,6 +16,7 @@ upsampling gives a very large ratio; bilinear upsampling (``align_corners=False`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +134,7 @@ def cell_border_energy(
     phase = torch.cat([px.flatten(), py.flatten()])[keep]
     e_keep = energies[keep]
     profile = [float(e_keep[phase == b].mean()) if bool((phase == b).any()) else float("nan") for b in range(bins)]
-    valid = [v for v in profile if v == v]
+    valid = [v for v in profile if not math.isnan(v)]
     mean_profile = sum(valid) / len(valid) if valid else float("nan")
     peak = max(valid) / mean_profile if valid and mean_profile > 0 else float("nan")
     if not (on.numel() and off.numel()):

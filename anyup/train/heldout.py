@@ -302,11 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             atomic_write_text(args.out, json.dumps(rows, indent=1))
         labels = [x for w in weights for x in ([w, f"{w} feathered"] if w in args.feathered else [w])]
-        print(markdown(rows, ["bilinear", "jbu", *labels]))  # noqa: T201 - the command's result
+        print(markdown(rows, ["bilinear", "jbu", *labels]))  # the command's result
     if args.pca:
         picture = pca_pictures(args.pca, args.val_dir, weights, args.pca_encoder, names=args.pca_photos,
                                feathered=args.feathered)  # fmt: skip
-        print(picture)  # noqa: T201
+        print(picture)
     return 0
 
 

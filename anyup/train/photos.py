@@ -79,7 +79,7 @@ def _file_loader(path: Path) -> Callable[[], np.ndarray]:
 
 def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        import skimage.data as data
+        from skimage import data
 
         out = getattr(data, name)()
         return _rgb(out[0] if isinstance(out, tuple) else out)  # stereo_motorcycle: (left, right, disparity)
@@ -207,7 +207,7 @@ def deduplicate(
             dropped[p.id] = "not a photo or too small"
             continue
         dh = difference_hash(rgb)
-        near = next((e.id for e in kept if bin(e.dhash ^ dh).count("1") <= max_hamming), None)
+        near = next((e.id for e in kept if (e.dhash ^ dh).bit_count() <= max_hamming), None)
         if near is not None:
             dropped[p.id] = f"near-copy of {near}"
             continue
@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     counts = build_photo_set(args.out_dir, args.listing, max_side=args.max_side, write_listing=args.write_listing)
-    print(json.dumps(counts))  # noqa: T201 - the command's result
+    print(json.dumps(counts))  # the command's result
     return 0
 
 
