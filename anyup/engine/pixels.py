@@ -54,9 +54,9 @@ class _Moments:
     def add(self, x: torch.Tensor, groups: int) -> None:
         """Accumulate chunk x (B, C, P): per-channel two-pass moments, merged into groups in float64."""
         b, c, p = x.shape
-        mean_c = x.mean(dim=-1)  # (B, C), compute dtype (no reshape: x may be a strided slice)
-        d = x - mean_c.unsqueeze(-1)
-        m2_c = d.square_().sum(dim=-1).double().view(b, groups, -1)  # (B, G, C/G)
+        mean_c = x.mean(dim=-1, keepdim=True)  # (B, C, 1), compute dtype (no reshape: x may be a strided slice)
+        m2_c = torch.linalg.vector_norm(x - mean_c, dim=-1).double().square().view(b, groups, -1)  # (B, G, C/G)
+        mean_c = mean_c.squeeze(-1)
         mean_c = mean_c.double().view(b, groups, -1)
         mean = mean_c.mean(dim=-1)  # (B, G)
         m2 = m2_c.sum(dim=-1) + p * (mean_c - mean.unsqueeze(-1)).square().sum(dim=-1)

@@ -296,7 +296,7 @@ def decode(model, enc: PixelEncoders, keys: torch.Tensor, values_map: torch.Tens
             k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)  # (B, nh, nr*nc, hd)
             v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)  # (B, nr*nc, C)
             o = backend.attend(qh, k_sub, v_sub, mask)  # (B, th*tw, C)
-            yield Tile(i0, i1, j0, j1, o.transpose(1, 2).reshape(b, c, i1 - i0, j1 - j0))
+            yield Tile(i0, i1, j0, j1, o.transpose(1, 2).unflatten(2, (i1 - i0, j1 - j0)))  # a view, no copy
 
 
 @torch.no_grad()
