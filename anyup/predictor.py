@@ -171,7 +171,7 @@ class Upsampler:
         device: torch device for encoder and model.
         dtype: ``torch.float32`` / ``bfloat16`` / ``float16`` (or its name) for both networks.
         max_memory: AnyUp's working-memory cap in bytes (default: automatic, see
-            :func:`anyup.model.default_max_memory`); the output itself comes on top.
+            :func:`anyup.engine.default_max_memory`); the output itself comes on top.
         progress: show a tqdm bar over each image's output pixels (tile by tile) when the output
             has at least ``PROGRESS_MIN_PIXELS`` pixels.
 
@@ -377,7 +377,7 @@ class Upsampler:
         import math
         import time
 
-        from anyup.model import default_max_memory
+        from anyup.engine import default_max_memory
 
         img, enc_in = self.prepare(image)
         in_hw = tuple(enc_in.shape[-2:])

@@ -71,7 +71,7 @@ def attend_sdpa(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=True)
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from anyup.encoders.cli import parse_size
+    from anyup.cli.upsample import parse_size
     from anyup.extract import ExtractConfig, run
 
     fmt = args.format or ("zarr" if args.out.rstrip("/").endswith(".zarr") else "wds")
