@@ -36,6 +36,17 @@ METHODS = ("bilinear", "floor", "ours", "ours_bf16", "dense", "old", "ours_grad"
 DENSE_LIMIT_BYTES = 22 << 30  # beyond this the dense reference would not fit this 24 GB machine
 
 
+def _bytes(text: str | None) -> int | None:
+    """The old engine takes bytes only: '2GiB' -> 2147483648."""
+    if text is None:
+        return None
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+    for unit, scale in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * scale)
+    return int(text)
+
+
 def method_flops(size: int, low: int, c: int, d: int = 128, ratio: float = 0.1) -> float:
     from anyup.engine import Window
 
@@ -86,7 +97,7 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
 
     def call(img, fts):
         if method in ("ours", "ours_bf16", "old"):
-            return model(img, fts, max_memory=int(max_memory) if (method == "old" and max_memory) else max_memory)
+            return model(img, fts, max_memory=_bytes(max_memory) if method == "old" else max_memory)
         if method == "dense":
             return dense_forward(model, img, fts)
         if method == "bilinear":
