@@ -25,7 +25,7 @@ class PCABasis:
     low: torch.Tensor  # (k,) 1st percentile of the fit projections
     high: torch.Tensor  # (k,) 99th percentile
 
-    def project(self, features: torch.Tensor) -> np.ndarray:
+    def project(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
         f = _as_chw(features)
         c, h, w = f.shape
         if c != self.mean.numel():
