@@ -219,5 +219,31 @@ def write_signal(array: np.ndarray, path: str | os.PathLike, kind: str, metadata
         raise ValueError("float depth does not fit a PNG losslessly; write .npy or .safetensors")
     if arr.min() < 0 or arr.max() > 65535:
         raise ValueError(f"values {arr.min()}..{arr.max()} do not fit a 16-bit PNG; write .npy")
-    im = Image.fromarray(arr.astype(np.uint8)) if arr.max() < 256 else Image.fromarray(arr.astype(np.uint16))
+    if arr.max() >= 256:
+        im = Image.fromarray(arr.astype(np.uint16))  # 16-bit grey: labels/depth beyond 255 kept exactly
+    elif kind in ("mask", "logits"):
+        im = Image.fromarray(arr.astype(np.uint8)).convert("P")  # pixel values stay the labels
+        im.putpalette(label_palette())  # ... shown in distinct colours (a 0/1 mask is not black on black)
+    else:
+        im = Image.fromarray(arr.astype(np.uint8))
     atomic_write(p, lambda tmp: im.save(tmp, format="PNG"))
+
+
+def label_palette() -> list[int]:
+    """RGB triplets for labels 0..255 as a flat list of 768 ints (PASCAL VOC colours; 0 = black, 255 = white).
+
+    The label PNGs of ``upsample-signal --kind mask|logits`` use it: their pixel values are the
+    labels (``np.asarray(Image.open(path))`` gives them back), and any viewer shows them in colour.
+    """
+    out = []
+    for label in range(256):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):  # spread the label's bits over the high bits of R, G, B
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        out += [r, g, b]
+    out[-3:] = [255, 255, 255]  # 255: the usual "ignore" label
+    return out

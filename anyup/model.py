@@ -140,12 +140,10 @@ class AnyUp(nn.Module):
         else:
             check_output_memory((b, c, *size), features.dtype, features.device)
         tiles = self.iter_tiles(image, features, size, max_memory=max_memory, tile_size=tile_size, attention=attention)
-        if out is None and torch.is_grad_enabled():
-            return _assemble(list(tiles))  # differentiable
         if out is None:
             out = torch.empty(b, c, *size, dtype=features.dtype, device=features.device)
         for t in tiles:
-            out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data
+            out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data  # under autograd: differentiable (CopySlices)
         return out
 
     def iter_tiles(
@@ -211,15 +209,3 @@ class AnyUp(nn.Module):
         from anyup.hf import from_pretrained
 
         return from_pretrained(repo_or_folder, device=device, **hub_kwargs)
-
-
-def _assemble(tiles: list[Tile]) -> torch.Tensor:
-    """Concatenate row-major tiles into one (B, C, H', W') tensor (keeps autograd)."""
-    rows, row, y0 = [], [], tiles[0].y0
-    for t in tiles:
-        if t.y0 != y0:
-            rows.append(torch.cat(row, dim=-1))
-            row, y0 = [], t.y0
-        row.append(t.data)
-    rows.append(torch.cat(row, dim=-1))
-    return torch.cat(rows, dim=-2)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from anyup._checks import check_output_memory
+from anyup._checks import check_output_memory, parse_memory
 from anyup.image import (
     ImageLike,
     image_size,
@@ -49,6 +49,41 @@ DEFAULT_INPUT_SIZE = 448
 MAX_INPUT_SIDE = 4096  # largest input_size (short side of the encoder input)
 MAX_INPUT_PIXELS = 4096 * 4096  # largest encoder input, whatever its shape
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROGRESS_MIN_PIXELS = 1 << 20  # outputs from ~1 megapixel get a per-image progress bar (tiles)
+CALIBRATION_PIXELS = 1 << 16  # output pixels of the timing run behind Upsampler.estimate
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """What one image will cost (from :meth:`Upsampler.estimate`)."""
+
+    output_size: tuple[int, int]  # (H', W')
+    output_bytes: int  # all requested layers' outputs, in the run's dtype
+    working_bytes: int  # AnyUp's working-memory cap (tiles, streamed encoders)
+    guide_bytes: int  # full-resolution guide image (RGB in [0, 1] and ImageNet-normalised, float32)
+    seconds: float  # rough: a small calibration run scaled by the pixel count
+
+    @property
+    def peak_bytes(self) -> int:
+        """Upper estimate of the extra memory the run needs (outputs + working memory + guide)."""
+        return self.output_bytes + self.working_bytes + self.guide_bytes
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        return (
+            f"output {self.output_size[0]}x{self.output_size[1]}: about {self.peak_bytes / gib:.1f} GiB "
+            f"({self.output_bytes / gib:.2f} GiB features + {self.working_bytes / gib:.2f} GiB AnyUp working-memory "
+            f"cap + {self.guide_bytes / gib:.2f} GiB guide) and at least ~{_duration(self.seconds)} "
+            "(a small calibration run, scaled; streamed encoders add passes it does not see)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @dataclass
@@ -135,6 +170,10 @@ class Upsampler:
             ``None`` keeps the image's own size (rounded).
         device: torch device for encoder and model.
         dtype: ``torch.float32`` / ``bfloat16`` / ``float16`` (or its name) for both networks.
+        max_memory: AnyUp's working-memory cap in bytes (default: automatic, see
+            :func:`anyup.engine.plan.default_max_memory`); the output itself comes on top.
+        progress: show a tqdm bar over each image's output pixels (tile by tile) when the output
+            has at least ``PROGRESS_MIN_PIXELS`` pixels.
 
     Example:
         >>> up = Upsampler("efficientnet_lite0", "anyup_multi_backbone")    # doctest: +SKIP
@@ -152,6 +191,8 @@ class Upsampler:
         input_size: int | None = DEFAULT_INPUT_SIZE,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
+        max_memory: int | str | None = None,
+        progress: bool = False,
     ) -> None:
         from anyup.encoders import Encoder, create
 
@@ -167,6 +208,8 @@ class Upsampler:
             raise ValueError(f"input_size must be a positive int up to {MAX_INPUT_SIDE} or None, got {input_size!r}")
         self.device = torch.device(device)
         self.dtype = dtype
+        self.max_memory = parse_memory(max_memory)  # bytes, or a size such as "2GB"
+        self.progress = progress
         self.input_size = input_size
         if isinstance(encoder, Encoder):
             if weights is not None or layers is not None:
@@ -286,7 +329,7 @@ class Upsampler:
         guide = imagenet_normalize(guide01).to(self.dtype)  # (B, 3, H', W')
         out: list[list[UpsampleResult]] = [[] for _ in originals]
         for layer, low in zip(self.encoder.info.layers, maps):
-            up = self.model(guide, low, out_hw)  # (B, C, H', W')
+            up = self._upsample(guide, low, out_hw, layer.name)  # (B, C, H', W')
             for b, orig in enumerate(originals):
                 out[b].append(
                     UpsampleResult(
@@ -302,6 +345,58 @@ class Upsampler:
                     )
                 )
         return out
+
+    def _upsample(self, guide: torch.Tensor, low: torch.Tensor, out_hw: tuple[int, int], label: str) -> torch.Tensor:
+        """AnyUp tile by tile into one (B, C, H', W') tensor, with a progress bar over pixels if large."""
+        b, c = low.shape[:2]
+        pixels = b * out_hw[0] * out_hw[1]
+        if not (self.progress and pixels >= PROGRESS_MIN_PIXELS):
+            return self.model(guide, low, out_hw, max_memory=self.max_memory)
+        from tqdm import tqdm
+
+        out = torch.empty(b, c, *out_hw, dtype=low.dtype, device=low.device)
+        desc = f"AnyUp {out_hw[0]}x{out_hw[1]} {label}"
+        with tqdm(total=pixels, desc=desc, unit="px", unit_scale=True, leave=False, disable=None) as bar:
+            for t in self.model.iter_tiles(guide, low, out_hw, max_memory=self.max_memory):
+                out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data
+                bar.update(b * (t.y1 - t.y0) * (t.x1 - t.x0))
+        return out
+
+    @torch.no_grad()
+    def estimate(
+        self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
+    ) -> RunEstimate:
+        """Memory and (rough) time that :meth:`predict` will need for ``image``, before running it.
+
+        Memory: the outputs (every layer, in ``dtype``) plus AnyUp's working-memory cap plus the
+        full-resolution guide. Time: one calibration run of encoder + AnyUp at a small output
+        (about ``CALIBRATION_PIXELS``), scaled by the output's pixel count (AnyUp's cost per output
+        pixel is roughly constant; streamed mode's extra passes are not counted, so it is a lower
+        bound for outputs much larger than the working-memory cap allows at once).
+        """
+        import math
+        import time
+
+        from anyup.engine.plan import default_max_memory
+
+        img, enc_in = self.prepare(image)
+        in_hw = (enc_in.shape[-2], enc_in.shape[-1])
+        out_hw = output_size_for(in_hw, output_size, scale)
+        elem = torch.finfo(self.dtype).bits // 8
+        channels = sum(l.channels for l in self.encoder.info.layers)
+        output_bytes = channels * out_hw[0] * out_hw[1] * elem
+        cap = self.max_memory if self.max_memory is not None else default_max_memory(self.device)
+        guide_bytes = 2 * 3 * out_hw[0] * out_hw[1] * 4
+        f = min(1.0, math.sqrt(CALIBRATION_PIXELS / (out_hw[0] * out_hw[1])))
+        cal_hw = (max(8, round(out_hw[0] * f)), max(8, round(out_hw[1] * f)))
+        progress, self.progress = self.progress, False
+        try:
+            start = time.perf_counter()
+            self._run(enc_in[None].to(self.device), cal_hw, [img])
+            seconds = (time.perf_counter() - start) * (out_hw[0] * out_hw[1]) / (cal_hw[0] * cal_hw[1])
+        finally:
+            self.progress = progress
+        return RunEstimate(out_hw, output_bytes, int(cap), guide_bytes, seconds)
 
     @torch.no_grad()
     def attention(

@@ -390,8 +390,9 @@ class TestAnyUp:
         monkeypatch.delenv("ANYUP_WEIGHTS_DIR", raising=False)
         monkeypatch.setattr(W, "cache_dir", lambda: tmp_path)
         monkeypatch.setattr(W, "_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-        ok, reason = B.available("anyup")
+        ok, reason = B.available("anyup", {"weights": "anyup_multi_backbone"})
         assert not ok and reason.startswith("anyup: weights 'anyup_multi_backbone' unavailable")
+        assert B.available("anyup") == (True, "")  # the shipped default needs no network
         with pytest.raises(B.MethodUnavailable):
             B.create("anyup", {"weights": "anyup_paper"})
 

@@ -164,11 +164,62 @@ def test_hub_encoders_skipped_after_first_failure(tmp_path, monkeypatch):
         raise RuntimeError(f"could not fetch the pretrained weights of encoder {name!r}\nmore")
 
     monkeypatch.setattr(runner, "create_encoder", fake_create)
-    rows = runner.run(runner.RunOptions(out=tmp_path, datasets=["photos"], encoders=hub, methods=["bilinear"],
-                                        tasks=["fidelity"], cache_dir=tmp_path / "c", progress=False))
-    assert rows == [] and tried == hub[:1]
+    # asked for by name: the first failure is an error (exit 1 on the command line)
+    with pytest.raises(RuntimeError, match=f"requested encoder '{hub[0]}' cannot run here"):
+        runner.run(runner.RunOptions(out=tmp_path, datasets=["photos"], encoders=hub, methods=["bilinear"],
+                                     tasks=["fidelity"], cache_dir=tmp_path / "c", progress=False))
+    assert tried == hub[:1]
+    # from a suite's defaults: skipped after the first hub failure, and 0 results is an error too
+    tried.clear()
+    suite = runner.Suite(name="hubs", datasets=("photos",), encoders=tuple(hub), methods=None,
+                         protocols=dict(runner.SUITES["offline"].protocols), fidelity_datasets=("photos",))
+    monkeypatch.setitem(runner.SUITES, "hubs", suite)
+    with pytest.raises(RuntimeError, match="nothing could run, 0 results"):
+        runner.run(runner.RunOptions(out=tmp_path, suite="hubs", methods=["bilinear"], tasks=["fidelity"],
+                                     cache_dir=tmp_path / "c", progress=False))
+    assert tried == hub[:1]
     md = (tmp_path / "results.md").read_text()
     assert all(f"encoder {n}" in md for n in hub) and "unreachable" in md
+
+
+def test_paper_suite_without_data_fails_fast(tmp_path, monkeypatch, capsys):
+    from anyup.cli import main
+    from anyup.eval import runner
+
+    def no_encoders(name, pretrained):
+        raise AssertionError("no encoder may be built before the datasets are known to be there")
+
+    monkeypatch.setattr(runner, "create_encoder", no_encoders)
+    assert main(["eval", "run", "--suite", "paper", "--out", str(tmp_path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "need their folders" in err and "--root cocostuff=FOLDER" in err and "--root voc=FOLDER" in err
+
+
+def test_requested_method_that_cannot_run_exits_nonzero(tmp_path, monkeypatch, capsys):
+    import anyup.weights as W
+    from anyup.cli import main
+
+    monkeypatch.delenv("ANYUP_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(W, "cache_dir", lambda: tmp_path / "weights")
+    monkeypatch.setattr(W, "_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    code = main(["eval", "run", "--datasets", FAKE, "--encoders", "efficientnet_lite0", "--methods", "bilinear,anyup",
+                 "--method-set", "anyup.weights=anyup_paper", "--tasks", "fidelity", "--out", str(tmp_path / "r"),
+                 "--no-cache", *TINY])
+    assert code == 1
+    assert "requested method 'anyup' cannot run here: anyup: weights 'anyup_paper' unavailable" in capsys.readouterr().err
+
+
+def test_anyup_runs_offline_with_the_shipped_weights(tmp_path, monkeypatch):
+    import anyup.weights as W
+    from anyup import baselines as B
+    from anyup.cli import main
+
+    monkeypatch.setattr(W, "_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    assert B.available("anyup") == (True, "")
+    code = main(["eval", "run", "--datasets", FAKE, "--encoders", "efficientnet_lite0", "--methods", "bilinear,jbu,anyup",
+                 "--tasks", "fidelity", "--out", str(tmp_path), "--no-cache", *TINY])
+    assert code == 0
+    assert {r.method for r in read_csv(tmp_path / "results.csv")} == {"bilinear", "jbu", "anyup"}
 
 
 def test_split_pixels_halves():

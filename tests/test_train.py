@@ -404,13 +404,18 @@ class TestData:
         with pytest.raises(ValueError, match="fewer than one step"):
             StepSampler(3, batch_size=2, world_size=2)
 
-    def test_holdout_split_is_seeded(self):
+    def test_holdout_split_is_seeded(self, caplog):
         files = [Path(f"{i}.png") for i in range(10)]
         tr, va = split_holdout(files, 3, seed=1)
         assert len(va) == 3 and sorted(tr + va) == sorted(files)
         assert split_holdout(files, 3, seed=1) == (tr, va) and split_holdout(files, 3, seed=2)[1] != va
-        with pytest.raises(ValueError, match="hold out"):
-            split_holdout(files, 10, seed=0)
+        # more than a quarter asked for: scaled to the data, with the fix named in the warning
+        with caplog.at_level("WARNING", logger="anyup.train.data"):
+            tr, va = split_holdout(files, 8, seed=0)
+        assert len(va) == 3 and len(tr) == 7
+        assert "--set val.num_images=N" in caplog.text and "--val-data" in caplog.text
+        with pytest.raises(ValueError, match=r"--val-data DIR.*--set val.num_images=0"):
+            split_holdout(files[:1], 1, seed=0)
 
     def test_choose_encoder_is_weighted_and_deterministic(self):
         specs = [C.EncoderSpec("a", weight=1.0), C.EncoderSpec("b", weight=3.0)]
@@ -517,6 +522,10 @@ def test_preset_encoders_exist_and_fit_the_geometry(name):
         reg = encoders.get_spec(spec.name)
         (layer,), _ = reg.resolve_layers(spec.layer)
         multiple = reg.multiple_for([layer])
+        if cfg.data.target == "full" and cfg.data.input_size % multiple:
+            # whole-image targets: inputs are resized to the nearest multiple (ViT patch 14 at 128 px)
+            assert cfg.data.input_size // multiple >= cfg.data.min_cells, spec.label
+            continue
         assert cfg.data.input_size % layer.stride == 0 and cfg.data.input_size % multiple == 0, spec.label
         assert (cfg.data.hr_factor * cfg.data.input_size) % multiple == 0, spec.label
 
@@ -565,3 +574,137 @@ def test_metrics_csv_resume_truncates_and_tensorboard_optional(tmp_path):
         w.log(1, {"loss": 0.5})
         w.close()
         assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 14: offline photo set, geometric augmentation, ratios, random-init pools
+
+
+def test_photo_listing_is_a_fixed_disjoint_split():
+    from anyup.train.photos import LISTING, load_listing
+
+    spec = load_listing(LISTING)
+    table = spec["photos"]
+    assert len(spec["val"]) == 8 and set(spec["val"]) <= set(table)
+    for pid, entry in table.items():
+        expected = "val" if pid in spec["val"] else "excluded" if pid in spec["excluded"] else "train"
+        assert entry["split"] == expected, pid
+        assert len(entry["sha256"]) == 64
+    # the evaluation's Middlebury depth scenes never train
+    assert {"skimage/stereo_motorcycle", "opencv/examples/data/aloeL.jpg"} <= set(spec["excluded"])
+    assert sum(e["split"] == "train" for e in table.values()) >= 100
+
+
+def test_photo_dedup_drops_resized_copies_of_held_out_photos(tmp_path):
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from anyup.train.photos import Photo, deduplicate, pixel_hash
+
+    coffee, chelsea = data.coffee(), data.chelsea()
+    small = np.asarray(Image.fromarray(coffee).resize((450, 300), Image.LANCZOS))  # a resized, recompressed copy
+    Image.fromarray(small).save(tmp_path / "c.jpg", quality=80)
+    reread = np.asarray(Image.open(tmp_path / "c.jpg").convert("RGB"))
+    photos = [
+        Photo("copy/coffee_small", lambda: reread),
+        Photo("skimage/chelsea", lambda: chelsea, curated=True),  # a photo the colour heuristic would miss
+        Photo("again/chelsea", lambda: chelsea.copy()),
+        Photo("skimage/coffee", lambda: coffee),
+        Photo("chart", lambda: np.full((300, 300, 3), 255, np.uint8)),
+    ]
+    kept, dropped = deduplicate(photos, priority=["skimage/coffee"])
+    assert [e.id for e in kept] == ["skimage/coffee", "skimage/chelsea"]  # the held-out photo wins
+    assert dropped["copy/coffee_small"] == "near-copy of skimage/coffee"
+    assert dropped["again/chelsea"] == "same pixels as skimage/chelsea"
+    assert dropped["chart"] == "not a photo or too small"
+    assert kept[0].sha256 == pixel_hash(coffee)
+
+
+def test_random_resized_square_is_seeded_and_bounded():
+    from anyup.train.data import generator_for, random_resized_square
+
+    img = torch.rand(3, 60, 90, generator=torch.Generator().manual_seed(0))
+    a = random_resized_square(img, 32, (0.5, 1.0), 0.5, generator_for(1, 2, 3))
+    b = random_resized_square(img, 32, (0.5, 1.0), 0.5, generator_for(1, 2, 3))
+    c = random_resized_square(img, 32, (0.5, 1.0), 0.5, generator_for(1, 2, 4))
+    assert a.shape == (3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    # scale (1, 1) without flips: the centre crop along the short side at some offset, unflipped
+    full = random_resized_square(img[:, :, :60], 60, (1.0, 1.0), 0.0, generator_for(0))
+    assert torch.allclose(full, img[:, :, :60], atol=1e-6)
+
+
+def test_geometric_augmentation_keeps_the_recipe_aligned(tmp_path):
+    for i in range(2):
+        _save_png(tmp_path / f"{i}.png", 80, 120, seed=i)
+    aug = C.AugmentConfig(crop_scale=(0.5, 1.0), flip_p=0.5)
+    ds = RecipeDataset(collect_images([tmp_path]), 16, 2, 1, aug, seed=0)
+    s1, s2 = ds[(0, 0, 0)], ds[(0, 0, 0)]
+    assert torch.equal(s1["image_hr"], s2["image_hr"]) and s1["image_hr"].shape == (3, 32, 32)
+    assert not torch.equal(ds[(0, 0, 0)]["image_hr"], ds[(0, 1, 0)]["image_hr"])  # another epoch, another crop
+    from anyup.train.data import downsample
+
+    assert torch.allclose(s1["image"], downsample(s1["image_hr"], 16))  # the low-res input is the same view
+    # the photometric draws do not depend on the geometric ones
+    plain = RecipeDataset(collect_images([tmp_path]), 16, 2, 1, C.AugmentConfig(), seed=0)[(0, 0, 0)]
+    assert torch.equal(plain["crop_u"], s1["crop_u"])
+
+
+def test_ratio_choice_respects_min_cells_and_is_seeded():
+    from anyup.train.trainer import allowed_factors, choose_factor
+
+    cfg = C.get_preset("cpu_offline_v2")  # 256 px high-res, ratios 2/4/8, >= 4 cells
+    assert allowed_factors(cfg, 4) == [2, 4, 8]
+    assert allowed_factors(cfg, 8) == [2, 4, 8]
+    assert allowed_factors(cfg, 16) == [2, 4]
+    assert allowed_factors(cfg, 32) == [2]
+    drawn = [choose_factor(cfg, 8, t) for t in range(60)]
+    assert drawn == [choose_factor(cfg, 8, t) for t in range(60)] and set(drawn) == {2, 4, 8}
+    assert allowed_factors(C.get_preset("cpu_offline_multi"), 16) == [2]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.hr_factors=[3]", "must divide"),
+        ("data.hr_factors=[1]", ">= 2"),
+        ("augment.crop_scale=[0, 1]", "crop_scale"),
+        ("augment.flip_p=2", "flip_p"),
+        ("encoders=[{name: vit_s16, pool: 3}]", "pretrained: false"),
+    ],
+)
+def test_issue14_config_errors_name_the_field(override, message):
+    with pytest.raises(ValueError, match=message):
+        C.resolve_config(preset="cpu_offline_v2", overrides=[override])
+    with pytest.raises(ValueError, match="target"):
+        C.resolve_config(preset="cpu_offline", overrides=["data.hr_factors=[2, 4]"])
+
+
+def test_random_pool_instances_are_distinct_and_reproducible():
+    pytest.importorskip("timm")
+    from anyup.train.trainer import build_encoder, choose_instance
+
+    spec = C.EncoderSpec("resnet50", layer="layer1", pretrained=False, pool=3)
+    a0, a1 = build_encoder(spec, torch.device("cpu"), 0), build_encoder(spec, torch.device("cpu"), 0, instance=1)
+    b1 = build_encoder(spec, torch.device("cpu"), 0, instance=1)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a1(x), b1(x)) and not torch.allclose(a0(x), a1(x))
+    drawn = {choose_instance(spec, 0, t) for t in range(40)}
+    assert drawn == {0, 1, 2}
+    assert choose_instance(C.EncoderSpec("vgg16_hed"), 0, 5) == 0
+
+
+def test_gpu_preset_builds_on_cpu():
+    """The GPU preset validates, asks for bf16 and a device when one exists, and its geometry fits."""
+    from anyup.train.trainer import DistContext, _autocast, allowed_factors
+
+    cfg = C.get_preset("gpu")
+    cfg.validate()
+    assert (cfg.data.input_size, cfg.data.hr_factor * cfg.data.input_size, cfg.data.batch_size) == (224, 448, 16)
+    assert cfg.optim.precision == "bf16" and cfg.device == "auto"
+    ctx = DistContext.setup(cfg.device)
+    assert ctx.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with _autocast(cfg, ctx.device):
+        y = torch.ones(2, 2, device=ctx.device) @ torch.ones(2, 2, device=ctx.device)
+    assert y.dtype == torch.bfloat16
+    assert allowed_factors(cfg, 16) == [2, 4] and allowed_factors(cfg, 8) == [2, 4, 8]

@@ -163,7 +163,7 @@ def test_upsample_offline_encoder_error(tmp_path, photos, random_model_file, mon
         ]
     )
     assert rc == 1
-    assert "--encoder clip_vitb16 --weights PATH" in capsys.readouterr().err
+    assert "--encoder clip_vitb16 --encoder-weights PATH" in capsys.readouterr().err
 
 
 def test_upsample_argument_errors(tmp_path, photos, random_model_file, capsys):
@@ -279,3 +279,88 @@ def test_anyup_follows_image_edges_better_than_bilinear(published_weights_env):
     bilinear = edge_alignment(res.bilinear(), res.image)
     # measured at 128 px: AnyUp 0.558, bilinear 0.083 (docs/readme/encoders.md has the full table)
     assert ours > 0.45 and ours > bilinear + 0.25, (ours, bilinear)
+
+
+# ----------------------------------------------------------------------------- large outputs
+
+
+def test_edge_alignment_in_bands_equals_the_dense_correlation():
+    from anyup.viz.edges import bilinear_edge_alignment, edge_alignment, gradient_magnitude
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 61, 83, generator=g)
+    feats = torch.randn(7, 61, 83, generator=g) + 4 * image.mean(0)
+
+    def dense(f, img):
+        a = gradient_magnitude(f).flatten().double()
+        b = gradient_magnitude(img.mean(0, keepdim=True)).flatten().double()
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    for rows in (1, 5, 60, 500):
+        assert edge_alignment(feats, image, band_rows=rows) == pytest.approx(dense(feats, image), abs=1e-6)
+    low = torch.randn(7, 5, 6, generator=g)
+    bil = torch.nn.functional.interpolate(low[None], size=(61, 83), mode="bilinear", align_corners=False)[0]
+    assert bilinear_edge_alignment(low, image, band_rows=9) == pytest.approx(dense(bil, image), abs=1e-5)
+
+
+def test_pca_picture_of_a_large_map_is_drawn_downsampled():
+    from anyup.viz.pca import _area_resize, panel_size
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 203, 311, generator=g)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x[None], (67, 102))[0]
+    torch.testing.assert_close(_area_resize(x, (67, 102), band_rows=10), ref, atol=1e-5, rtol=0)
+    assert panel_size((2000, 3000), 1024) == (683, 1024) and panel_size((300, 451), 1024) == (300, 451)
+    from anyup.viz import pca_comparison
+
+    png = pca_comparison(torch.rand(3, 203, 311), torch.randn(4, 7, 10), x, max_side=100)
+    assert png.dtype == np.uint8 and png.shape == (65 + 14, 4 * 100 + 12, 3)
+
+
+@pytest.mark.slow
+def test_upsample_large_output_path(tmp_path, photos, random_model_file, monkeypatch, capsys, caplog):
+    """The large-output path at a small size: estimate and tile progress first, the features file
+    before the optional extras, --size image keeps the image's resolution, --size warns on stretching."""
+    from anyup import predictor
+    from anyup.cli import upsample as cli_up
+
+    monkeypatch.setattr(cli_up, "ESTIMATE_MIN_PIXELS", 1)
+    monkeypatch.setattr(cli_up, "CHEAP_STATS_PIXELS", 1)  # stats only when asked, after the file
+    monkeypatch.setattr(predictor, "PROGRESS_MIN_PIXELS", 1)
+    monkeypatch.setattr(predictor, "CALIBRATION_PIXELS", 256)
+    ticks = []
+    real_iter = predictor.Upsampler._upsample
+
+    def counting(self, guide, low, out_hw, label):
+        out = real_iter(self, guide, low, out_hw, label)
+        ticks.append(out_hw)
+        return out
+
+    monkeypatch.setattr(predictor.Upsampler, "_upsample", counting)
+    out = tmp_path / "out"
+    args = ["upsample", str(photos / "chelsea.png"), "--model", str(random_model_file), "--input-size", "32",
+            "--size", "image", "--out", str(out), "--stats"]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "anyup upsample: chelsea.png: output 300x451: about" in captured.err and "GiB features" in captured.err
+    assert "at least ~" in captured.err
+    assert "| chelsea | stage4 |" in captured.out
+    tensors, meta = _read(out / "chelsea.safetensors")
+    assert tuple(tensors["features"].shape) == (112, 300, 451) and meta["output_size"] == "300x451"
+    assert "edge_alignment_anyup" not in meta  # large: printed with --stats, computed after the file is written
+    assert Image.open(out / "chelsea_pca.png").size == (4 * 451 + 12, 300 + 14)
+    assert (300, 451) in ticks
+    # the features file is written before anything optional: a failing picture leaves it in place
+    import anyup.viz
+
+    def broken(*a, **k):
+        raise RuntimeError("picture failed")
+
+    monkeypatch.setattr(anyup.viz, "pca_comparison", broken)
+    out2 = tmp_path / "out2"
+    with caplog.at_level("WARNING"):
+        rc = main(["upsample", str(photos / "chelsea.png"), "--model", str(random_model_file), "--input-size", "32",
+                   "--size", "40x40", "--out", str(out2)])  # fmt: skip
+    assert rc == 1 and (out2 / "chelsea.safetensors").is_file() and not (out2 / "chelsea_pca.png").exists()
+    assert "--size 40x40 changes the aspect ratio of the 300x451 image" in caplog.text

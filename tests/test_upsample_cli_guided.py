@@ -104,6 +104,12 @@ def test_signal_file_round_trips(tmp_path):
     labels = np.arange(12).reshape(3, 4)
     write_signal(labels, tmp_path / "m.png", "mask")
     np.testing.assert_array_equal(read_signal(tmp_path / "m.png", "mask"), labels)
+    with Image.open(tmp_path / "m.png") as im:  # a palette PNG: values = labels, shown in colour
+        assert im.mode == "P"
+        np.testing.assert_array_equal(np.asarray(im), labels)
+        rgb = np.asarray(im.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(c) for c in rgb}
+    assert len(colours) == len(np.unique(labels)) and (0, 0, 0) in colours and max(map(sum, colours)) >= 128
     write_signal(labels * 1000, tmp_path / "m16.png", "mask")  # > 255: 16-bit PNG
     np.testing.assert_array_equal(read_signal(tmp_path / "m16.png", "mask"), labels * 1000)
     depth = np.random.default_rng(0).random((3, 4)).astype(np.float32)

@@ -76,10 +76,30 @@ def test_attention_overlay_heat_and_marker():
         attention_overlay(image, attn[None], pixel=(0, 0))
 
 
+def test_attention_colours_are_shared_and_lift_small_weights():
+    from anyup.viz import colorbar
+
+    image = torch.full((3, 20, 20), 0.5)
+    weak, strong = torch.zeros(2, 2), torch.zeros(2, 2)
+    weak[0, 0], strong[0, 0] = 0.1, 1.0
+    row = attention_row(image, torch.stack([weak, strong]), [(15, 15), (15, 15)], labels=["a", "b"])
+    # one colour scale for both panels: the weak map's hot block is darker than the strong one's
+    assert row[14:24, 0:10].astype(int).sum() < row[14:24, 24:34].astype(int).sum()
+    # gamma 0.5 shows a weight of a quarter of the max half-way up the ramp, gamma 1 a quarter of the way
+    quarter = torch.tensor([[0.25, 1.0]])
+    lifted = attention_overlay(torch.zeros(3, 1, 2), quarter, alpha=1.0, gamma=0.5)[0, 0].astype(int)
+    linear = attention_overlay(torch.zeros(3, 1, 2), quarter, alpha=1.0, gamma=1.0)[0, 0].astype(int)
+    assert lifted.sum() > linear.sum()
+    bar = colorbar(50, 0.2)
+    assert bar.shape == (50, 64, 3) and bar[0, 0].sum() > bar[-1, 0].sum()  # bright top = the max
+
+
 def test_attention_row_checks_counts():
     image = torch.rand(3, 16, 16)
-    row = attention_row(image, torch.rand(2, 4, 4), [(1, 1), (8, 8)])
+    row = attention_row(image, torch.rand(2, 4, 4), [(1, 1), (8, 8)], bar=False)
     assert row.shape == (16 + 14, 2 * 16 + 4, 3)
+    row = attention_row(image, torch.rand(2, 4, 4), [(1, 1), (8, 8)])  # + the colour bar (12 + 52 px)
+    assert row.shape == (16 + 14, 2 * 16 + 4 + 4 + 64, 3)
     with pytest.raises(ValueError, match="P = 3 pixels"):
         attention_row(image, torch.rand(2, 4, 4), [(1, 1), (2, 2), (3, 3)])
 
@@ -129,7 +149,7 @@ def test_cli_viz_attention(tmp_path, random_model_file, capsys):
         ]
     )
     assert rc == 0
-    assert Image.open(out).size == (2 * 64 + 4, 64 + 14)
+    assert Image.open(out).size == (2 * 64 + 4 + 4 + 64, 64 + 14)  # two panels + the colour bar
     assert "2 pixel(s)" in capsys.readouterr().out
     rc = main(
         ["viz", "attention", str(photo), "--pixel", "600,1", "--model", str(random_model_file), "--out", str(out)]

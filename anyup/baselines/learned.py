@@ -14,6 +14,7 @@ from torch import nn
 
 from anyup.baselines.base import MethodUnavailable, Upsampler
 from anyup.baselines.guidance import resize
+from anyup.weights import DEFAULT_WEIGHTS
 
 if TYPE_CHECKING:
     from anyup.encoders.base import Encoder
@@ -23,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class AnyUpMethodConfig:
-    weights: str = "anyup_multi_backbone"  # registered weights name: "anyup_multi_backbone" or "anyup_paper"
+    # registered weights name or file: the shipped default (offline), "anyup_multi_backbone" or "anyup_paper"
+    weights: str = DEFAULT_WEIGHTS
     window_ratio: float | None = None  # override the attention window half-width (None: as trained, 0.1)
     max_memory: int | None = None  # working-memory cap in bytes (None: automatic)
     device: str = "cpu"
@@ -63,7 +65,7 @@ def _load_anyup(source: str, device: str, window_ratio: float | None) -> nn.Modu
 
 
 def build_anyup(config: AnyUpMethodConfig) -> AnyUpUpsampler:
-    """AnyUp with published weights; :class:`MethodUnavailable` when they cannot be found or fetched."""
+    """AnyUp (default: the shipped offline weights); :class:`MethodUnavailable` when the weights cannot be found."""
     try:
         model = _load_anyup(config.weights, config.device, config.window_ratio)
     except (RuntimeError, OSError) as err:

@@ -24,8 +24,8 @@ from anyup.baselines import learned, peers  # noqa: E402
 
 register(MethodSpec("highres", "the encoder itself run on a factor-x larger input, features resized",
                     learned.HighResConfig, learned.build_highres, convex=False, offline=False))
-register(MethodSpec("anyup", "AnyUp with published weights (anyup_multi_backbone or anyup_paper)",
-                    learned.AnyUpMethodConfig, learned.build_anyup, convex=True, offline=False))
+register(MethodSpec("anyup", "AnyUp, default the shipped anyup_offline weights (weights=anyup_multi_backbone: published)",
+                    learned.AnyUpMethodConfig, learned.build_anyup, convex=True))
 register(MethodSpec("anyup_checkpoint", "AnyUp from any checkpoint file (config checkpoint=PATH)",
                     learned.AnyUpCheckpointConfig, learned.build_anyup_checkpoint, convex=True))
 register(MethodSpec("featup", "FeatUp JBU stack via torch.hub mhamilton723/FeatUp (backbone-specific)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anyup.cli._flags import add_device, add_list
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -17,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for the local network)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--input-size", type=int, default=224, metavar="N", help="short side of the encoder input")
-    p.add_argument("--encoder", action="append", default=None, help="offer only these encoders (repeat)")
-    p.add_argument("--model", action="append", default=None, metavar="NAME_OR_PATH", help="offer these AnyUp weights")
-    p.add_argument("--device", default="cpu")
+    add_list(p, "--encoders", "offer only these encoders")
+    add_list(p, "--models", "offer these AnyUp weights (registered names or files)", metavar="NAME_OR_PATH")
+    add_device(p)
     p.set_defaults(func=_cmd_demo)
 
 
@@ -29,8 +31,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     config = DemoConfig(
-        encoders=tuple(args.encoder or ()),
-        weights=tuple(args.model or ()),
+        encoders=tuple(args.encoders or ()),
+        weights=tuple(args.models or ()),
         input_size=args.input_size,
         device=args.device,
     )

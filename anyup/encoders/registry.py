@@ -200,6 +200,6 @@ def offline_error(name: str, source: str, err: BaseException) -> RuntimeError:
         f"could not fetch the pretrained weights of encoder {name!r} from {source} "
         f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
         f"Offline? Download the weights file elsewhere and pass it: on the command line "
-        f"`--encoder {name} --weights PATH`, in Python `anyup.encoders.create({name!r}, weights=PATH)`; "
+        f"`--encoder {name} --encoder-weights PATH`, in Python `anyup.encoders.create({name!r}, weights=PATH)`; "
         f"or use pretrained=False for a random-init encoder."
     )

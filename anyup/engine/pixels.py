@@ -40,7 +40,7 @@ class FrozenNorm:
 
     def apply(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         torch.sub(x, self.mean, out=out)
-        return out.mul_(self.scale).add_(self.bias)
+        return torch.addcmul(self.bias, out, self.scale, out=out)
 
 
 @dataclass

@@ -21,7 +21,7 @@ the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B
 
 The plan takes the fastest mode whose total fits the cap, then the largest tile (up to about one
 window) and band that fit. Under autograd the engine checkpoints per ResBlock and per tile; its
-model is ``13*map(H, W) + 3*map(H', W')`` plus one tile (measured in
+model is ``18*map(H, W) + (3 + 2*C/D)*map(H', W')`` plus three tiles (measured in
 ``benchmarks/memory_cap.py``). A cap below the smallest plan is refused at once, naming it.
 """
 
@@ -138,7 +138,10 @@ def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu:
     fixed = _fixed_bytes(g, chunk, fu)
     tile_b = _tile_bytes(g, tile)
     if mode == "autograd":
-        return 13 * g.map_bytes(g.image_hw) + 3 * g.map_bytes(g.out_hw) + fixed + 3 * tile_b
+        # kept: 7 stage outputs (checkpoint inputs) + ~11 while one ResBlock is recomputed with its
+        # gradients; at the output size: pooled/padded/convolved queries, the output and its gradient.
+        out_maps = 3 + 2 * g.channels / g.dim
+        return int(18 * g.map_bytes(g.image_hw) + out_maps * g.map_bytes(g.out_hw)) + fixed + 3 * tile_b
     full = g.map_bytes(g.image_hw)
     if mode == "whole":
         pooled = g.map_bytes(g.out_hw) if g.out_hw != g.image_hw else 0

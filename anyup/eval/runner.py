@@ -296,10 +296,11 @@ def run_fidelity(
 
 def _build_upsamplers(methods: Sequence[str], encoder: Any, configs: dict[str, dict[str, Any]], explicit: bool,
                       skipped: list[tuple[str, str]]) -> dict[str, Callable]:
-    """Build every method; unavailable ones are skipped with their one-line reason.
+    """Build every method; unavailable ones from the default list are skipped with their one-line reason.
 
-    A method that needs configuration (e.g. ``anyup_checkpoint`` without ``checkpoint=``) is an
-    error when asked for explicitly and skipped when it only came from the default list.
+    A method asked for explicitly (``--methods``) that cannot be built (missing weights, hub code,
+    configuration such as ``anyup_checkpoint`` without ``checkpoint=``) is an error, never a
+    silent skip.
     """
     from anyup.baselines import MethodUnavailable
 
@@ -308,8 +309,8 @@ def _build_upsamplers(methods: Sequence[str], encoder: Any, configs: dict[str, d
         try:
             ups[m] = make_upsampler(m, encoder, configs.get(m))
         except (MethodUnavailable, ValueError, FileNotFoundError) as err:
-            if explicit and not isinstance(err, MethodUnavailable):
-                raise
+            if explicit:
+                raise RuntimeError(f"requested method {m!r} cannot run here: {str(err).splitlines()[0]}") from err
             reason = str(err).splitlines()[0]
             if (f"method {m}", reason) not in skipped:
                 skipped.append((f"method {m}", reason))
@@ -360,6 +361,11 @@ def run(options: RunOptions) -> list[ResultRow]:
 
     for d in datasets:
         D.get_spec(d)  # fail fast on unknown names
+    missing_roots = [d for d in datasets if D.get_spec(d).needs_root and _root_for(d, options.roots) is None]
+    if missing_roots and (options.datasets or set(missing_roots) == set(datasets)):
+        # asked for by name, or nothing of the suite could run: an error before any encoder is built
+        need = ", ".join(f"--root {d}=FOLDER ({D.get_spec(d).layout})" for d in missing_roots)
+        raise FileNotFoundError(f"dataset(s) {', '.join(missing_roots)} need their folders: pass {need}")
 
     def flush() -> None:
         write_csv(rows, out / "results.csv")
@@ -375,6 +381,8 @@ def run(options: RunOptions) -> list[ResultRow]:
         try:
             encoder = create_encoder(enc_name, options.pretrained)
         except UNAVAILABLE_ERRORS as err:
+            if options.encoders:  # asked for by name: an error, not a skip
+                raise RuntimeError(f"requested encoder {enc_name!r} cannot run here: {str(err).splitlines()[0]}") from err
             reason = str(err).splitlines()[0]
             skipped.append((f"encoder {enc_name}", reason))
             logger.warning("skipping encoder %s: %s", enc_name, reason)
@@ -392,6 +400,8 @@ def run(options: RunOptions) -> list[ResultRow]:
             try:
                 train_ds, eval_ds, note = load_splits(ds_name, options.roots)
             except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
+                if options.datasets:  # asked for by name: an error, not a skip
+                    raise RuntimeError(f"requested dataset {ds_name!r} cannot be loaded: {str(err).splitlines()[0]}") from err
                 if spec.needs_root and _root_for(ds_name, options.roots) is None:
                     skipped.append((f"dataset {ds_name}", f"needs --root {ds_name}=FOLDER ({spec.layout})"))
                 else:
@@ -450,4 +460,7 @@ def run(options: RunOptions) -> list[ResultRow]:
     if bad_values:
         logger.warning("%d non-finite values in the results (e.g. %s)", len(bad_values), bad_values[0])
     logger.info("wrote %d rows to %s in %.1f min", len(rows), out, elapsed / 60)
+    if not rows:
+        reasons = "; ".join(f"{what}: {why}" for what, why in skipped) or "no (dataset, encoder, task) combination applies"
+        raise RuntimeError(f"nothing could run, 0 results ({reasons})")
     return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anyup.cli._flags import add_device, add_encoder, add_model
 from anyup.weights import DEFAULT_WEIGHTS
 
 
@@ -21,10 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, metavar="STORE", help="OUT.zarr (zarr) or a folder (webdataset)")
     p.add_argument("--format", default=None, choices=("zarr", "wds"), help="default: zarr for *.zarr, else wds")
-    p.add_argument("--encoder", default="efficientnet_lite0", help="encoder name (see `anyup encoders`), hf:ID, ...")
-    p.add_argument("--weights", default=None, metavar="PATH", help="encoder weights file")
+    add_encoder(p)  # --encoder NAME (hf:ID, torchhub:..., open_clip:...) and --encoder-weights PATH
     p.add_argument("--random-encoder", action="store_true", help="random-init encoder (tests)")
-    p.add_argument("--model", default=DEFAULT_WEIGHTS, metavar="NAME_OR_PATH", help="AnyUp weights")
+    add_model(p, DEFAULT_WEIGHTS)
     p.add_argument("--layer", default=None, help="encoder layer")
     p.add_argument("--input-size", type=int, default=448, metavar="N", help="short side of the encoder input")
     size = p.add_mutually_exclusive_group()
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or a new local one)")
     p.add_argument("--num-workers", type=int, default=None, metavar="N", help="Ray actors (default: one per slot)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per worker")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
     p.set_defaults(func=_cmd_extract)
 
 
@@ -51,7 +51,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         out=args.out,
         format=fmt,
         encoder=args.encoder,
-        encoder_weights=args.weights,
+        encoder_weights=args.encoder_weights,
         pretrained=not args.random_encoder,
         model=args.model,
         layer=args.layer,

@@ -30,7 +30,11 @@ class EncoderSpec:
     weight: float = 1.0  # relative probability of being drawn for a step (multi-backbone training)
     layer: int | str | None = None  # one layer/stage of the encoder (None: its default output)
     weights: str | None = None  # local weights file, passed to create(weights=...)
-    pretrained: bool = True  # False: random init (tests only)
+    pretrained: bool = True  # False: random init (a random-init encoder's features are still spatially structured)
+    # Random-init encoders only: the size of a seeded pool of random initialisations; each step that
+    # draws this encoder uses one of them (drawn from (seed, step)), so the upsampler cannot fit one
+    # network's weights. Instance 0 is the one validation uses.
+    pool: int = 1
 
     @property
     def label(self) -> str:
@@ -55,6 +59,11 @@ class DataConfig:
     # high-res image) or "full" (encoder features of the whole high-res image; for CNNs, whose crop
     # features are dominated by the crop's zero-padded borders at small sizes).
     target: str = "crops"
+    # Several upsampling ratios (only with target="full"): each step draws F from this list among
+    # those the step's encoder allows, and the low-res input becomes ``hr_factor * input_size / F``
+    # pixels (the high-res image keeps its size), so one run trains 2x, 4x and 8x. Empty: hr_factor.
+    hr_factors: list[int] = field(default_factory=list)
+    min_cells: int = 4  # a ratio is allowed for an encoder when its low-res map has >= min_cells cells per side
     min_size: int | None = None  # minimum short side of a usable image; None: hr_factor * input_size
     batch_size: int = 4  # images per process per micro-step
     num_workers: int = 2  # DataLoader worker processes (0: load in the main process)
@@ -64,8 +73,14 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Photometric augmentation of the guidance image (pixel-aligned; no geometry changes)."""
+    """Augmentation: a random resized crop and flip of the source photo (geometry, applied before
+    the recipe's images are made, so targets and inputs stay aligned), then photometric
+    augmentation of the guidance image (pixel-aligned)."""
 
+    # Random resized crop: a square of crop_scale (fraction of the short side, drawn uniformly) at
+    # a uniform position, resized to the high-res size. (1, 1): the paper's centre crop.
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    flip_p: float = 0.0  # probability of a horizontal flip
     jitter_p: float = 0.8
     brightness: float = 0.4  # factor drawn from [1 - b, 1 + b]
     contrast: float = 0.4
@@ -204,6 +219,24 @@ class TrainConfig:
             _check(0.0 <= p <= 1.0, f"augment.{name} must be in [0, 1], got {p}")
         lo, hi = self.augment.jpeg_quality
         _check(1 <= lo <= hi <= 100, f"augment.jpeg_quality must satisfy 1 <= lo <= hi <= 100, got {(lo, hi)}")
+        lo, hi = self.augment.crop_scale
+        _check(0.0 < lo <= hi <= 1.0, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {(lo, hi)}")
+        _check(0.0 <= self.augment.flip_p <= 1.0, f"augment.flip_p must be in [0, 1], got {self.augment.flip_p}")
+        for f in d.hr_factors:
+            _check(f >= 2, f"every data.hr_factors entry must be >= 2, got {d.hr_factors}")
+            hr = d.hr_factor * d.input_size
+            _check(hr % f == 0, f"data.hr_factors entry {f} must divide hr_factor * input_size = {hr}")
+        _check(
+            not d.hr_factors or d.target == "full",
+            f"data.hr_factors needs data.target='full' (targets of the whole high-res image), got {d.target!r}",
+        )
+        _check(d.min_cells >= 1, f"data.min_cells must be >= 1, got {d.min_cells}")
+        for e in self.encoders:
+            _check(e.pool >= 1, f"encoders[{e.label}].pool must be >= 1, got {e.pool}")
+            _check(
+                e.pool == 1 or not e.pretrained,
+                f"encoders[{e.label}].pool > 1 needs pretrained: false (a pool of random initialisations)",
+            )
         labels = [e.label for e in self.encoders]
         _check(len(set(labels)) == len(labels), f"encoders must be distinct, got {labels}")
 
@@ -341,11 +374,73 @@ def _cpu_offline_multi() -> TrainConfig:
     return cfg
 
 
+def _cpu_offline_v2() -> TrainConfig:
+    """The offline CNNs plus pools of random-init ViTs (patch 14 and 16), ConvNeXt and ResNet, at 2x/4x/8x.
+
+    Every offline encoder layer of ``cpu_offline_multi`` (weight 1 each) and four random-init
+    families (3 seeded initialisations each; together ~25 % of the steps). Each step draws an
+    upsampling ratio among 2, 4 and 8 that leaves the encoder at least 4 low-res cells (256 px
+    high-res image, 128/64/32 px inputs), random resized crops (60-100 % of the short side) and
+    flips. Fine-tuning: lr 1e-4, cosine decay after step 40 to 5 % at step 90 (what a session on
+    the shared 2-core machine affords: ~30 s per step at nice 10 under load).
+    """
+    cfg = _cpu_offline_multi()
+    cfg.run_dir = "runs/anyup_cpu_offline_v2"
+    cfg.steps = 90
+    cfg.optim.lr = 1e-4
+    cfg.optim.decay_start = 40
+    cfg.val.at_start = False  # fine-tuning: the starting point is the init's own evaluation (train-eval)
+    cfg.data.hr_factors = [2, 4, 8]
+    cfg.data.num_workers = 1
+    cfg.augment.crop_scale = (0.6, 1.0)
+    cfg.augment.flip_p = 0.5
+    cfg.val.num_samples = 1
+    cfg.val.every = 0  # only at the end
+    cfg.checkpoint.every = 10
+    cfg.encoders += [
+        EncoderSpec("vit_s16", pretrained=False, pool=3),  # patch 16
+        EncoderSpec("dinov2_vits14", pretrained=False, pool=3),  # patch 14: inputs resized to multiples of 14
+        EncoderSpec("convnext_tiny", layer="stage1", weight=0.5, pretrained=False, pool=3),  # stride 8
+        EncoderSpec("resnet50", layer="layer2", weight=0.5, pretrained=False, pool=3),  # stride 8
+    ]
+    return cfg
+
+
+def _gpu() -> TrainConfig:
+    """A GPU run of the same mixture at the paper's sizes: 448 px images, 224 px inputs, bf16 autocast.
+
+    Batch 16, 2x/4x/8x ratios, random resized crops and flips, random-init encoder pools of 8;
+    ``device: auto`` takes ``cuda`` when there is one (and falls back to the CPU otherwise).
+    """
+    cfg = _cpu_offline_v2()
+    cfg.run_dir = "runs/anyup_gpu"
+    cfg.steps = 20000
+    cfg.device = "auto"
+    cfg.optim.lr = 2e-4
+    cfg.optim.precision = "bf16"
+    cfg.optim.decay_start = 15000
+    cfg.val.at_start = True
+    cfg.data.input_size = 224
+    cfg.data.batch_size = 16
+    cfg.data.num_workers = 8
+    cfg.val.every = 1000
+    cfg.val.num_images = 16
+    cfg.val.batch_size = 16
+    cfg.log.every = 20
+    cfg.checkpoint.every = 500
+    for e in cfg.encoders:
+        if not e.pretrained:
+            e.pool = 8
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "paper": _paper,
     "multi_backbone": _multi_backbone,
     "cpu_offline": _cpu_offline,
     "cpu_offline_multi": _cpu_offline_multi,
+    "cpu_offline_v2": _cpu_offline_v2,
+    "gpu": _gpu,
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -160,12 +161,29 @@ class SizeIndex:
 
 
 def split_holdout(files: Sequence[Path], count: int, seed: int) -> tuple[list[Path], list[Path]]:
-    """Seeded split into ``(train, held_out)`` with ``count`` held-out files (order preserved)."""
+    """Seeded split into ``(train, held_out)`` with ``count`` held-out files (order preserved).
+
+    The hold-out is scaled to the data: at most a third of the files (at least one) are held
+    out, with a warning saying how to choose (``--set val.num_images=N``, ``--val-data DIR``), so
+    a preset's ``val.num_images`` also works on a handful of photos.
+    """
     if count <= 0:
         return list(files), []
-    if count >= len(files):
-        raise ValueError(f"cannot hold out {count} validation images from only {len(files)} images")
-    perm = torch.randperm(len(files), generator=generator_for(seed, 0x5EED)).tolist()
+    n = len(files)
+    if n < 2:
+        raise ValueError(
+            f"cannot hold out validation images from only {n} image(s): pass held-out images with "
+            "--val-data DIR, or train without validation with --set val.num_images=0"
+        )
+    most = max(1, n // 3)
+    if count > most:
+        logger.warning(
+            "holding out %d of the %d training images for validation, not val.num_images=%d (at most a third); "
+            "choose with --set val.num_images=N or pass held-out images with --val-data DIR",
+            most, n, count,
+        )  # fmt: skip
+        count = most
+    perm = torch.randperm(n, generator=generator_for(seed, 0x5EED)).tolist()
     held = set(perm[:count])
     return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
 
@@ -179,19 +197,61 @@ def downsample(image: torch.Tensor, size: int) -> torch.Tensor:
     return resize(image, (size, size), antialias=True, clamp=True)
 
 
-def load_square(path: Path, size: int) -> torch.Tensor:
-    """Decode (JPEG draft mode when it helps), then :func:`square_resize`; raises ``ValueError`` if broken."""
+def fit_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Resize ``(..., 3, H, W)`` to the nearest multiple of ``multiple`` per side (e.g. 128 -> 126 for patch 14).
+
+    The whole image is kept (a global rescale), so its feature cells still tile the whole image.
+    """
+    h, w = image.shape[-2:]
+    nh, nw = max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple)
+    if (nh, nw) == (h, w):
+        return image
+    x = image if image.ndim == 4 else image[None]  # (B, 3, H, W)
+    x = resize(x, (nh, nw), antialias=True, clamp=True)
+    return x.reshape(*image.shape[:-2], nh, nw)
+
+
+def load_square(path: Path, size: int, decode_size: int | None = None) -> torch.Tensor:
+    """Decode (JPEG draft mode when it helps), then :func:`square_resize`; raises ``ValueError`` if broken.
+
+    ``decode_size`` (default ``size``) is the smallest side the JPEG draft decoder may reduce to.
+    """
+    image = load_full(path, decode_size or size)
+    return square_resize(image, size)
+
+
+def load_full(path: Path, decode_size: int) -> torch.Tensor:
+    """The whole image as ``(3, H, W)`` float in [0, 1] (JPEGs decoded at >= ``decode_size``)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             if im.format == "JPEG":
-                im.draft("RGB", (size, size))  # decode at a reduced scale that is still >= size
+                im.draft("RGB", (decode_size, decode_size))  # decode at a reduced scale that is still >= size
             im.load()
-            image = load_image(im)
+            return load_image(im)
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read image {str(path)!r}: {err}") from err
-    return square_resize(image, size)
+
+
+def random_resized_square(
+    image: torch.Tensor, size: int, scale: tuple[float, float], flip_p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """A random square crop of ``(3, H, W)`` resized to ``(3, size, size)``, flipped with probability ``flip_p``.
+
+    The square's side is ``u * min(H, W)`` with ``u`` uniform in ``scale``, its position uniform.
+    Every number is drawn from ``generator`` (four draws, always).
+    """
+    h, w = image.shape[-2:]
+    u = torch.rand(4, generator=generator).tolist()
+    side = max(1, round((scale[0] + (scale[1] - scale[0]) * u[0]) * min(h, w)))
+    top = min(h - side, int(u[1] * (h - side + 1)))
+    left = min(w - side, int(u[2] * (w - side + 1)))
+    crop = image[:, top : top + side, left : left + side]  # (3, side, side)
+    out = resize(crop, (size, size), antialias=True)
+    if u[3] < flip_p:
+        out = out.flip(-1)
+    return out.clamp(0, 1).contiguous()  # (3, size, size)
 
 
 class RecipeDataset(torch.utils.data.Dataset):
@@ -219,6 +279,7 @@ class RecipeDataset(torch.utils.data.Dataset):
         self.crops = crops_per_image
         self.augment = augment
         self.seed = seed
+        self.geometric = tuple(augment.crop_scale) != (1.0, 1.0) or augment.flip_p > 0
 
     def __len__(self) -> int:
         return len(self.files)
@@ -230,7 +291,14 @@ class RecipeDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.files)):
             path = self.files[(file_index + attempt) % len(self.files)]
             try:
-                image_hr = load_square(path, self.hr_size)
+                if self.geometric:
+                    full = load_full(path, math.ceil(self.hr_size / self.augment.crop_scale[0]))
+                    geo = generator_for(self.seed, epoch, position, 0x6E0)  # separate stream: photometric draws unchanged
+                    image_hr = random_resized_square(
+                        full, self.hr_size, self.augment.crop_scale, self.augment.flip_p, geo
+                    )
+                else:
+                    image_hr = load_square(path, self.hr_size)
                 break
             except ValueError as err:
                 skipped += 1

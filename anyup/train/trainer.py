@@ -53,6 +53,7 @@ from anyup.train.data import (
     StepSampler,
     collect_images,
     derive_seed,
+    fit_to_multiple,
     generator_for,
     load_eval_images,
     make_loader,
@@ -141,18 +142,19 @@ class DistContext:
 # building blocks
 
 
-def build_encoder(spec: EncoderSpec, device: torch.device, seed: int = 0) -> nn.Module:
+def build_encoder(spec: EncoderSpec, device: torch.device, seed: int = 0, instance: int = 0) -> nn.Module:
     """``anyup.encoders.create`` for one :class:`EncoderSpec`, frozen, on ``device``.
 
-    Random-init encoders (``pretrained: false``) are seeded by ``seed`` and the spec, so every rank
-    (and a later evaluation) builds the same one.
+    Random-init encoders (``pretrained: false``) are seeded by ``seed``, the spec and ``instance``
+    (the index in the spec's pool), so every rank (and a later evaluation) builds the same one.
     """
     try:
         from anyup.encoders import create
     except ImportError as err:
         raise ImportError(f'training needs anyup.encoders ({err}); pip install "anyup[encoders]"') from err
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 0xE4C, *spec.label.encode()))
+        parts = (seed, 0xE4C, *spec.label.encode()) + ((instance,) if instance else ())  # instance 0: as before pools
+        torch.manual_seed(derive_seed(*parts))
         enc = create(spec.name, weights=spec.weights, pretrained=spec.pretrained, layers=spec.layer, device=str(device))
     enc.requires_grad_(False)
     return enc.eval()
@@ -205,6 +207,31 @@ def choose_encoder(specs: list[EncoderSpec], seed: int, step: int) -> int:
     return int(torch.multinomial(w, 1, generator=generator_for(seed, 0xE2C, step)).item())
 
 
+def choose_instance(spec: EncoderSpec, seed: int, step: int) -> int:
+    """Index in ``spec``'s pool of random initialisations used at ``step`` (0 when there is no pool)."""
+    if spec.pool <= 1:
+        return 0
+    return int(torch.randint(spec.pool, (), generator=generator_for(seed, 0x9001, step)))
+
+
+def allowed_factors(cfg: TrainConfig, stride: int) -> list[int]:
+    """The upsampling ratios ``data.hr_factors`` allows for an encoder of ``stride`` (``[hr_factor]`` without)."""
+    d = cfg.data
+    if not d.hr_factors:
+        return [d.hr_factor]
+    hr = d.hr_factor * d.input_size
+    ok = [f for f in d.hr_factors if (hr // f) // stride >= d.min_cells]
+    return ok or [min(d.hr_factors)]
+
+
+def choose_factor(cfg: TrainConfig, stride: int, step: int) -> int:
+    """The upsampling ratio of ``step`` (uniform among :func:`allowed_factors`; identical on every rank)."""
+    factors = allowed_factors(cfg, stride)
+    if len(factors) == 1:
+        return factors[0]
+    return factors[int(torch.randint(len(factors), (), generator=generator_for(cfg.seed, 0xFAC, step)))]
+
+
 def _features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = encoder(x)
     return out[0] if isinstance(out, (list, tuple)) else out
@@ -231,9 +258,11 @@ def recipe_targets(
         ``target="full"``: ``targets (B, C, F*S/s, F*S/s)`` (the whole high-res image) and ``cells=None``.
     """
     s = image.shape[-1]
+    if target == "full":  # inputs that are not a multiple of the encoder's (ViT patch 14) are resized to one
+        multiple = int(getattr(getattr(encoder, "info", None), "multiple", 1))
+        lowres = _features(encoder, fit_to_multiple(image, multiple))  # (B, C, h, w)
+        return lowres, _features(encoder, fit_to_multiple(image_hr, multiple)), None  # (B, C, F*h, F*w)
     lowres = _features(encoder, image)  # (B, C, h, w)
-    if target == "full":
-        return lowres, _features(encoder, image_hr), None  # (B, C, F*h, F*w)
     boxes = crop_boxes(crop_u, image_hr.shape[-1], s, stride)  # (B, K, 2) pixels
     crops = extract_crops(image_hr, boxes, s)  # (B*K, 3, S, S)
     targets = _features(encoder, crops)  # (B*K, C, h, w)
@@ -346,8 +375,12 @@ class Trainer:
                 f"encoders given for {unused} but the config's encoders are {[s.label for s in self.cfg.encoders]}"
             )
         hr = d.hr_factor * d.input_size
+        self._pool_cache: dict[tuple[int, int], nn.Module] = {}
         for spec, enc in zip(self.cfg.encoders, self.encoders):
             stride, multiple = int(enc.info.stride), int(enc.info.multiple)
+            if d.target == "full" and (d.input_size % multiple or hr % multiple):
+                self._log("%s: inputs are resized to multiples of %d (whole-image targets)", spec.label, multiple)
+                continue
             if d.input_size % multiple or d.input_size % stride:
                 raise ValueError(
                     f"data.input_size={d.input_size} must be a multiple of encoder {spec.label!r}'s stride "
@@ -488,18 +521,39 @@ class Trainer:
         return out
 
     # -- the loop ----------------------------------------------------------------------------
+    def encoder_at(self, enc_idx: int, step: int) -> nn.Module:
+        """The encoder of ``step``: the spec's instance 0, or one of its pool of random initialisations."""
+        spec = self.cfg.encoders[enc_idx]
+        k = choose_instance(spec, self.cfg.seed, step)
+        if k == 0:
+            return self.encoders[enc_idx]
+        key = (enc_idx, k)
+        if key not in self._pool_cache:
+            if len(self._pool_cache) >= 8:  # bounded memory; building a random ResNet-50 takes seconds, so keep most
+                self._pool_cache.pop(next(iter(self._pool_cache)))
+            self._pool_cache[key] = build_encoder(spec, self.device, self.cfg.seed, instance=k)
+        return self._pool_cache[key]
+
     def _micro_step(self, batch: dict[str, torch.Tensor], enc_idx: int, sync: bool) -> dict[str, float]:
-        dev = self.device
-        enc = self.encoders[enc_idx]
+        from anyup.train.data import downsample
+
+        dev, d = self.device, self.cfg.data
+        enc = self.encoder_at(enc_idx, self.step)
         image = batch["image"].to(dev, non_blocking=True)
         image_hr = batch["image_hr"].to(dev, non_blocking=True)
         image_aug = batch["image_aug"].to(dev, non_blocking=True)
-        h = self.cfg.data.input_size // int(enc.info.stride)
-        grid = (self.cfg.data.hr_factor * h, self.cfg.data.hr_factor * h)
+        factor = choose_factor(self.cfg, int(enc.info.stride), self.step)
+        size = image_hr.shape[-1] // factor  # low-res input side for this step's ratio
+        if size != image.shape[-1]:
+            image, image_aug = downsample(image, size), downsample(image_aug, size)  # (B, 3, size, size)
+        h = size // int(enc.info.stride)
+        grid = (factor * h, factor * h)
         with _autocast(self.cfg, dev):
             lowres, targets, cells = recipe_targets(
-                enc, image, image_hr, batch["crop_u"], int(enc.info.stride), self.cfg.data.target
+                enc, image, image_hr, batch["crop_u"], int(enc.info.stride), d.target
             )
+            if cells is None:
+                grid = tuple(targets.shape[-2:])  # whole-image targets: predict on the target's grid
             ctx = contextlib.nullcontext()
             if not sync and isinstance(self.step_module, nn.parallel.DistributedDataParallel):
                 ctx = self.step_module.no_sync()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyup.image import imagenet_normalize
-from anyup.train.data import downsample
+from anyup.train.data import downsample, fit_to_multiple
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,9 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _features(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
-    out = encoder(images)
+    """Encoder features; inputs resized to the encoder's input multiple first (ViT patch 14 at 128 px)."""
+    multiple = int(getattr(getattr(encoder, "info", None), "multiple", 1))
+    out = encoder(fit_to_multiple(images, multiple))
     return out[0] if isinstance(out, (list, tuple)) else out
 
 

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from anyup.viz.attention import attention_overlay, attention_row, heat_colors
+from anyup.viz.attention import attention_overlay, attention_row, colorbar, heat_colors
 from anyup.viz.edges import edge_alignment, gradient_magnitude
 from anyup.viz.io import atomic_write, save_png
 from anyup.viz.pca import PCABasis, fit_pca, labelled_row, pca_comparison, pca_rgb, to_uint8_hwc
@@ -20,6 +20,7 @@ __all__ = [
     "atomic_write",
     "attention_overlay",
     "attention_row",
+    "colorbar",
     "edge_alignment",
     "fit_pca",
     "gradient_magnitude",

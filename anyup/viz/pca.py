@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+DEFAULT_MAX_SIDE = 1024  # long side of each pca_comparison panel (larger maps are area-averaged down)
 MAX_FIT_ROWS = 65536  # pixels used to fit the basis (random subset beyond that, fixed seed)
 
 
@@ -136,6 +137,7 @@ def pca_comparison(
     upsampled: torch.Tensor,
     bilinear: torch.Tensor | None = None,
     labels: Sequence[str] = ("image", "low-res", "bilinear", "AnyUp"),
+    max_side: int | None = DEFAULT_MAX_SIDE,
 ) -> np.ndarray:
     """image | low-res | bilinear | AnyUp, the features coloured with one PCA basis fit on the low-res map.
 
@@ -143,21 +145,71 @@ def pca_comparison(
         image: (3, H, W) or (1, 3, H, W) RGB in [0, 1], at the output size.
         lowres: (C, h, w) or (1, C, h, w) features (shown with nearest-neighbour enlargement).
         upsampled: (C, H, W) or (1, C, H, W), e.g. AnyUp's output.
-        bilinear: optional (C, H, W); default: bilinear upsampling of ``lowres`` to (H, W).
+        bilinear: optional (C, H, W); default: bilinear upsampling of ``lowres`` to the panel size.
+        max_side: panels are drawn at most this many pixels on their long side: a larger ``image``
+            and ``upsampled`` are area-averaged down first (so a 2000x3000 output costs a
+            ~700x1024 picture, not copies of the full map) and the default bilinear panel is drawn at
+            the panel size. ``None`` draws at (H, W).
 
     Returns:
-        uint8 (H + 14, 4 W + 12, 3) panel row with labels.
+        A numpy ``uint8`` array (H' + 14, 4 W' + 12, 3) (RGB, ready for :func:`anyup.viz.save_png`):
+        four panels of (H', W') = (H, W), or (H, W) scaled to fit ``max_side``, with a 14-pixel
+        label strip on top and 4-pixel white gaps.
     """
     import torch.nn.functional as F
 
     low = _as_chw(lowres)
-    up = _as_chw(upsampled)
-    h, w = up.shape[-2:]
+    up_t = torch.as_tensor(upsampled).detach()
+    up_t = up_t[0] if up_t.ndim == 4 and up_t.shape[0] == 1 else up_t
+    if up_t.ndim != 3:
+        raise ValueError(f"expected upsampled (C, H, W) or (1, C, H, W), got {tuple(up_t.shape)}")
+    h, w = panel_size((up_t.shape[-2], up_t.shape[-1]), max_side)
+    up = _area_resize(up_t, (h, w))
+    img = torch.as_tensor(image).detach()
+    img = _area_resize(img[0] if img.ndim == 4 else img, (h, w)) if img.ndim in (3, 4) else img
     if bilinear is None:
         bilinear = F.interpolate(low[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    else:
+        bilinear = _area_resize(torch.as_tensor(bilinear).detach(), (h, w))
     rgb_low, rgb_bil, rgb_up = pca_rgb([low, bilinear, up], n_components=3, fit_index=0)
     low_big = np.asarray(
         F.interpolate(torch.from_numpy(rgb_low).permute(2, 0, 1)[None], size=(h, w), mode="nearest")[0].permute(1, 2, 0)
     )
-    panels = [to_uint8_hwc(image), to_uint8_hwc(low_big), to_uint8_hwc(rgb_bil), to_uint8_hwc(rgb_up)]
+    panels = [to_uint8_hwc(img), to_uint8_hwc(low_big), to_uint8_hwc(rgb_bil), to_uint8_hwc(rgb_up)]
     return labelled_row(panels, labels)
+
+
+def panel_size(size: tuple[int, int], max_side: int | None = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+    """(H, W) scaled (aspect kept) so the long side is at most ``max_side`` (unchanged if it already is)."""
+    h, w = size
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1 or None, got {max_side}")
+    s = max_side / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def _area_resize(x: torch.Tensor, size: tuple[int, int], band_rows: int = 256) -> torch.Tensor:
+    """(C, H, W) -> (C, *size) float32, equal to ``adaptive_avg_pool2d``, reading ``x`` in row bands.
+
+    Never makes a float copy of the whole input (bilinear instead when enlarging).
+    """
+    if x.ndim == 4:
+        x = x[0]
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x.float().cpu()
+    hh = x.shape[-2]
+    h, w = size
+    if h > hh or w > x.shape[-1]:
+        return torch.nn.functional.interpolate(x.float().cpu()[None], size=size, mode="bilinear", align_corners=False)[0]
+    out = []
+    for i0 in range(0, h, band_rows):  # output rows [i0, i1) average input rows [floor(i0 H/h), ceil(i1 H/h))
+        i1 = min(h, i0 + band_rows)
+        y0, y1 = (i0 * hh) // h, -((-i1 * hh) // h)
+        band = x[:, y0:y1].float().cpu()[None]  # (1, C, y1 - y0, W)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(band, (y1 - y0, w))  # columns first
+        rows = [pooled[..., (i * hh) // h - y0 : -((-(i + 1) * hh) // h) - y0, :].mean(-2) for i in range(i0, i1)]
+        out.append(torch.stack(rows, -2)[0])  # (C, i1 - i0, w)
+    return torch.cat(out, -2)
+

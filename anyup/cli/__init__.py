@@ -1,9 +1,10 @@
 """The ``anyup`` command line.
 
-Each area of the package contributes its own sub-commands through a ``register(subparsers)``
-function in ``anyup/<area>/cli.py``; this module only wires them together, so ``anyup --help``
-lists everything the package can do. Areas whose optional dependencies are missing still show
-their commands; the error is raised (with the ``pip install`` hint) when the command runs.
+Each command group contributes its own sub-commands through a ``register(subparsers)`` function
+in ``anyup/cli/<group>.py`` (shared flags in ``anyup/cli/_flags.py``); this module only wires them
+together, so ``anyup --help`` lists everything the package can do. Areas whose optional
+dependencies are missing still show their commands; the error is raised (with the ``pip install``
+hint) when the command runs.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import logging
 import sys
 from typing import Sequence
 
-# Modules that define ``register(subparsers: argparse._SubParsersAction) -> None``.
+from anyup.cli._flags import table_of_contents
+
+# Modules that define ``register(subparsers: argparse._SubParsersAction) -> None`` (and ``TITLE``).
 _COMMAND_MODULES: tuple[str, ...] = (
-    "anyup.weights_cli",
-    "anyup.encoders.cli",
-    "anyup.viz.cli",
-    "anyup.eval.cli",
-    "anyup.train.cli",
+    "anyup.cli.upsample",
+    "anyup.cli.encoders",
+    "anyup.cli.weights",
+    "anyup.cli.viz",
+    "anyup.cli.eval",
+    "anyup.cli.train",
     "anyup.extract.cli",
     "anyup.demo.cli",
 )
@@ -32,11 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anyup",
         description="Upsample the features of any frozen vision encoder, guided by the image.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"anyup {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (or ANYUP_DEBUG=1)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
+    contents: list[tuple[str, list[str]]] = []
     for name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -45,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name is not None and err.name.startswith("anyup"):
                 continue
             raise
+        before = set(sub.choices)
         module.register(sub)
+        title = getattr(module, "TITLE", name.split(".")[1].capitalize())  # e.g. anyup.demo.cli -> "Demo"
+        contents.append((title, [c for c in sub.choices if c not in before]))
+    parser.epilog = table_of_contents(sub, contents)
     return parser
 
 
@@ -81,6 +91,8 @@ def error_line(err: BaseException) -> str:
         text = f"{err.__class__.__name__}: {text} (run with --debug or ANYUP_DEBUG=1 for the traceback)"
     return text
 
+
+__all__ = ["build_parser", "error_line", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

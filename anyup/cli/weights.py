@@ -7,6 +7,8 @@ import sys
 
 from anyup.weights import available_weights, verify_weights
 
+TITLE = "Weights"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="list, download or verify AnyUp checkpoints")

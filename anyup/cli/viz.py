@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anyup.cli._flags import add_device, add_encoder, add_model
 from anyup.weights import DEFAULT_WEIGHTS
+
+TITLE = "Pictures"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,13 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--pixel", action="append", required=True, metavar="Y,X", help="repeat for several pixels")
-    p.add_argument("--encoder", default="efficientnet_lite0")
-    p.add_argument("--weights", default=None, metavar="PATH", help="encoder weights file")
-    p.add_argument("--model", default=DEFAULT_WEIGHTS, metavar="NAME_OR_PATH")
+    add_encoder(p)
+    add_model(p, DEFAULT_WEIGHTS)
     p.add_argument("--layer", default=None, help="encoder layer")
     p.add_argument("--input-size", type=int, default=448, metavar="N", help="short side of the encoder input")
-    p.add_argument("--alpha", type=float, default=0.6, help="heatmap opacity")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--alpha", type=float, default=0.75, help="heatmap opacity")
+    p.add_argument("--gamma", type=float, default=0.5, help="colour = (weight / max) ** gamma (< 1 lifts small weights)")
+    add_device(p)
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=_cmd_attention)
     viz.set_defaults(func=lambda args: _usage(viz))
@@ -67,7 +70,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     up = Upsampler(
         args.encoder,
         args.model,
-        weights=args.weights,
+        weights=args.encoder_weights,
         layers=args.layer,
         input_size=args.input_size,
         device=args.device,
@@ -78,7 +81,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     scaled = [(min(h - 1, y * h // h0), min(w - 1, x * w // w0)) for y, x in pixels]  # output coordinates
     maps, guide = up.attention(img, scaled)
     labels = [f"pixel y={y}, x={x}" for y, x in pixels]  # in the original image's coordinates
-    save_png(attention_row(guide, maps, scaled, alpha=args.alpha, labels=labels), args.out)
+    save_png(attention_row(guide, maps, scaled, alpha=args.alpha, labels=labels, gamma=args.gamma), args.out)
     sys.stdout.write(
         f"wrote attention of {len(pixels)} pixel(s) ({h}x{w} output, {maps.shape[-2]}x{maps.shape[-1]} tokens) to {args.out}\n"
     )

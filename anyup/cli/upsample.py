@@ -1,68 +1,67 @@
-"""Sub-commands: ``anyup encoders``, ``anyup upsample``, ``anyup upsample-signal``, ``anyup sample-image``."""
+"""Sub-commands: ``anyup upsample``, ``anyup upsample-signal``, ``anyup sample-image``."""
 
 from __future__ import annotations
 
 import argparse
-
-from anyup.weights import DEFAULT_WEIGHTS
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from anyup.cli._flags import add_device, add_encoder, add_list, add_model, split_list
+from anyup.weights import DEFAULT_WEIGHTS
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera")
+TITLE = "Upsample"
+# scikit-image's sample photos (``cat`` is left out: it is the same picture as ``chelsea``).
+SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+CHEAP_STATS_PIXELS = 1 << 20  # outputs up to ~1 megapixel get the edge statistic without --stats
+ESTIMATE_MIN_PIXELS = 2 << 20  # outputs from ~2 megapixels get a time/memory estimate first
+ASPECT_TOLERANCE = 0.02  # relative aspect-ratio change that --size may make without a warning
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "encoders",
-        help="list the registered encoders (or stress-test AnyUp across them)",
-        description="List the registered frozen encoders as a table. With --stress, run one AnyUp "
-        "model over one encoder per family and check shape, finiteness and range.",
-    )
-    p.add_argument("--family", help="only this family (e.g. dinov2, clip, resnet)")
-    p.add_argument("--offline", action="store_true", help="only encoders whose real weights install offline")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--stress", action="store_true", help="run the cross-encoder stress test")
-    p.add_argument(
-        "--model", default=None, help="AnyUp weights for --stress (name or path; default: our offline weights)"
-    )
-    p.add_argument("--encoders", default=None, help="comma-separated encoders for --stress (default: one per family)")
-    p.add_argument("--image", default=None, help="image for --stress (default: skimage chelsea)")
-    p.add_argument("--input-size", type=int, default=112, help="short side of the encoder input for --stress")
-    p.add_argument("--hub", action="store_true", help="--stress with hub weights for timm encoders (needs network)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cmd_encoders)
-
-    p = subparsers.add_parser(
         "upsample",
         help="upsample an encoder's features of images (files or folders) with AnyUp",
         description="For each image: encoder features, AnyUp upsampling, and DIR/<stem>.safetensors "
-        "(tensors 'features' (C,H,W) and 'lowres' (C,h,w) + metadata) and DIR/<stem>_pca.png "
-        "(image | low-res | bilinear | AnyUp in one shared PCA colour basis).",
+        "(tensors 'features' (C,H,W) and 'lowres' (C,h,w) + metadata), written first, then "
+        "DIR/<stem>_pca.png (image | low-res | bilinear | AnyUp in one shared PCA colour basis, "
+        "drawn at most 1024 px per panel). The output size is the encoder input size (short side "
+        "--input-size, default 448) unless --size/--scale say otherwise; --size image keeps the "
+        "image's own resolution.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
-    p.add_argument("--encoder", default="efficientnet_lite0", help="encoder name (see `anyup encoders`)")
-    p.add_argument(
-        "--weights", default=None, metavar="PATH", help="encoder weights file (needed offline for hub encoders)"
-    )
-    p.add_argument("--model", default=DEFAULT_WEIGHTS, metavar="NAME_OR_PATH", help="AnyUp weights")
+    add_encoder(p)
+    add_model(p, DEFAULT_WEIGHTS)
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--size", default=None, metavar="HxW", help="output size (default: the encoder input size)")
+    size.add_argument(
+        "--size",
+        default=None,
+        metavar="HxW",
+        help="output size: HxW, N (square) or 'image' (the image's resolution); default: the encoder input size",
+    )
     size.add_argument("--scale", type=float, default=None, metavar="S", help="output size = S x encoder input size")
-    p.add_argument("--layer", action="append", default=None, help="encoder layer(s); repeat or comma-separate")
+    add_list(p, "--layer", "encoder layer(s)")
     p.add_argument("--input-size", type=int, default=448, metavar="N", help="short side of the encoder input")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per batch (same-size images batch)")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--max-memory",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="AnyUp's working-memory cap in bytes (default: a quarter of free memory, at most 8 GiB); "
+        "the features themselves come on top",
+    )
     p.add_argument("--no-png", action="store_true", help="skip the PCA picture")
     p.add_argument(
         "--stats",
         action="store_true",
-        help="print how well AnyUp's and bilinear's feature edges follow the image edges",
+        help="print how well AnyUp's and bilinear's feature edges follow the image edges "
+        "(always computed, and stored in the metadata, for outputs up to ~1 megapixel)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
@@ -75,14 +74,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="upsample a mask, logits or depth map guided by an image",
         description="Upsample a low-res signal to the image size (or --size) with AnyUp, guided by the image. "
         "SIGNAL: .npy, .safetensors (tensor 'signal' or the only one), or a single-channel image for "
-        "masks/depth. OUT: .npy, .safetensors or .png.",
+        "masks/depth. OUT: .npy, .safetensors or .png (masks and logits: a palette PNG whose pixel "
+        "values are the labels, coloured so a viewer shows them).",
     )
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("signal", metavar="SIGNAL")
     p.add_argument("--kind", required=True, choices=("mask", "logits", "depth"))
-    p.add_argument("--model", default=DEFAULT_WEIGHTS, metavar="NAME_OR_PATH")
+    add_model(p, DEFAULT_WEIGHTS)
     p.add_argument("--size", default=None, metavar="HxW", help="output size (default: the image size)")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=_cmd_upsample_signal)
 
@@ -114,11 +114,11 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return values[0], values[1]
 
 
-def parse_layers(values: Sequence[str] | None):
+def parse_layers(values: Sequence[str] | None) -> str | list[str] | None:
     """``--layer a --layer b,c`` -> ["a", "b", "c"]; one layer -> that name; none -> None."""
-    if not values:
+    names = split_list(values)
+    if not names:
         return None
-    names = [v.strip() for item in values for v in item.split(",") if v.strip()]
     return names[0] if len(names) == 1 else names
 
 
@@ -139,95 +139,31 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # Handlers
-def _cmd_encoders(args: argparse.Namespace) -> int:
-    from anyup.encoders import get_spec, list_encoders
-
-    if args.stress:
-        return _stress(args)
-    names = list_encoders(family=args.family, offline_only=args.offline)
-    if args.family and not names:
-        raise ValueError(f"no encoders of family {args.family!r}")
-    rows = []
-    for n in names:
-        s = get_spec(n)
-        d = s.default
-        rows.append(
-            {
-                "name": n,
-                "family": s.family,
-                "stride": d.stride,
-                "channels": d.channels,
-                "default_layer": s.default_layer,
-                "layers": [l.name for l in s.layers],
-                "weights": s.weights_source,
-                "offline": s.offline,
-            }
-        )
-    if args.json:
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
-        return 0
-    sys.stdout.write(format_table(rows) + "\n")
-    return 0
-
-
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of encoders (what ``anyup encoders`` prints)."""
-    lines = [
-        "| name | family | patch/stride | C | default layer | other layers | weights from |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        others = [l for l in r["layers"] if l != r["default_layer"]]
-        blocks = [l for l in others if l.startswith("block")]
-        rest = [l for l in others if not l.startswith("block")]
-        others_txt = ", ".join(rest + ([f"block0..block{len(blocks) - 1}"] if blocks else []))
-        weights = r["weights"] + (" (offline)" if r["offline"] else "")
-        lines.append(
-            f"| {r['name']} | {r['family']} | {r['stride']} | {r['channels']} | {r['default_layer']} | "
-            f"{others_txt} | {weights} |"
-        )
-    return "\n".join(lines)
-
-
-def _stress(args: argparse.Namespace) -> int:
-    from anyup.encoders.stress import DEFAULT_STRESS_ENCODERS, format_rows, stress_test
-
-    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else DEFAULT_STRESS_ENCODERS
-    model = args.model or DEFAULT_WEIGHTS
-    rows = stress_test(model, encoders, image=args.image, input_size=args.input_size, hub=args.hub, device=args.device)
-    if args.json:
-        sys.stdout.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
-    else:
-        sys.stdout.write(format_rows(rows) + "\n")
-    passed = sum(r.ok for r in rows)
-    families = len({r.family for r in rows if r.ok})
-    sys.stdout.write(f"{passed} passed, {len(rows) - passed} failed ({families} encoder families passed)\n")
-    return 0 if passed == len(rows) else 1
-
-
 def _cmd_upsample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from anyup._atomic import ensure_writable_dir
     from anyup.image import image_size, list_images
-    from anyup.predictor import Upsampler, pending_jobs, save_result
+    from anyup.predictor import Upsampler, output_size_for, pending_jobs, save_result
     from anyup.viz import pca_comparison, save_png
-    from anyup.viz.edges import edge_alignment
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     paths = list_images(args.inputs)
     if not paths:
         raise FileNotFoundError(f"no image files found in {args.inputs}")
-    size = parse_size(args.size)
+    keep_size = args.size is not None and args.size.strip().lower() == "image"
+    size = None if keep_size else parse_size(args.size)
     up = Upsampler(
         args.encoder,
         args.model,
-        weights=args.weights,
+        weights=args.encoder_weights,
         layers=parse_layers(args.layer),
         input_size=args.input_size,
         device=args.device,
         dtype=args.dtype,
+        max_memory=args.max_memory,
+        progress=True,
     )
     out_dir = ensure_writable_dir(args.out)  # before any work; removes temp files of killed runs
     jobs = list(zip(paths, unique_stems(paths)))
@@ -236,28 +172,55 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         todo = pending_jobs(up, jobs, out_dir, pictures=not args.no_png)
         skipped, jobs = len(jobs) - len(todo), todo
     failed: list[tuple[Path, str]] = []
+    estimated: set[tuple[int, int]] = set()
+    stats: list[tuple[str, str, float, float]] = []
 
     def fail(path: Path, err: Exception) -> None:
         failed.append((path, f"{err.__class__.__name__}: {err}"))
         logger.error("failed on %s: %s: %s", path, err.__class__.__name__, err)
 
-    stats: list[tuple[str, str, float, float]] = []
+    def requested(image) -> tuple[int, int] | None:
+        return tuple(image.shape[-2:]) if keep_size else size
+
+    def announce(path: Path, image) -> None:
+        """Warn about aspect-ratio changes and enlargements; estimate time and memory of large outputs."""
+        h0, w0 = image.shape[-2:]
+        in_hw = tuple(up.prepare(image)[1].shape[-2:])
+        out_hw = output_size_for(in_hw, requested(image), args.scale)
+        if size is not None and abs((out_hw[1] / out_hw[0]) / (w0 / h0) - 1) > ASPECT_TOLERANCE:
+            logger.warning(
+                "%s: --size %dx%d changes the aspect ratio of the %dx%d image (it is stretched to fit); "
+                "--size image keeps the image's resolution",
+                path.name, *out_hw, h0, w0,
+            )  # fmt: skip
+        if size is None and not keep_size and args.scale is None and out_hw[0] > h0 and out_hw[1] > w0:
+            logger.warning(
+                "%s: the output %dx%d (the encoder input size, short side --input-size %d) is larger than "
+                "the %dx%d image; --size image keeps the image's resolution",
+                path.name, *out_hw, args.input_size, h0, w0,
+            )  # fmt: skip
+        if out_hw[0] * out_hw[1] >= ESTIMATE_MIN_PIXELS and out_hw not in estimated:
+            estimated.add(out_hw)
+            est = up.estimate(image, requested(image), args.scale)
+            sys.stderr.write(f"anyup upsample: {path.name}: {est.describe()}\n")
 
     def write(path: Path, stem: str, results) -> None:
         h0, w0 = image_size(path)  # the file's own size (a very large one was decoded reduced)
         extra = {"image": str(path), "original_size": f"{h0}x{w0}"}
-        for r in results:
-            ours, bil = edge_alignment(r.features, r.image), edge_alignment(r.bilinear(), r.image)
-            stats.append((stem, r.layer, ours, bil))
-            suffix = "" if len(results) == 1 else f".{r.layer}"
+        cheap = all(r.output_size[0] * r.output_size[1] <= CHEAP_STATS_PIXELS for r in results)
+        rows = _edge_stats(stem, results) if cheap else []
+        for (_, layer, ours, bil), r in zip(rows, results):
+            suffix = "" if len(results) == 1 else f".{layer}"
             extra[f"edge_alignment_anyup{suffix}"] = f"{ours:.4f}"
             extra[f"edge_alignment_bilinear{suffix}"] = f"{bil:.4f}"
-        save_result(results, out_dir / f"{stem}.safetensors", extra=extra)
+        save_result(results, out_dir / f"{stem}.safetensors", extra=extra)  # the result first, then extras
+        if args.stats and not cheap:
+            rows = _edge_stats(stem, results)  # bounded memory (row bands), after the file is safe
+        stats.extend(rows)
         if not args.no_png:
             for r in results:
                 suffix = "_pca" if len(results) == 1 else f"_{r.layer}_pca"
-                png = pca_comparison(r.image, r.lowres, r.features)
-                save_png(png, out_dir / f"{stem}{suffix}.png")
+                save_png(pca_comparison(r.image, r.lowres, r.features), out_dir / f"{stem}{suffix}.png")
 
     with tqdm(total=len(jobs), unit="img", desc="upsample", disable=None) as bar:
         for start in range(0, len(jobs), args.batch_size):
@@ -265,18 +228,24 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
             loaded = []
             for path, stem in chunk:
                 try:
-                    loaded.append((path, stem, up.load(path, output_size=size, scale=args.scale)))
+                    want = image_size(path) if keep_size else size  # from the header only
+                    image = up.load(path, output_size=want, scale=args.scale)  # a huge file decoded reduced
+                    announce(path, image)
+                    loaded.append((path, stem, image))
                 except Exception as err:  # noqa: BLE001 - a broken file must not stop the folder
                     fail(path, err)
             results = None
-            if len(loaded) > 1:
+            if len(loaded) > 1 and not keep_size:
                 try:
                     results = up.predict_batch([t for _, _, t in loaded], output_size=size, scale=args.scale)
                 except Exception as err:  # noqa: BLE001 - retried one by one below, so only the culprit fails
                     logger.warning("batch failed (%s); retrying its images one by one", err)
             for i, (path, stem, image) in enumerate(loaded):
                 try:
-                    res = results[i] if results is not None else up.predict(image, output_size=size, scale=args.scale)
+                    if results is not None:
+                        res = results[i]
+                    else:
+                        res = up.predict(image, output_size=requested(image), scale=args.scale)
                     write(path, stem, res)
                 except Exception as err:  # noqa: BLE001 - reported, counted, and the folder goes on
                     fail(path, err)
@@ -297,6 +266,15 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         return 1
     return 0
 
+
+def _edge_stats(stem: str, results) -> list[tuple[str, str, float, float]]:
+    """(stem, layer, AnyUp's edge alignment, bilinear's) per layer, streamed over row bands."""
+    from anyup.viz.edges import bilinear_edge_alignment, edge_alignment
+
+    return [
+        (stem, r.layer, edge_alignment(r.features, r.image), bilinear_edge_alignment(r.lowres, r.image))
+        for r in results
+    ]
 
 def _cmd_upsample_signal(args: argparse.Namespace) -> int:
     from anyup._atomic import ensure_writable_dir

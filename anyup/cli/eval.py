@@ -15,11 +15,15 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from anyup.cli._flags import SetAction, add_list, add_model, add_renamed, split_list
+
 __all__ = ["register"]
 
+TITLE = "Evaluate"
 
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+
+def _csv_list(text: str | list[str] | None) -> list[str]:
+    return split_list(text)
 
 
 def _float_list(text: str) -> list[float]:
@@ -97,7 +101,7 @@ def _method_configs(items: list[str] | None) -> dict[str, dict[str, Any]]:
 def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--out", required=out_required, type=Path, help="output folder (results.csv, results.md, *.png)")
     p.add_argument("--protocol", default=None, help="protocol preset for every task (see `anyup eval protocols`)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a protocol field (repeatable)")
+    p.add_argument("--set", action=SetAction, help="override a protocol field (repeat --set for more)")
     p.add_argument("--seeds", default=None, help="probe seeds, e.g. 0,1,2 (overrides the protocol's)")
     p.add_argument("--epochs", type=int, default=None, help="probe epochs (overrides the protocol's)")
     p.add_argument("--max-images", type=int, default=None, help="cap images per split (train, eval, fidelity)")
@@ -115,7 +119,7 @@ def _analysis_options(args: argparse.Namespace) -> Any:
 
     return AnalysisOptions(
         out=args.out, dataset=args.dataset, fidelity_dataset=args.fidelity_dataset, encoder=args.encoder,
-        anyup_weights=None if args.random_init else args.weights, protocol=args.protocol or "offline",
+        anyup_weights=None if args.random_init else args.model, protocol=args.protocol or "offline",
         overrides=_overrides(args), roots=_roots(args.root), cache_dir=_cache_dir(args), use_cache=not args.no_cache,
         pretrained=not args.random_init, task=args.task, progress=not args.no_progress, command=_command(),
     )
@@ -144,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_probe_consistency(args: argparse.Namespace) -> int:
     from anyup.eval.analyses import probe_consistency
 
-    return _done(args, probe_consistency(_analysis_options(args), methods=_csv_list(args.methods)))
+    return _done(args, probe_consistency(_analysis_options(args), methods=_csv_list(args.methods) or ["bilinear", "anyup"]))
 
 
 def _cmd_window(args: argparse.Namespace) -> int:
@@ -157,7 +161,7 @@ def _cmd_cross(args: argparse.Namespace) -> int:
     from anyup.eval.analyses import cross_encoder
 
     enc = _csv_list(args.encoders) if args.encoders else None
-    return _done(args, cross_encoder(_analysis_options(args), encoders=enc, methods=_csv_list(args.methods)))
+    return _done(args, cross_encoder(_analysis_options(args), encoders=enc, methods=_csv_list(args.methods) or ["bilinear", "anyup"]))
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
@@ -170,7 +174,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from anyup.eval.analyses import fidelity
 
-    return _done(args, fidelity(_analysis_options(args), datasets=_csv_list(args.datasets),
+    return _done(args, fidelity(_analysis_options(args), datasets=_csv_list(args.datasets) or ["photos"],
                                 encoders=_csv_list(args.encoders) if args.encoders else None,
                                 methods=_csv_list(args.methods) if args.methods else None))
 
@@ -179,7 +183,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
     from anyup.eval.protocols import PROTOCOLS
     from anyup.eval.runner import SUITES
 
-    for name, p in PROTOCOLS.items():
+    for p in PROTOCOLS.values():
         sys.stdout.write(f"{p.tag}  v{p.version}  {p.notes}\n")
         if args.json:
             sys.stdout.write(f"  {p.canonical_json()}\n")
@@ -196,7 +200,8 @@ def _analysis_parser(sub: Any, name: str, help_: str) -> argparse.ArgumentParser
     p.add_argument("--dataset", default="synthetic", help="labelled dataset (default synthetic)")
     p.add_argument("--fidelity-dataset", default="photos", help="dataset for label-free fidelity (default photos)")
     p.add_argument("--encoder", default="efficientnet_lite0", help="encoder (default efficientnet_lite0)")
-    p.add_argument("--weights", default="anyup_multi_backbone", help="AnyUp weights name or file")
+    add_model(p, "anyup_multi_backbone")
+    add_renamed(p, "--weights", "--model", "model", metavar="NAME_OR_PATH")
     p.add_argument("--task", default="seg", choices=["seg", "depth", "normals"], help="probe task (default seg)")
     return p
 
@@ -212,17 +217,17 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("run", help="run a suite: probes (seg/depth/normals) and fidelity over datasets x encoders x methods")
     _common(p)
     p.add_argument("--suite", default="offline", help="offline (default) or paper; see `anyup eval protocols`")
-    p.add_argument("--datasets", help="comma-separated dataset names (default: the suite's)")
-    p.add_argument("--encoders", help="comma-separated encoder names (default: the suite's)")
-    p.add_argument("--probe-encoders", help="encoders used for probes (default: the suite's / all given)")
-    p.add_argument("--methods", help="comma-separated methods (default: all that can run here)")
-    p.add_argument("--tasks", help="subset of seg,depth,normals,fidelity (default all)")
-    p.add_argument("--method-set", action="append", metavar="METHOD.FIELD=VALUE",
-                   help="method config override, e.g. anyup_checkpoint.checkpoint=run/last.pth (repeatable)")
+    add_list(p, "--datasets", "dataset names (default: the suite's)")
+    add_list(p, "--encoders", "encoder names (default: the suite's)")
+    add_list(p, "--probe-encoders", "encoders used for probes (default: the suite's / all given)")
+    add_list(p, "--methods", "methods (default: every method that can run here; a named one that cannot is an error)")
+    add_list(p, "--tasks", "subset of seg,depth,normals,fidelity (default all)")
+    p.add_argument("--method-set", action=SetAction, metavar="METHOD.FIELD=VALUE",
+                   help="method config override, e.g. anyup_checkpoint.checkpoint=run/last.pth (repeat for more)")
     p.set_defaults(func=_cmd_run)
 
     p = _analysis_parser(sub, "probe-consistency", "low-res probe applied to AnyUp- vs bilinear-upsampled features")
-    p.add_argument("--methods", default="bilinear,anyup", help="methods to apply the low-res probe to")
+    add_list(p, "--methods", "methods to apply the low-res probe to (default bilinear,anyup)")
     p.set_defaults(func=_cmd_probe_consistency)
 
     p = _analysis_parser(sub, "window-size", "sweep AnyUp's window_ratio: fidelity and a probe")
@@ -231,8 +236,8 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_window)
 
     p = _analysis_parser(sub, "cross-encoder", "the same AnyUp weights over every available encoder")
-    p.add_argument("--encoders", help="comma-separated encoders (default: every registered one; unavailable skipped)")
-    p.add_argument("--methods", default="bilinear,anyup", help="methods")
+    add_list(p, "--encoders", "encoders (default: every registered one; unavailable skipped)")
+    add_list(p, "--methods", "methods (default bilinear,anyup)")
     p.set_defaults(func=_cmd_cross)
 
     p = _analysis_parser(sub, "attention", "AnyUp attention maps at GT class boundaries vs bilinear weights")
@@ -242,9 +247,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_attention)
 
     p = _analysis_parser(sub, "fidelity", "label-free fidelity: upsampled features of a downscaled image vs full-res features")
-    p.add_argument("--datasets", default="photos", help="comma-separated datasets (default photos)")
-    p.add_argument("--encoders", help="comma-separated encoders (default --encoder)")
-    p.add_argument("--methods", help="methods (default all that can run here)")
+    add_list(p, "--datasets", "datasets (default photos)")
+    add_list(p, "--encoders", "encoders (default --encoder)")
+    add_list(p, "--methods", "methods (default all that can run here)")
     p.set_defaults(func=_cmd_fidelity)
 
     p = sub.add_parser("protocols", help="list protocol presets (name@hash) and suites")

@@ -7,11 +7,23 @@ import logging
 import os
 from pathlib import Path
 
+from anyup.cli._flags import (
+    ListAction,
+    RenamedList,
+    add_device,
+    add_list,
+    add_model,
+    add_renamed,
+    add_set,
+)
+
 logger = logging.getLogger(__name__)
+
+TITLE = "Train"
 
 EPILOG = """examples:
   anyup train --preset cpu_offline --data photos/ --out runs/cpu --steps 500
-  anyup train --preset paper --data /data/imagenet/train --out runs/paper --set optim.lr=1e-4 data.num_workers=8
+  anyup train --preset paper --data /data/imagenet/train --out runs/paper --set optim.lr=1e-4 --set data.num_workers=8
   torchrun --nproc_per_node=8 -m anyup.train --preset multi_backbone --data /data/imagenet/train --out runs/multi
   anyup train --resume runs/cpu --steps 1000        # continue (or extend) an existing run
 Running the same command again resumes from RUN_DIR/checkpoints/last.pt.
@@ -31,15 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="base configuration")
     p.add_argument("--config", type=Path, help="YAML file merged over the preset")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="use RUN_DIR/config.yaml (then flags and --set)")
-    p.add_argument("--data", nargs="+", metavar="PATH", help="image folders or .txt lists (data.root)")
-    p.add_argument("--val-data", nargs="+", metavar="PATH", help="held-out images (val.root)")
+    add_list(p, "--data", "image folders or .txt lists (data.root)", metavar="PATH", nargs="+")
+    add_list(p, "--val-data", "held-out image folders or .txt lists (val.root)", metavar="PATH", nargs="+")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (run_dir)")
     p.add_argument("--steps", type=int, help="optimiser steps (steps)")
-    p.add_argument("--encoder", nargs="+", metavar="NAME", help="encoder registry name(s) (encoders)")
+    add_list(p, "--encoders", "encoder registry names (encoders)")
+    p.add_argument("--encoder", dest="encoders", action=RenamedList, new="--encoders", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--init", metavar="NAME|PATH", help="start from weights: a published name or a file (init)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (device)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="dotted overrides, values parsed as YAML, e.g. optim.lr=1e-4 'data.root=[a, b]'")  # fmt: skip
+    add_device(p, None)
+    add_set(p, "dotted config override, value parsed as YAML, e.g. optim.lr=1e-4 or 'data.root=[a, b]'", dest="overrides",
+            nargs="+")  # fmt: skip
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=run)
 
@@ -49,11 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate RUN_DIR on its held-out images for every encoder of the run; print a Markdown table.",
     )
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    e.add_argument("--reference", nargs="+", default=[], metavar="LABEL=WEIGHTS",
-                   help="other AnyUp weights (registered name or file), e.g. published=anyup_multi_backbone")  # fmt: skip
-    e.add_argument("--weights", type=Path, help="trained weights to evaluate (default: RUN_DIR/model.safetensors)")
+    e.add_argument("--reference", action=ListAction, split=False, nargs="+", metavar="LABEL=WEIGHTS",
+                   help="other AnyUp weights (registered name or file), e.g. published=anyup_multi_backbone "
+                        "(repeat for more)")  # fmt: skip
+    add_model(e, None, help="the run's AnyUp weights to evaluate (default: RUN_DIR/model.safetensors)")
+    add_renamed(e, "--weights", "--model", "model", metavar="PATH")
     e.add_argument("--plot", type=Path, metavar="PNG", help="also plot loss and validation curves with the references")
-    e.add_argument("--device", default="cpu")
+    add_device(e)
     e.set_defaults(func=run_eval)
 
 
@@ -69,8 +84,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"run_dir={json.dumps(str(args.out))}")
     if args.steps is not None:
         out.append(f"steps={args.steps}")
-    if args.encoder:
-        out.append(f"encoders={json.dumps(args.encoder)}")
+    if args.encoders:
+        out.append(f"encoders={json.dumps(args.encoders)}")
     if args.init:
         out.append(f"init={json.dumps(args.init)}")
     if args.device:
@@ -90,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         path = args.resume / "config.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no config.yaml in {str(args.resume)!r}")
-    overrides = _flag_overrides(args) + list(args.overrides)
+    overrides = _flag_overrides(args) + list(args.overrides or [])
     if args.resume is not None and not args.out:
         overrides.append(f"run_dir={json.dumps(str(args.resume))}")
     cfg = resolve_config(preset=args.preset, path=path, overrides=overrides)
@@ -113,12 +128,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from anyup.train.report import evaluate_run, markdown_table, plot_curves
 
     refs = {}
-    for item in args.reference:
+    for item in args.reference or []:
         label, sep, value = item.partition("=")
         if not sep or not label or not value:
             raise ValueError(f"--reference {item!r} must look like LABEL=NAME_OR_PATH")
         refs[label] = value
-    rows = evaluate_run(args.run_dir, refs, device=args.device, weights=args.weights)
+    weights = Path(args.model) if args.model else None
+    rows = evaluate_run(args.run_dir, refs, device=args.device, weights=weights)
     print(markdown_table(rows))
     if args.plot:
         encoders = list(dict.fromkeys(r["encoder"] for r in rows))

@@ -1,0 +1,317 @@
+"""Held-out evaluation of upsampler weights on the recorded held-out photos: fidelity per layer and ratio,
+the cell-border artifact, and PCA pictures.
+
+* **Fidelity** (label-free, as in training validation): the held-out photo at ``hr`` pixels, its
+  low-res input at ``hr / F`` pixels, the encoder's features of that input upsampled ``F`` times
+  and compared (per-pixel cosine, mean over pixels and photos) with the encoder's own features of
+  the ``hr`` image. Ratios whose low-res map has fewer than ``min_cells`` cells are skipped.
+* **Artifact**: features of the ``artifact_size`` photo upsampled to every pixel (16x for stride
+  16), :func:`anyup.eval.artifacts.cell_border_energy` on the flattest 30 % of the image, mean over
+  photos.
+
+Methods are ``bilinear``, ``jbu`` (:mod:`anyup.baselines`) and any AnyUp weights (a registered
+name or a file) given as ``LABEL=WEIGHTS``.
+
+Command line::
+
+    python -m anyup.train.heldout runs/issue14/photos/val --weights ours=anyup/weights_data/anyup_offline.safetensors \
+        "published multi_backbone=../shared/weights/anyup_multi_backbone.pth" --out runs/issue14/heldout.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from anyup.image import imagenet_normalize
+from anyup.train.config import EncoderSpec
+from anyup.train.data import collect_images, downsample, load_eval_images
+from anyup.train.validate import _features, pca_basis, pca_image
+
+logger = logging.getLogger(__name__)
+
+Upsample = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+
+# Seen in training (the cpu_offline_multi / cpu_offline_v2 CNN layers), unseen layers of the same
+# networks, and random-init ViTs with seeds no training run used ("seed" 1000 + i, see below).
+SEEN = [
+    "efficientnet_lite0@stage2", "efficientnet_lite0@stage3", "efficientnet_lite0@stage4", "efficientnet_lite0@stage6",
+    "vgg16_bn_craft@conv3_3", "vgg16_bn_craft@conv4_3", "vgg16_bn_craft@conv5_2",
+    "vgg16_hed@conv3_3", "vgg16_hed@conv4_3", "vgg16_hed@conv5_3",
+]  # fmt: skip
+UNSEEN = ["efficientnet_lite0@stage1", "efficientnet_lite0@stage5", "vgg16_bn_craft@conv2_2", "vgg16_hed@conv2_2"]
+RANDOM = ["random:vit_s16", "random:dinov2_vits14", "random:vit_b16"]
+UNSEEN_SEED = 1000  # random-init encoders are built with this seed: no training pool instance uses it
+
+
+@dataclass
+class HeldoutConfig:
+    hr: int = 256  # side of the held-out photos (target resolution)
+    factors: tuple[int, ...] = (2, 4, 8)
+    min_cells: int = 4
+    artifact_size: int = 224  # guidance side for the artifact measure (upsampled to every pixel)
+    artifact_encoders: tuple[str, ...] = ("efficientnet_lite0@stage4", "vgg16_hed@conv4_3", "random:vit_s16")
+    encoders: list[str] = field(default_factory=lambda: SEEN + UNSEEN + RANDOM)
+
+
+def build(label: str) -> torch.nn.Module:
+    """``name@layer`` (pretrained, offline) or ``random:name[@layer]`` (random init, seed :data:`UNSEEN_SEED`)."""
+    from anyup.train.trainer import build_encoder
+
+    random = label.startswith("random:")
+    name, _, layer = label.removeprefix("random:").partition("@")
+    spec = EncoderSpec(name, layer=layer or None, pretrained=not random)
+    return build_encoder(spec, torch.device("cpu"), seed=UNSEEN_SEED if random else 0)
+
+
+def window_coverage(out_len: int, low_len: int, ratio: float) -> torch.Tensor:
+    """Fraction of each low-res cell inside each output pixel's attention window, ``(out_len, low_len)`` in [0, 1].
+
+    The window of output index ``i`` is ``clamp((i + 0.5) / out_len +- ratio, 0, 1) * low_len`` in
+    cell units; AnyUp's hard window admits every cell this interval touches (coverage > 0).
+    """
+    pos = (torch.arange(out_len, dtype=torch.float64) + 0.5) / out_len
+    lo = ((pos - ratio).clamp(0, 1) * low_len)[:, None]
+    hi = ((pos + ratio).clamp(0, 1) * low_len)[:, None]
+    k = torch.arange(low_len, dtype=torch.float64)[None, :]
+    return (torch.minimum(hi, k + 1) - torch.maximum(lo, k)).clamp(0, 1).float()
+
+
+@torch.no_grad()
+def feathered_forward(model, image: torch.Tensor, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PROTOTYPE of a fix for the grid-locked steps, for the model's owners (not used by ``anyup.load``).
+
+    AnyUp's window admits a low-res cell fully as soon as the window touches it, so a cell's weight
+    jumps from 0 to its full softmax share where the window edge crosses a cell border: a step at
+    the same place in every cell (``frac(ratio * h)``), the faint blocks in flat regions. Here each
+    cell's attention logit gets ``+ log(coverage)`` (the fraction of the cell inside the window,
+    rows times columns): the same support, but weights that fade in continuously. Dense (reference)
+    computation: ``image`` (B, 3, H, W) ImageNet-normalised, ``features`` (B, C, h, w) -> (B, C, H', W').
+    """
+    from anyup.engine import EngineOptions, plan_for
+    from anyup.engine.run import PixelEncoders, low_res_keys
+
+    b, c, h, w = features.shape
+    plan = plan_for(model, image, features, size, EngineOptions())
+    image = image.to(features.dtype)
+    enc = PixelEncoders(model, image, plan)
+    enc.gather_statistics()
+    keys = low_res_keys(model, enc.image_keys((h, w)), features, plan)  # (B, D, h, w)
+    q = model.cross_decode.decode_queries(enc.query_rows(size, 0, size[0]))  # (B, D, H', W')
+    attn = model.cross_decode.cross_attn
+    qh, kh = attn.project_queries(q), attn.project_keys(keys)  # (B, nh, H'W', hd), (B, nh, hw, hd)
+    cov = window_coverage(size[0], h, model.window_ratio)[:, None, :, None] * window_coverage(
+        size[1], w, model.window_ratio
+    )[None, :, None, :]  # (H', W', h, w)
+    bias = cov.reshape(size[0] * size[1], h * w).log()  # -inf outside the window
+    logits = torch.matmul(qh, kh.transpose(-1, -2)).float() / qh.shape[-1] ** 0.5 + bias  # (B, nh, H'W', hw)
+    weights = logits.softmax(-1).mean(1)  # (B, H'W', hw)
+    out = torch.matmul(weights, features.flatten(2).transpose(1, 2).float())  # (B, H'W', C)
+    return out.transpose(1, 2).reshape(b, c, *size).to(features.dtype)
+
+
+def methods_from(weights: dict[str, str], feathered: Sequence[str] = ()) -> dict[str, Upsample]:
+    """bilinear, JBU and each ``label -> AnyUp weights`` as ``f(image [0,1], features, size)``.
+
+    Labels in ``feathered`` also get a ``LABEL + feathered`` entry using :func:`feathered_forward`.
+    """
+    import anyup
+    import anyup.baselines as B
+
+    jbu = B.create("jbu")
+    out: dict[str, Upsample] = {
+        "bilinear": lambda img, f, size: F.interpolate(f, size=size, mode="bilinear", align_corners=False),
+        "jbu": lambda img, f, size: jbu(imagenet_normalize(img), f, size),
+    }
+    for label, w in weights.items():
+        model = anyup.load(w)
+        out[label] = lambda img, f, size, m=model: m(imagenet_normalize(img), f, output_size=size)
+        if label in feathered:
+            out[f"{label} feathered"] = lambda img, f, size, m=model: feathered_forward(m, imagenet_normalize(img), f, size)
+    return out
+
+
+@torch.no_grad()
+def fidelity(methods: dict[str, Upsample], encoder, images_hr: torch.Tensor, factor: int) -> dict[str, float]:
+    """Mean per-pixel cosine to the encoder's ``hr`` features, per method (``images_hr`` (N, 3, hr, hr))."""
+    size = images_hr.shape[-1] // factor
+    sums = dict.fromkeys(methods, 0.0)
+    for hr in images_hr.split(2):
+        lr_image = downsample(hr, size)  # (b, 3, size, size)
+        low = _features(encoder, lr_image).float()  # (b, C, h, w)
+        target = _features(encoder, hr).float()  # (b, C, H, W)
+        for name, up in methods.items():
+            pred = up(lr_image, low, tuple(target.shape[-2:])).float()
+            sums[name] += F.cosine_similarity(pred, target, dim=1).mean(dim=(1, 2)).sum().item()
+    return {k: v / images_hr.shape[0] for k, v in sums.items()}
+
+
+@torch.no_grad()
+def artifact(methods: dict[str, Upsample], encoder, images: torch.Tensor) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean cell-border energy ratio and grid-phase peak ratio at full pixel resolution per method.
+
+    ``images`` (N, 3, S, S) in [0, 1]. Returns ``(border ratio, peak ratio)`` dicts by method.
+    """
+    from anyup.eval.artifacts import cell_border_energy
+
+    border, peak = dict.fromkeys(methods, 0.0), dict.fromkeys(methods, 0.0)
+    for img in images:
+        low = _features(encoder, img[None]).float()  # (1, C, h, w)
+        for name, up in methods.items():
+            pred = up(img[None], low, tuple(img.shape[-2:])).float()  # (1, C, S, S)
+            r = cell_border_energy(pred[0], tuple(low.shape[-2:]), img)
+            border[name] += r.ratio
+            peak[name] += r.peak_ratio
+    n = images.shape[0]
+    return {k: v / n for k, v in border.items()}, {k: v / n for k, v in peak.items()}
+
+
+def evaluate(
+    val_dir: str | os.PathLike,
+    weights: dict[str, str],
+    config: HeldoutConfig | None = None,
+    feathered: Sequence[str] = (),
+) -> list[dict]:
+    """Rows ``{"kind", "encoder", "factor", method: value, ...}`` for fidelity and artifact."""
+    cfg = config or HeldoutConfig()
+    files = collect_images([val_dir])
+    images_hr, used = load_eval_images(files, cfg.hr)  # (N, 3, hr, hr)
+    logger.info("held-out photos: %s", [p.name for p in used])
+    methods = methods_from(weights, feathered)
+    rows = []
+    for label in cfg.encoders:
+        enc = build(label)
+        stride = int(enc.info.stride)
+        for f in cfg.factors:
+            if (cfg.hr // f) // stride < cfg.min_cells:
+                continue
+            r = fidelity(methods, enc, images_hr, f)
+            rows.append({"kind": "fidelity", "encoder": label, "factor": f, **r})
+            logger.info("fidelity %s %dx: %s", label, f, {k: round(v, 4) for k, v in r.items()})
+    small = downsample(images_hr, cfg.artifact_size) if cfg.artifact_size != cfg.hr else images_hr
+    for label in cfg.artifact_encoders:
+        enc = build(label)
+        border, peak = artifact(methods, enc, small)
+        rows.append({"kind": "artifact", "encoder": label, "factor": int(enc.info.stride), **border})
+        rows.append({"kind": "artifact_peak", "encoder": label, "factor": int(enc.info.stride), **peak})
+        logger.info("artifact %s: border %s peak %s", label, {k: round(v, 3) for k, v in border.items()},
+                    {k: round(v, 3) for k, v in peak.items()})  # fmt: skip
+    return rows
+
+
+@torch.no_grad()
+def pca_pictures(
+    path: str | os.PathLike, val_dir: str | os.PathLike, weights: dict[str, str], encoder: str, size: int = 224,
+    count: int = 2, tile: int = 224, names: Sequence[str] = (), feathered: Sequence[str] = (),
+) -> Path:  # fmt: skip
+    """One row per held-out photo: image | bilinear | JBU | each weights, all upsampled to every pixel.
+
+    The three principal components of each row are fitted on the bilinear map of that photo, so
+    colours are comparable across the row. Written atomically (PNG).
+    """
+    from PIL import Image, ImageDraw
+
+    from anyup.train.checkpoint import atomic_write
+
+    files = collect_images([val_dir])
+    if names:
+        files = [f for f in files if any(n in f.name for n in names)]
+    images, _ = load_eval_images(files[:count], size)
+    methods = methods_from(weights, feathered)
+    enc = build(encoder)
+    rows = []
+    for img in images:
+        low = _features(enc, img[None]).float()
+        maps = {n: up(img[None], low, (size, size)).float()[0] for n, up in methods.items()}  # (C, S, S)
+        basis = pca_basis(maps["bilinear"].reshape(maps["bilinear"].shape[0], -1).T)
+        panels = [F.interpolate(img[None], size=(tile, tile), mode="bilinear")[0]]
+        panels += [pca_image(m, basis, tile) for m in maps.values()]
+        rows.append(torch.cat(panels, dim=2))
+    grid = (torch.cat(rows, dim=1).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    picture = Image.new("RGB", (grid.shape[1], grid.shape[0] + 16), "white")
+    picture.paste(Image.fromarray(grid), (0, 16))
+    draw = ImageDraw.Draw(picture)
+    for i, name in enumerate(["image", *methods]):
+        draw.text((i * tile + 4, 2), f"{name} ({encoder})" if i == 1 else name, fill="black")
+    atomic_write(Path(path), lambda tmp: picture.save(tmp, format="PNG"))
+    return Path(path)
+
+
+def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
+    """Fidelity and artifact rows as two Markdown tables (best fidelity in bold)."""
+    out = []
+    fid = [r for r in rows if r["kind"] == "fidelity"]
+    if fid:
+        out.append("| encoder layer | ratio | " + " | ".join(methods) + " |")
+        out.append("|---|---|" + "---|" * len(methods))
+        for r in fid:
+            best = max(r[m] for m in methods)
+            cells = [f"**{r[m]:.4f}**" if r[m] == best else f"{r[m]:.4f}" for m in methods]
+            out.append(f"| {r['encoder']} | {r['factor']}x | " + " | ".join(cells) + " |")
+        for f in sorted({r["factor"] for r in fid}):
+            sub = [r for r in fid if r["factor"] == f]
+            means = [sum(r[m] for r in sub) / len(sub) for m in methods]
+            out.append(f"| **mean ({len(sub)} layers)** | {f}x | " + " | ".join(f"{v:.4f}" for v in means) + " |")
+    for kind, title in (("artifact", "cell-border energy ratio (1 = no grid)"),
+                        ("artifact_peak", "grid-phase peak ratio (1 = no grid)")):  # fmt: skip
+        art = [r for r in rows if r["kind"] == kind]
+        if art:
+            out.append("")
+            out.append(f"| {title} | ratio to pixels | " + " | ".join(methods) + " |")
+            out.append("|---|---|" + "---|" * len(methods))
+            for r in art:
+                out.append(f"| {r['encoder']} | {r['factor']}x | " + " | ".join(f"{r[m]:.3f}" for m in methods) + " |")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m anyup.train.heldout", description=__doc__.splitlines()[0])
+    p.add_argument("val_dir", type=Path, help="held-out photos (python -m anyup.train.photos OUT -> OUT/val)")
+    p.add_argument("--weights", nargs="+", default=[], metavar="LABEL=WEIGHTS", help="AnyUp weights to compare")
+    p.add_argument("--encoders", nargs="+", help="encoder labels (default: seen, unseen and random-init layers)")
+    p.add_argument("--feathered", nargs="+", default=[], metavar="LABEL",
+                   help="also evaluate these weights with the feathered-window prototype")  # fmt: skip
+    p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    p.add_argument("--pca", type=Path, metavar="PNG", help="also draw PCA pictures (first two photos)")
+    p.add_argument("--pca-encoder", default="efficientnet_lite0@stage4")
+    p.add_argument("--pca-photos", nargs="+", default=["astronaut", "coffee"], help="parts of the photos' file names")
+    p.add_argument("--no-eval", action="store_true", help="only draw the PCA pictures")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    weights = {}
+    for item in args.weights:
+        label, sep, value = item.partition("=")
+        if not sep or not label or not value:
+            raise SystemExit(f"--weights {item!r} must look like LABEL=NAME_OR_PATH")
+        weights[label] = value
+    cfg = HeldoutConfig()
+    if args.encoders:
+        cfg.encoders = list(args.encoders)
+    unknown = sorted(set(args.feathered) - set(weights))
+    if unknown:
+        raise SystemExit(f"--feathered {unknown}: not among the --weights labels {sorted(weights)}")
+    if not args.no_eval:
+        rows = evaluate(args.val_dir, weights, cfg, args.feathered)
+        if args.out:
+            from anyup._atomic import atomic_write_text
+
+            atomic_write_text(args.out, json.dumps(rows, indent=1))
+        labels = [x for w in weights for x in ([w, f"{w} feathered"] if w in args.feathered else [w])]
+        print(markdown(rows, ["bilinear", "jbu", *labels]))  # the command's result
+    if args.pca:
+        picture = pca_pictures(args.pca, args.val_dir, weights, args.pca_encoder, names=args.pca_photos,
+                               feathered=args.feathered)  # fmt: skip
+        print(picture)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
