@@ -299,7 +299,7 @@ def test_offline_hub_error_says_how_to_pass_weights(monkeypatch):
         create("dinov2_vits14")
     msg = str(info.value)
     assert "dinov2_vits14" in msg and "timm/vit_small_patch14_dinov2.lvd142m" in msg
-    assert "--encoder dinov2_vits14 --weights PATH" in msg
+    assert "--encoder dinov2_vits14 --encoder-weights PATH" in msg  # the flag of the issue-15 CLI
     assert "anyup.encoders.create('dinov2_vits14', weights=PATH)" in msg
     assert "OSError: Name or service not known" in msg
 
