@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from numbers import Integral
-from typing import Sequence, Union
 
 import torch
 
@@ -30,7 +30,7 @@ GUIDE_MAX = 25.0
 # A [0, 1] image fed to an encoder may overshoot a little after resampling; beyond this it is not [0, 1].
 UNIT_TOLERANCE = 0.5
 
-OutputSize = Union[int, Sequence[int], None]
+OutputSize = int | Sequence[int] | None
 
 
 def _shape(t: object) -> str:
@@ -100,13 +100,13 @@ def check_guide_range(image: torch.Tensor) -> None:
         )
 
 
-def check_size(size: Sequence[int] | int | None, name: str, default: tuple[int, int]) -> tuple[int, int]:
+def check_size(size: Sequence[int] | int | None, name: str, default: Sequence[int]) -> tuple[int, int]:
     """Normalise an ``(H, W)`` size argument (an int means square; ``None`` means ``default``).
 
     Entries must be integers (Python or NumPy) in ``[1, MAX_SIDE]``.
     """
     if size is None:
-        return default
+        return int(default[0]), int(default[1])
     if isinstance(size, torch.Size):
         size = tuple(size)
     if isinstance(size, Integral) and not isinstance(size, bool):
@@ -117,7 +117,7 @@ def check_size(size: Sequence[int] | int | None, name: str, default: tuple[int, 
     for v in size:
         if isinstance(v, bool) or not isinstance(v, Integral):
             raise ValueError(f"{name} must be a pair of integers, got {tuple(size)!r}")
-        if v < 1 or v > MAX_SIDE:
+        if not 1 <= int(v) <= MAX_SIDE:
             raise ValueError(f"{name} must be in [1, {MAX_SIDE}] per side, got {tuple(size)}")
         out.append(int(v))
     return out[0], out[1]

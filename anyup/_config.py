@@ -79,7 +79,7 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         optional = len(args) < len(typing.get_args(tp))
-        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), optional
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), optional  # noqa: UP007 (built at runtime)
     return tp, False
 
 
@@ -100,7 +100,7 @@ def coerce(value: Any, tp: Any, where: str, from_str: dict[type, Callable[[str],
         raise ValueError(f"{where} must not be null")
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, str) and from_str and tp in from_str:
             value = from_str[tp](value)
         if isinstance(value, tp):

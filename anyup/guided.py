@@ -15,12 +15,12 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from anyup.weights import DEFAULT_WEIGHTS
 import torch
 import torch.nn.functional as F
 
 from anyup._checks import check_output_memory
 from anyup.image import ImageLike, image_size, imagenet_normalize, load_image
+from anyup.weights import DEFAULT_WEIGHTS
 
 KINDS = ("auto", "mask", "logits", "depth")
 MAX_MASK_LABELS = 4096  # one-hot channels; more distinct labels is almost surely not a label map

@@ -24,11 +24,14 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -38,7 +41,7 @@ REDUCE_ABOVE_PIXELS = 1 << 24  # with min_size, files above 16.7 M pixels are de
 MAX_ASPECT = 8  # a short-side resize keeps the long side under MAX_ASPECT x the short side
 FLOAT_TOLERANCE = 1e-3  # float pixels within this of [0, 1] are rounding, clamped; further out is an error
 
-ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]  # noqa: F821
+ImageLike = Union[str, os.PathLike, "PIL.Image.Image", np.ndarray, torch.Tensor]
 
 
 def imagenet_normalize(image: torch.Tensor) -> torch.Tensor:
@@ -127,7 +130,7 @@ def image_size(source: ImageLike) -> tuple[int, int]:
     raise TypeError(f"cannot load an image from {type(source).__name__}; pass a path, PIL image, array or tensor")
 
 
-def _open(path: str | os.PathLike) -> "PIL.Image.Image":  # noqa: F821
+def _open(path: str | os.PathLike) -> PIL.Image.Image:
     """``PIL.Image.open`` without PIL's decompression-bomb warning (:data:`MAX_IMAGE_PIXELS` is checked instead)."""
     from PIL import Image
 
@@ -156,7 +159,7 @@ def _reduction(size_wh: tuple[int, int], min_size: tuple[int, int] | None) -> in
     return max(1, min(h // (2 * need_h), w // (2 * need_w)))
 
 
-def _draft(im: "PIL.Image.Image", min_size: tuple[int, int] | None) -> None:  # noqa: F821
+def _draft(im: PIL.Image.Image, min_size: tuple[int, int] | None) -> None:
     """JPEG: let the decoder scale by 1/2, 1/4 or 1/8 (it keeps the result >= the requested size)."""
     factor = _reduction(im.size, _stored(im, min_size))
     if factor > 1 and im.format == "JPEG":
@@ -164,14 +167,14 @@ def _draft(im: "PIL.Image.Image", min_size: tuple[int, int] | None) -> None:  # 
         im.draft(im.mode if im.mode in ("RGB", "L") else "RGB", (w // factor, h // factor))
 
 
-def _stored(im: "PIL.Image.Image", min_size: tuple[int, int] | None) -> tuple[int, int] | None:  # noqa: F821
+def _stored(im: PIL.Image.Image, min_size: tuple[int, int] | None) -> tuple[int, int] | None:
     """``min_size`` (displayed H, W) in the file's stored orientation."""
     if min_size is None:
         return None
     return (min_size[1], min_size[0]) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else min_size
 
 
-def _reduce(im: "PIL.Image.Image", min_size: tuple[int, int] | None) -> "PIL.Image.Image":  # noqa: F821
+def _reduce(im: PIL.Image.Image, min_size: tuple[int, int] | None) -> PIL.Image.Image:
     """Shrink a big image by an integer factor in its own (uint8) pixels: box filter, before any float copy."""
     factor = _reduction(im.size, _stored(im, min_size))
     if factor <= 1:
@@ -184,7 +187,7 @@ def _reduce(im: "PIL.Image.Image", min_size: tuple[int, int] | None) -> "PIL.Ima
     return out
 
 
-def _pil_to_tensor(im: "PIL.Image.Image") -> torch.Tensor:  # noqa: F821
+def _pil_to_tensor(im: PIL.Image.Image) -> torch.Tensor:
     """Every PIL mode to ``(3, H, W)`` float32 in [0, 1] (see the module docstring)."""
     from PIL import Image
 
@@ -416,5 +419,6 @@ def center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def square_resize(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize ``(3, H, W)`` in [0, 1] so the short side is ``size`` (antialiased bilinear), centre-crop to square."""
-    x = resize(image, short_side_size(*image.shape[-2:], size), antialias=True)
+    h, w = image.shape[-2:]
+    x = resize(image, short_side_size(h, w, size), antialias=True)
     return center_crop(x, (size, size)).clamp(0, 1).contiguous()  # (3, size, size)

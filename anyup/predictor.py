@@ -29,7 +29,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from anyup.weights import DEFAULT_WEIGHTS
 from anyup._checks import check_output_memory, parse_memory
 from anyup.image import (
     ImageLike,
@@ -40,6 +39,7 @@ from anyup.image import (
     resize_image,
     resize_to_multiple,
 )
+from anyup.weights import DEFAULT_WEIGHTS
 
 logger = logging.getLogger(__name__)
 
@@ -303,10 +303,10 @@ class Upsampler:
         prepared = [self.prepare(im, self.needed_size(im, output_size, scale)) for im in images]
         groups: dict[tuple, list[int]] = {}
         for i, (_, enc_in) in enumerate(prepared):
-            in_hw = tuple(enc_in.shape[-2:])
+            in_hw = (enc_in.shape[-2], enc_in.shape[-1])
             groups.setdefault((in_hw, output_size_for(in_hw, output_size, scale)), []).append(i)
         results: list[list[UpsampleResult] | None] = [None] * len(prepared)
-        for (in_hw, out_hw), idx in groups.items():
+        for (_in_hw, out_hw), idx in groups.items():
             channels = sum(layer.channels for layer in self.encoder.info.layers)
             check_output_memory((len(idx), channels, *out_hw), self.dtype, self.device, what="upsampled features")
             batch = torch.stack([prepared[i][1] for i in idx]).to(self.device)  # (B, 3, H, W)
@@ -322,7 +322,7 @@ class Upsampler:
     ) -> list[list[UpsampleResult]]:
         feats = self.encoder(enc_in.to(self.dtype))
         maps = feats if isinstance(feats, list) else [feats]  # per layer: (B, C, h, w)
-        if out_hw == tuple(enc_in.shape[-2:]):
+        if out_hw == (enc_in.shape[-2], enc_in.shape[-1]):
             guide01 = enc_in.float()
         else:  # resize from the original image: it has the most detail
             guide01 = torch.stack([resize_image(o[None].to(self.device), out_hw)[0] for o in originals])
@@ -339,8 +339,8 @@ class Upsampler:
                         layer=layer.name,
                         encoder=self.encoder_name,
                         model=self.model_name,
-                        input_size=tuple(enc_in.shape[-2:]),
-                        original_size=tuple(orig.shape[-2:]),
+                        input_size=(enc_in.shape[-2], enc_in.shape[-1]),
+                        original_size=(orig.shape[-2], orig.shape[-1]),
                         extra={"encoder_weights": self.encoder.info.weights},
                     )
                 )
@@ -365,7 +365,7 @@ class Upsampler:
     @torch.no_grad()
     def estimate(
         self, image: ImageLike, output_size: Sequence[int] | int | None = None, scale: float | None = None
-    ) -> "RunEstimate":
+    ) -> RunEstimate:
         """Memory and (rough) time that :meth:`predict` will need for ``image``, before running it.
 
         Memory: the outputs (every layer, in ``dtype``) plus AnyUp's working-memory cap plus the
@@ -380,7 +380,7 @@ class Upsampler:
         from anyup.engine import default_max_memory
 
         img, enc_in = self.prepare(image)
-        in_hw = tuple(enc_in.shape[-2:])
+        in_hw = (enc_in.shape[-2], enc_in.shape[-1])
         out_hw = output_size_for(in_hw, output_size, scale)
         elem = torch.finfo(self.dtype).bits // 8
         channels = sum(l.channels for l in self.encoder.info.layers)
@@ -417,11 +417,11 @@ class Upsampler:
         """
         img, enc_in = self.prepare(image, self.needed_size(image, output_size))
         enc_in = enc_in[None].to(self.device)
-        out_hw = output_size_for(tuple(enc_in.shape[-2:]), output_size)
+        out_hw = output_size_for((enc_in.shape[-2], enc_in.shape[-1]), output_size)
         feats = self.encoder(enc_in.to(self.dtype))
         low = (feats if isinstance(feats, list) else [feats])[layer]
         guide01 = (
-            enc_in.float() if out_hw == tuple(enc_in.shape[-2:]) else resize_image(img[None].to(self.device), out_hw)
+            enc_in.float() if out_hw == (enc_in.shape[-2], enc_in.shape[-1]) else resize_image(img[None].to(self.device), out_hw)
         )
         maps = self.model.attention_weights(
             imagenet_normalize(guide01).to(self.dtype), low, out_hw, pixels=list(pixels)

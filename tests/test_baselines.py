@@ -48,6 +48,11 @@ OFFLINE = ["nearest", "bilinear", "bicubic", "jbu", "jbu_lab", "guided_filter", 
            "guided_filter_default", "anyup_checkpoint"]
 
 
+def _battery(slow: set[str]) -> list:
+    """OFFLINE as parameters of the ``method`` fixture, the ``slow`` ones marked slow (for one test)."""
+    return [pytest.param(m, marks=pytest.mark.slow) if m in slow else m for m in OFFLINE]
+
+
 @pytest.fixture(params=OFFLINE)
 def method(request, checkpoint):
     name, cfg = _offline_configs(checkpoint)[request.param]
@@ -131,12 +136,14 @@ class TestBattery:
         expected = feats[:, :, :1, :1].expand_as(y)
         torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
 
+    @pytest.mark.parametrize("method", _battery({"anyup_checkpoint"}), indirect=True)  # 15 s measured
     def test_batch_items_independent(self, method):
         image, feats = _inputs(b=2)
         y = method(image, feats, (14, 16))
         y1 = method(image[1:], feats[1:], (14, 16))
         torch.testing.assert_close(y[1:], y1, atol=1e-5, rtol=1e-5)
 
+    @pytest.mark.parametrize("method", _battery({"anyup_checkpoint"}), indirect=True)  # 14 s measured
     def test_non_contiguous_input(self, method):
         image, feats = _inputs(b=1)
         feats_nc = feats.transpose(2, 3).contiguous().transpose(2, 3)
@@ -362,6 +369,7 @@ class TestGuidedFilter:
 
 # ----------------------------------------------------------------------------- AnyUp
 class TestAnyUp:
+    @pytest.mark.slow  # measured 15s in the fast tier (2 busy cores)
     def test_checkpoint_matches_direct_model(self, checkpoint):
         import anyup
 
@@ -411,6 +419,7 @@ class TestHighRes:
         torch.manual_seed(0)
         return encoders.create("efficientnet_lite0", pretrained=False)
 
+    @pytest.mark.slow  # measured 14s in the fast tier (2 busy cores)
     def test_runs_encoder_at_factor_and_resizes(self, encoder):
         up = B.create("highres", {"encoder": encoder, "factor": 2.0})
         s, c = encoder.info.stride, encoder.info.channels

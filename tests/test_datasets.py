@@ -374,6 +374,7 @@ def synthetic_cache(tmp_path_factory) -> Path:
 
 
 class TestSynthetic:
+    @pytest.mark.slow  # measured 13s in the fast tier (2 busy cores)
     def test_items_and_cache(self, synthetic_cache, monkeypatch):
         ds = D.create("synthetic", split="train", config={**SMALL, "cache_dir": str(synthetic_cache)})
         assert len(ds) == 3 and ds.tasks == ("seg", "depth", "normals") and ds.num_classes == 8
@@ -400,6 +401,7 @@ class TestSynthetic:
         assert cache_folder(SyntheticConfig(seed=1)) != folder
         assert cache_folder(SyntheticConfig(size=64)) == folder  # view options do not change the data
 
+    @pytest.mark.slow  # measured 21s in the fast tier (2 busy cores)
     def test_renderer_determinism(self):
         pytest.importorskip("pybullet")
         from anyup.eval.datasets.synthetic import SceneRenderer, render_scene
@@ -416,6 +418,7 @@ class TestSynthetic:
         assert not np.array_equal(a["rgb"], other["rgb"])
         assert not np.array_equal(a["depth"], other["depth"])
 
+    @pytest.mark.slow  # measured 15s in the fast tier (2 busy cores)
     def test_class_map_matches_objects(self):
         pytest.importorskip("pybullet")
         from anyup.eval.datasets.synthetic import CLASSES, SceneRenderer, render_scene
@@ -433,6 +436,7 @@ class TestSynthetic:
                 assert ((s["depth"] > 0) == (s["seg"] != 255)).all()
         assert len(seen) >= 4 and max(seen) < len(CLASSES)
 
+    @pytest.mark.slow  # measured 11s in the fast tier (2 busy cores)
     def test_depth_and_camera_are_consistent(self):
         """Background pixels back-projected with the intrinsics and view matrix lie on the floor or a wall."""
         pytest.importorskip("pybullet")
@@ -453,8 +457,14 @@ class TestSynthetic:
     def test_normals_match_geometry(self):
         """Floor normals equal the world up vector seen from the camera; plane fits agree elsewhere."""
         pytest.importorskip("pybullet")
-        from anyup.eval.datasets.synthetic import (SceneRenderer, backproject, intrinsics, normals_from_depth,
-                                                   render_scene, view_to_opencv)
+        from anyup.eval.datasets.synthetic import (
+            SceneRenderer,
+            backproject,
+            intrinsics,
+            normals_from_depth,
+            render_scene,
+            view_to_opencv,
+        )
 
         K = intrinsics(96, 60.0)
         with SceneRenderer(96) as r:

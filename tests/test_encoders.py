@@ -179,6 +179,7 @@ def chelsea():
     return resize_to_multiple(load_image(skdata.chelsea()), 32, short_side=224)[None]  # (1, 3, 224, 352)
 
 
+@pytest.mark.slow  # measured 39s in the fast tier (2 busy cores)
 def test_efficientnet_real_weights_classify_a_cat(chelsea):
     enc = create("efficientnet_lite0")
     assert enc.info.weights.startswith("package:")
@@ -190,6 +191,7 @@ def test_efficientnet_real_weights_classify_a_cat(chelsea):
     assert tuple(feats.shape) == (1, 112, 14, 22)
 
 
+@pytest.mark.slow  # measured 59s in the fast tier (2 busy cores)
 def test_efficientnet_weights_file_roundtrip(tmp_path, chelsea):
     from safetensors.torch import save_file
 
@@ -205,6 +207,7 @@ def test_efficientnet_weights_file_roundtrip(tmp_path, chelsea):
         create("efficientnet_lite0", weights=bad)
 
 
+@pytest.mark.slow  # measured 27s in the fast tier (2 busy cores)
 def test_craft_real_weights_are_loaded(chelsea):
     from anyup.encoders._loading import package_file
 
@@ -223,6 +226,7 @@ def test_craft_real_weights_are_loaded(chelsea):
     assert not torch.allclose(outs[1], rand[1])
 
 
+@pytest.mark.slow  # measured 11s in the fast tier (2 busy cores)
 @requires_hed
 def test_hed_real_weights_detect_the_edges_of_a_photo(chelsea):
     """HED's own edge map, computed from the converted Keras weights, follows the image's edges."""

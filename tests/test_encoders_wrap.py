@@ -207,6 +207,7 @@ def dinov2_vits14(*, pretrained: bool = True, **kwargs):
 '''
 
 
+@pytest.mark.slow  # measured 14s in the fast tier (2 busy cores)
 def test_torch_hub_dinov2_local_clone(tmp_path, monkeypatch):
     pytest.importorskip("dinov2.models.vision_transformer")
     repo = tmp_path / "dinov2"

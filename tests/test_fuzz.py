@@ -214,7 +214,7 @@ def _pil_cases() -> dict[str, tuple[Image.Image, np.ndarray]]:
         "YCbCr": (Image.fromarray(rgb).convert("YCbCr"), None),
         "RGBA": (Image.fromarray(np.dstack([rgb, np.full(grey.shape, 255, np.uint8)])), rgb / 255.0),
         "LA": (Image.fromarray(grey).convert("LA"), np.repeat(g01[..., None], 3, -1)),
-        "I;16": (Image.fromarray((grey.astype(np.uint16) * 257)), np.repeat(g01[..., None], 3, -1)),
+        "I;16": (Image.fromarray(grey.astype(np.uint16) * 257), np.repeat(g01[..., None], 3, -1)),
         "I": (Image.fromarray(grey.astype(np.int32) * 257), np.repeat(g01[..., None], 3, -1)),
         "F": (Image.fromarray(g01), np.repeat(g01[..., None], 3, -1)),
     }

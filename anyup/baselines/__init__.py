@@ -19,8 +19,9 @@ with a one-line reason; :func:`available` returns ``(ok, reason)`` without raisi
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from anyup._config import build_config
 from anyup.baselines.base import MethodUnavailable, OutputSize, Upsampler, check_inputs, parse_output_size

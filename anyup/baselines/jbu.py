@@ -150,6 +150,6 @@ class JointBilateralUpsampler(Upsampler):
         dt = torch.float64 if features.dtype == torch.float64 else torch.float32
         guide = make_guide(image, c.guidance, dt)  # (B, G, H, W)
         guide_hr = resize(guide, size)  # (B, G, H', W')
-        guide_lr = resize(guide, tuple(features.shape[-2:]))  # (B, G, h, w)
+        guide_lr = resize(guide, (features.shape[-2], features.shape[-1]))  # (B, G, h, w)
         return joint_bilateral_upsample(guide_hr, guide_lr, features.to(dt), size, c.radius, c.sigma_spatial,
                                         c.sigma_range, c.max_memory)

@@ -7,7 +7,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from torch import nn
 from anyup.baselines.base import MethodUnavailable, Upsampler
 from anyup.baselines.guidance import resize
 from anyup.weights import DEFAULT_WEIGHTS
+
+if TYPE_CHECKING:
+    from anyup.encoders.base import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class HighResBackbone(Upsampler):
     larger input would give, at ``factor**2`` times the encoder cost (more for ViTs).
     """
 
-    def __init__(self, encoder: nn.Module, config: HighResConfig) -> None:
+    def __init__(self, encoder: Encoder, config: HighResConfig) -> None:
         super().__init__()
         self.encoder = encoder
         self.config = config
@@ -131,7 +134,7 @@ class HighResBackbone(Upsampler):
             )
         dev = next(iter(self.encoder.buffers()), torch.empty(0)).device
         rgb = imagenet_denormalize(image.float()).clamp(0, 1)
-        x = resize(rgb, self.input_size(tuple(features.shape[-2:]))).clamp(0, 1).to(dev)  # (B, 3, H_in, W_in)
+        x = resize(rgb, self.input_size((features.shape[-2], features.shape[-1]))).clamp(0, 1).to(dev)  # (B, 3, H_in, W_in)
         with torch.no_grad():
             feats = self.encoder(x)
         if isinstance(feats, (list, tuple)):

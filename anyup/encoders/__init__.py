@@ -2,11 +2,13 @@
 
 One registry, name -> builder (see :mod:`anyup.encoders.registry`):
 
+>>> import torch
 >>> from anyup import encoders
->>> enc = encoders.create("efficientnet_lite0")            # doctest: +SKIP
->>> enc.info.stride, enc.info.channels                      # doctest: +SKIP
+>>> enc = encoders.create("efficientnet_lite0")            # offline: the weights ship in a pip package
+>>> enc.info.stride, enc.info.channels
 (16, 112)
->>> feats = enc(torch.rand(1, 3, 224, 224))                 # (1, 112, 14, 14)  # doctest: +SKIP
+>>> enc(torch.rand(1, 3, 224, 224)).shape
+torch.Size([1, 112, 14, 14])
 
 Every encoder takes RGB ``(B, 3, H, W)`` in ``[0, 1]`` (it applies its own normalisation) with H, W
 multiples of ``enc.info.multiple``, and returns ``(B, C, H // stride, W // stride)``.

@@ -57,7 +57,8 @@ class Adapter:
     """Defaults for a plain module: the module's output, ImageNet normalisation, ``module(x)``."""
 
     family_name = "custom"
-    call = None
+    # None (call the module), or a staticmethod (module, x) -> raw output that wrap() turns into a map
+    call: Any = None
 
     def blocks(self, module: nn.Module) -> list[str]:
         return []
@@ -135,7 +136,7 @@ class TransformersAdapter(Adapter):
 
     @staticmethod
     def call(module: nn.Module, x: torch.Tensor):
-        target = module
+        target: Any = module  # a transformers model: its attributes are library-defined
         if "input_ids" in inspect.signature(module.forward).parameters and hasattr(module, "vision_model"):
             target = module.vision_model  # a full CLIPModel / SiglipModel: its image tower
         params = inspect.signature(target.forward).parameters
@@ -156,7 +157,7 @@ class DinoV2HubAdapter(Adapter):
         return _as_int(module.patch_size)
 
     @staticmethod
-    def call(module: nn.Module, x: torch.Tensor):
+    def call(module: Any, x: torch.Tensor):
         return module.forward_features(x)["x_norm_patchtokens"]  # (B, h*w, C)
 
 
@@ -166,7 +167,9 @@ class OpenClipAdapter(Adapter):
     family_name = "open_clip"
 
     @staticmethod
-    def _visual(module: nn.Module) -> tuple[nn.Module, str]:
+    def _visual(module: nn.Module) -> tuple[Any, str]:
+        # open_clip's tower: its attributes (conv1, transformer, grid_size, ...) are library-defined
+        visual: Any
         visual, prefix = (module.visual, "visual.") if hasattr(module, "visual") else (module, "")
         if type(visual).__name__ != "VisionTransformer" or not hasattr(visual, "conv1"):
             raise ValueError(

@@ -51,6 +51,9 @@ class Encoder(nn.Module):
     ``(B, C, h, w)`` map per requested layer, in the order of ``info.layers``.
     """
 
+    mean: torch.Tensor  # (1, 3, 1, 1) buffer, registered in __init__
+    std: torch.Tensor  # (1, 3, 1, 1) buffer
+
     def __init__(self, info: EncoderInfo, return_list: bool) -> None:
         super().__init__()
         self.info = info

@@ -9,6 +9,8 @@ the classifier head calls ``skimage.data.chelsea()`` an "Egyptian cat" at 0.80).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -35,6 +37,8 @@ _LAST_BLOCK = {name: last for name, _, _, last in _STAGES}
 class EfficientNetLiteEncoder(Encoder):
     """Stages of EfficientNet-Lite0; runs only as deep as the deepest requested stage."""
 
+    model: Any  # efficientnet_lite_pytorch's network, reached into by attribute (_blocks, _conv_stem, ...)
+
     def __init__(self, request: BuildRequest, model: nn.Module, weights: str) -> None:
         super().__init__(request.info(weights), request.return_list)
         self.model = model
@@ -44,7 +48,7 @@ class EfficientNetLiteEncoder(Encoder):
         m = self.model
         wanted = {(-1 if i is None else i) for i in self._lasts}
         need_head = any(i is None for i in self._lasts)
-        depth = len(m._blocks) - 1 if need_head else max(i for i in self._lasts)
+        depth = len(m._blocks) - 1 if need_head else max(i for i in self._lasts if i is not None)
         out: dict[int | None, torch.Tensor] = {}
         x = m._swish(m._bn0(m._conv_stem(x)))  # (B, 32, H/2, W/2)
         out[-1] = x

@@ -89,6 +89,8 @@ class EncoderSpec:
             return (self.default,), False
         if isinstance(layers, (str, int)) and not isinstance(layers, bool):
             return (self._one(layers),), False
+        if isinstance(layers, bool):
+            raise TypeError(f"layers is None, a layer name or int, or a list of them; got {layers!r}")
         items = list(layers)
         if not items:
             raise ValueError(f"layers must name at least one layer of {self.name!r}, got an empty list")
@@ -164,8 +166,9 @@ def create(
         An :class:`Encoder`: ``enc(image)`` with image (B, 3, H, W) in [0, 1] gives (B, C, h, w).
 
     Example:
-        >>> enc = create("efficientnet_lite0")                       # doctest: +SKIP
-        >>> enc(torch.rand(1, 3, 224, 320)).shape                    # doctest: +SKIP
+        >>> import torch
+        >>> enc = create("efficientnet_lite0")
+        >>> enc(torch.rand(1, 3, 224, 320)).shape
         torch.Size([1, 112, 14, 20])
     """
     prefix, sep, target = name.partition(":") if isinstance(name, str) else ("", "", "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,6 +79,8 @@ def _create_timm(request: BuildRequest, **kwargs) -> tuple[nn.Module, str]:
 class TimmViTEncoder(Encoder):
     """Patch-token maps of a timm ViT: ``final`` (normed) and/or raw ``block{i}`` outputs."""
 
+    model: Any  # a timm VisionTransformer (forward_features / forward_intermediates are timm's API)
+
     def __init__(self, request: BuildRequest, model: nn.Module, weights: str) -> None:
         super().__init__(request.info(weights), request.return_list)
         self.model = model
@@ -104,10 +107,12 @@ class TimmViTEncoder(Encoder):
                 intermediates_only=not need_final,
                 stop_early=not need_final,
             )
-            final, inter = res if need_final else (None, res)
-            out.update(zip(blocks, inter))
             if need_final:
+                final, inter = res
                 out[None] = self._tokens_to_map(final, h, w)
+            else:
+                inter = res
+            out.update(zip(blocks, inter))
         return [out[i] for i in self._blocks]
 
 
@@ -236,6 +241,8 @@ _vit(
 # CNNs
 class TimmCNNEncoder(Encoder):
     """Stage outputs of a timm CNN via ``forward_intermediates`` (stops after the deepest one)."""
+
+    model: Any  # a timm CNN (forward_intermediates is timm's API)
 
     def __init__(self, request: BuildRequest, model: nn.Module, weights: str) -> None:
         super().__init__(request.info(weights), request.return_list)

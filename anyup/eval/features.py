@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -66,7 +67,7 @@ def encoder_fingerprint(encoder: torch.nn.Module) -> str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     fp = h.hexdigest()
     try:
-        encoder._anyup_fingerprint = fp  # type: ignore[attr-defined]
+        encoder._anyup_fingerprint = fp  # type: ignore[assignment]  # nn.Module.__setattr__ takes any value
     except AttributeError:  # pragma: no cover
         pass
     return fp

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,13 @@ def _normalize(x01: torch.Tensor) -> torch.Tensor:
     return imagenet_normalize(x01)
 
 
+def _present(t: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``t``, or a clear error when the sample has no ``what`` (its dataset lacks that task)."""
+    if t is None:
+        raise ValueError(f"a probe sample has no {what!r}; its dataset does not provide this task")
+    return t
+
+
 def targets(samples: Sequence[ProbeSample], task: str, flips: Sequence[bool],
             subgrid: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
     """Batch the labels of ``task`` (flipped where ``flips``; normals' x component negated).
@@ -113,14 +121,17 @@ def targets(samples: Sequence[ProbeSample], task: str, flips: Sequence[bool],
         return torch.stack(out)
 
     if task == "seg":
-        return {"seg": stack(lambda s: s.seg.long())}
+        return {"seg": stack(lambda s: _present(s.seg, "seg").long())}
     if task == "depth":
-        return {"depth": stack(lambda s: s.depth.float()), "valid": stack(lambda s: s.depth_valid.bool())}
+        return {
+            "depth": stack(lambda s: _present(s.depth, "depth").float()),
+            "valid": stack(lambda s: _present(s.depth_valid, "depth_valid").bool()),
+        }
     if task == "normals":
-        n = stack(lambda s: s.normals.float())  # (B, 3, S, S)
+        n = stack(lambda s: _present(s.normals, "normals").float())  # (B, 3, S, S)
         sign = torch.tensor([-1.0 if fl else 1.0 for fl in flips]).view(-1, 1, 1)
         n = torch.cat([n[:, :1] * sign.view(-1, 1, 1, 1), n[:, 1:]], dim=1)
-        return {"normals": n, "valid": stack(lambda s: s.normals_valid.bool())}
+        return {"normals": n, "valid": stack(lambda s: _present(s.normals_valid, "normals_valid").bool())}
     raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
 
 
@@ -367,7 +378,7 @@ def _check_tasks(tasks: Sequence[str], lowres: str | None) -> None:
 def _joint_forward(heads: dict[str, nn.Conv2d], feats: torch.Tensor) -> dict[str, torch.Tensor]:
     """All heads as one 1x1 conv (one pass over the features), split back per task."""
     weight = torch.cat([h.weight for h in heads.values()])  # (sum K, C, 1, 1)
-    bias = torch.cat([h.bias for h in heads.values()])
+    bias = torch.cat([cast(torch.Tensor, h.bias) for h in heads.values()])  # probe heads have a bias
     out = F.conv2d(feats, weight, bias)  # (B, sum K, H, W)
     return dict(zip(heads, out.split([h.out_channels for h in heads.values()], dim=1)))
 
@@ -439,7 +450,7 @@ def train_probes(
             tgts = {t: targets(samples, t, flips, subgrid) for t in tasks}
             feats = data.get(idx, flips, subgrid if lowres is None else None)  # (B, C, H', W')
             if lowres == "labels":
-                tgts = {t: _downsample_targets(d, tuple(feats.shape[-2:])) for t, d in tgts.items()}
+                tgts = {t: _downsample_targets(d, (feats.shape[-2], feats.shape[-1])) for t, d in tgts.items()}
             for group in opt.param_groups:
                 group["lr"] = protocol.lr * _lr_factor(protocol, step, total, steps_per_epoch)
             outs = _joint_forward(heads, feats)
@@ -479,7 +490,7 @@ def _meter(task: str, protocol: Protocol, num_classes: int, ignore_index: int) -
 
 @torch.no_grad()
 def evaluate_probes(
-    heads: dict[str, nn.Module],
+    heads: Mapping[str, nn.Module],
     data: UpsampledFeatures,
     protocol: Protocol,
     *,
@@ -494,7 +505,7 @@ def evaluate_probes(
     :mod:`anyup.eval.metrics`.
     """
     _check_tasks(list(heads), None)
-    meters = {t: _meter(t, protocol, num_classes, ignore_index) for t in heads}
+    meters: dict[str, Any] = {t: _meter(t, protocol, num_classes, ignore_index) for t in heads}
     bs = batch_size or max(1, protocol.batch_size)
     n = len(data.samples)
     for start in range(0, n, bs):

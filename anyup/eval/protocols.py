@@ -27,9 +27,9 @@ Presets (:func:`get_protocol`):
 from __future__ import annotations
 
 import dataclasses
-import typing
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +124,7 @@ class Protocol:
         """``name@hash``, as written into reports."""
         return f"{self.name}@{self.hash}"
 
-    def replace(self, **changes: Any) -> "Protocol":
+    def replace(self, **changes: Any) -> Protocol:
         """A copy with ``changes`` applied (unknown field names raise ValueError)."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - names)

@@ -16,9 +16,10 @@ import math
 import os
 import platform
 from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from anyup._atomic import atomic_write, atomic_write_text
 
@@ -203,7 +204,7 @@ def write_markdown(rows: Sequence[ResultRow], path: str | os.PathLike, meta: dic
               "dataset's unit; `mean ± std` over probe seeds (std is the sample std; fidelity has no seed).", ""]
     s = summarize(rows)
     by_table: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    for d, e, t, m, meth in s:
+    for d, e, t, _m, meth in s:
         by_table[(d, e, t)].add(meth)
     for (d, e, t) in sorted(by_table):
         methods = _method_order(by_table[(d, e, t)])
@@ -229,7 +230,7 @@ def write_markdown(rows: Sequence[ResultRow], path: str | os.PathLike, meta: dic
         for d, e, t, m, am, asd, bm, bsd, verdict in comp:
             lines.append(f"| {d} | {e} | {t} | {m} | {_fmt(am, asd, 2 if asd else 1, m)} | "
                          f"{_fmt(bm, bsd, 2 if bsd else 1, m)} | {verdict} |")
-        counts = defaultdict(int)
+        counts: defaultdict[str, int] = defaultdict(int)
         for c in comp:
             counts[c[-1]] += 1
         lines += ["", f"AnyUp better in {counts['better']}, tie in {counts['tie']}, worse in {counts['worse']} "
@@ -308,8 +309,8 @@ def write_plots(rows: Sequence[ResultRow], out_dir: str | os.PathLike) -> list[P
 
 
 def write_line_plot(
-    xs: Sequence[float], series: dict[str, Sequence[float]], path: str | os.PathLike, *, xlabel: str, ylabel: str,
-    title: str = "", logx: bool = False, errors: dict[str, Sequence[float]] | None = None,
+    xs: Sequence[float], series: Mapping[str, Sequence[float]], path: str | os.PathLike, *, xlabel: str, ylabel: str,
+    title: str = "", logx: bool = False, errors: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """A simple line plot (one line per series), written atomically as PNG."""
     plt = _pyplot()

@@ -120,7 +120,10 @@ class ImageReader:
             tar = tarfile.open(item["path"])
             self._tars[item["path"]] = (tar, {m.name: m for m in tar.getmembers()})
         tar, members = self._tars[item["path"]]
-        data = tar.extractfile(members[item["member"]]).read()
+        fh = tar.extractfile(members[item["member"]])
+        if fh is None:
+            raise ValueError(f"{item['path']}: member {item['member']!r} is not a regular file")
+        data = fh.read()
         return Image.open(io.BytesIO(data))
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -110,9 +111,10 @@ class ZarrStore(Store):
         except ImportError as err:
             raise ImportError('zarr output needs zarr: pip install "anyup[extract]"') from err
         self.path = Path(path)
-        self.root = zarr.open_group(str(self.path), mode="a")
-        self.features = self.root.require_group("features")
-        self.lowres = self.root.require_group("lowres")
+        # zarr's own types (JSON-union attrs, array-or-group items) are not what this store reads back; Any.
+        self.root: Any = zarr.open_group(str(self.path), mode="a")
+        self.features: Any = self.root.require_group("features")
+        self.lowres: Any = self.root.require_group("lowres")
 
     def check_settings(self, settings: dict) -> None:
         stored = self.root.attrs.get("anyup_extract")
@@ -162,6 +164,14 @@ class ZarrStore(Store):
             "lowres": _from_numpy(low[...], low.attrs["dtype"]),
             "metadata": meta,
         }
+
+
+def _member(tar: tarfile.TarFile, name: str, shard: object) -> IO[bytes]:
+    """The open member ``name`` of a shard (an error naming it when it is not a regular file)."""
+    fh = tar.extractfile(name)
+    if fh is None:
+        raise ValueError(f"{shard}: member {name!r} is not a regular file")
+    return fh
 
 
 class WdsStore(Store):
@@ -235,8 +245,8 @@ class WdsStore(Store):
                 names = set(tar.getnames())
                 if f"{key}.safetensors" not in names:
                     continue
-                tensors = load(tar.extractfile(f"{key}.safetensors").read())
-                meta = json.loads(tar.extractfile(f"{key}.json").read())
+                tensors = load(_member(tar, f"{key}.safetensors", shard).read())
+                meta = json.loads(_member(tar, f"{key}.json", shard).read())
             return {"features": tensors["features"], "lowres": tensors["lowres"], "metadata": meta}
         raise KeyError(f"item {key!r} is in no shard of {self.path}")
 

@@ -1,8 +1,11 @@
 """Pictures of features and of AnyUp's attention (numpy/PIL only; matplotlib is not needed).
 
+>>> import torch
 >>> from anyup.viz import pca_rgb
->>> low, up = torch.randn(64, 8, 8), torch.randn(64, 32, 32)     # doctest: +SKIP
->>> rgb_low, rgb_up = pca_rgb([low, up])    # shared basis, fit on the first; (H, W, 3) in [0, 1]  # doctest: +SKIP
+>>> low, up = torch.randn(64, 8, 8), torch.randn(64, 32, 32)
+>>> rgb_low, rgb_up = pca_rgb([low, up])    # shared basis, fit on the first; (H, W, 3) in [0, 1]
+>>> rgb_low.shape, rgb_up.shape
+((8, 8, 3), (32, 32, 3))
 """
 
 from __future__ import annotations

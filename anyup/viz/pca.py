@@ -26,7 +26,7 @@ class PCABasis:
     low: torch.Tensor  # (k,) 1st percentile of the fit projections
     high: torch.Tensor  # (k,) 99th percentile
 
-    def project(self, features: torch.Tensor) -> np.ndarray:
+    def project(self, features: torch.Tensor | np.ndarray) -> np.ndarray:
         f = _as_chw(features)
         c, h, w = f.shape
         if c != self.mean.numel():
@@ -163,7 +163,7 @@ def pca_comparison(
     up_t = up_t[0] if up_t.ndim == 4 and up_t.shape[0] == 1 else up_t
     if up_t.ndim != 3:
         raise ValueError(f"expected upsampled (C, H, W) or (1, C, H, W), got {tuple(up_t.shape)}")
-    h, w = panel_size(tuple(up_t.shape[-2:]), max_side)
+    h, w = panel_size((up_t.shape[-2], up_t.shape[-1]), max_side)
     up = _area_resize(up_t, (h, w))
     img = torch.as_tensor(image).detach()
     img = _area_resize(img[0] if img.ndim == 4 else img, (h, w)) if img.ndim in (3, 4) else img

@@ -15,8 +15,9 @@ config has ``size`` (short side, then centre crop when ``crop``) and ``limit``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from anyup._config import build_config
 from anyup.eval.datasets.base import (

@@ -48,9 +48,18 @@ def _find_one(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None
     return None
 
 
+def _need_one(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path:
+    """Like :func:`_find_one`, but a missing file is an error naming what was looked for."""
+    p = _find_one(folder, stem, suffixes)
+    if p is None:
+        raise FileNotFoundError(f"no {stem}{{{','.join(suffixes)}}} in {folder}")
+    return p
+
+
 class NYUv2(DenseDataset):
     """NYUv2 in the folder layout of the module docstring; ``tasks`` follow the folders present."""
 
+    config: NYUv2Config
     name = "nyuv2"
     ignore_index = IGNORE_INDEX
 
@@ -91,10 +100,10 @@ class NYUv2(DenseDataset):
 
         stem = self.items[index]
         f = self.folder
-        image = load_image(_find_one(f / "rgb", stem, _RGB_SUFFIXES))
+        image = load_image(_need_one(f / "rgb", stem, _RGB_SUFFIXES))
         h, w = image.shape[-2:]
         sample: dict[str, Any] = {"image": image, "name": stem}
-        dpath = _find_one(f / "depth", stem, (".npy", ".png"))
+        dpath = _need_one(f / "depth", stem, (".npy", ".png"))
         if dpath.suffix == ".npy":
             depth = np.load(dpath).astype(np.float32)
         else:
@@ -104,7 +113,7 @@ class NYUv2(DenseDataset):
         _check_size(depth.shape, (h, w), dpath)
         sample["depth"] = torch.from_numpy(np.ascontiguousarray(depth))
         if "normals" in self.tasks:
-            npath = _find_one(f / "normals", stem, (".npy", ".png"))
+            npath = _need_one(f / "normals", stem, (".npy", ".png"))
             sample["normals"] = _read_normals(npath, (h, w))
         if "seg" in self.tasks:
             spath = f / "seg" / f"{stem}.png"

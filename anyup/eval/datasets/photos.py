@@ -7,9 +7,10 @@ when Debian's ``opencv-doc`` is installed, the photographs in its example data f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

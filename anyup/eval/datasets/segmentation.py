@@ -20,9 +20,10 @@ Cityscapes ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` + ``gtFine/{split}/{
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -220,7 +220,7 @@ class SceneRenderer:
         if self._own_tex_dir:
             shutil.rmtree(self.texture_dir, ignore_errors=True)
 
-    def __enter__(self) -> "SceneRenderer":
+    def __enter__(self) -> SceneRenderer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -295,6 +295,8 @@ class SceneRenderer:
 
         # Floor and walls: a unit quad whose UVs repeat the texture (scaled per scene).
         background = []
+        pos: list[float]
+        scale: list[float]
         for k in range(5):
             quad = self.quads[int(rng.integers(len(self.quads)))]  # texture period varies per surface
             if k == 0:
@@ -373,7 +375,10 @@ def write_textures(folder: Path, seed: int) -> list[Path]:
         path = folder / f"tex{i:03d}.png"
         img = make_texture(rng)
         if not path.is_file():
-            atomic_write(path, lambda tmp, img=img: Image.fromarray(img).save(tmp, format="PNG"))
+            def write(tmp: str, img: np.ndarray = img) -> None:
+                Image.fromarray(img).save(tmp, format="PNG")
+
+            atomic_write(path, write)
         files.append(path)
     return files
 
@@ -467,6 +472,8 @@ class SyntheticScenes(DenseDataset):
     ``normals`` (camera frame), the valid masks, ``instance`` (H, W) int64 (0 background, k = object
     k, -1 none) and ``name``. The first access renders and caches all splits.
     """
+
+    config: SyntheticConfig
 
     name = "synthetic"
     tasks = ("seg", "depth", "normals")
