@@ -14,13 +14,20 @@ How this runs within a memory cap (chunks, passes, tiles, attention kernels) is
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from anyup._checks import check_arch_fields, check_image_and_features, check_out, check_output_memory, check_ratio, check_size
+from anyup._checks import (
+    check_arch_fields,
+    check_image_and_features,
+    check_out,
+    check_output_memory,
+    check_ratio,
+    check_size,
+)
 from anyup.engine import EngineOptions, Tile, iter_tiles
 from anyup.layers import (
     CrossDecode,
@@ -204,7 +211,7 @@ class AnyUp(nn.Module):
         return save_pretrained(self, folder, push_to_hub=push_to_hub)
 
     @classmethod
-    def from_pretrained(cls, repo_or_folder: str, device: str = "cpu", **hub_kwargs) -> "AnyUp":
+    def from_pretrained(cls, repo_or_folder: str, device: str = "cpu", **hub_kwargs) -> AnyUp:
         """Load a folder written by :meth:`save_pretrained` or a Hugging Face Hub repository id."""
         from anyup.hf import from_pretrained
 

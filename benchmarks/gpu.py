@@ -68,10 +68,10 @@ def main() -> None:
             img = torch.randn(1, 3, size, size, device=dev, dtype=dtype)
             fts = torch.randn(1, args.channels, low, low, device=dev, dtype=dtype)
             with torch.no_grad():
-                tb, _ = bench(lambda: F.interpolate(fts, size=(size, size), mode="bilinear"))
-                to, mo = bench(lambda: model(img, fts, attention=args.attention))
+                tb, _ = bench(lambda fts=fts, size=size: F.interpolate(fts, size=(size, size), mode="bilinear"))
+                to, mo = bench(lambda img=img, fts=fts: model(img, fts, attention=args.attention))
                 try:
-                    td, md = bench(lambda: dense_forward(model, img, fts), reps=1)
+                    td, md = bench(lambda img=img, fts=fts: dense_forward(model, img, fts), reps=1)
                 except torch.OutOfMemoryError:
                     td = md = None
                     torch.cuda.empty_cache()

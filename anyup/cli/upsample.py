@@ -209,7 +209,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         extra = {"image": str(path), "original_size": f"{h0}x{w0}"}
         cheap = all(r.output_size[0] * r.output_size[1] <= CHEAP_STATS_PIXELS for r in results)
         rows = _edge_stats(stem, results) if cheap else []
-        for (_, layer, ours, bil), r in zip(rows, results):
+        for _, layer, ours, bil in rows:
             suffix = "" if len(results) == 1 else f".{layer}"
             extra[f"edge_alignment_anyup{suffix}"] = f"{ours:.4f}"
             extra[f"edge_alignment_bilinear{suffix}"] = f"{bil:.4f}"

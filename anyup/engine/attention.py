@@ -26,8 +26,8 @@ import functools
 import importlib.util
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ def attend_sdpa(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
     return out.mean(dim=1).to(values.dtype)  # (B, Nq, C)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 

@@ -9,7 +9,7 @@ plain computation (tests compare with the dense reference by gradcheck in float6
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyup.layers import EncoderStack, RoPE2d, pixel_coordinates
+from anyup.layers import EncoderStack, PointwiseConv2d, RoPE2d, pixel_coordinates
 
 
 @dataclass
@@ -121,7 +121,9 @@ class StackProgram:
     """One :class:`EncoderStack` as chunk operations (weights cast to the compute dtype once)."""
 
     def __init__(self, stack: EncoderStack, dtype: torch.dtype) -> None:
-        self.first = stack[0].matrix.detach().to(dtype)  # (D, Din)
+        first = stack[0]
+        assert isinstance(first, PointwiseConv2d), "full-resolution encoders start with a 1x1 conv"
+        self.first = first.matrix.detach().to(dtype)  # (D, Din)
         self.blocks = [
             (conv1.matrix.detach().to(dtype), conv2.matrix.detach().to(dtype)) for _, conv1, _, conv2 in (b.parts for b in stack.blocks)
         ]

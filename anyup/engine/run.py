@@ -20,16 +20,16 @@ so backward recomputes instead of storing (:mod:`anyup.engine.autograd`).
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from anyup._checks import parse_memory
 from anyup.engine.attention import AttentionBackend, resolve
 from anyup.engine.pixels import RopeTable, StackProgram
-from anyup._checks import parse_memory
 from anyup.engine.plan import Geometry, Plan, default_max_memory, make_plan
 from anyup.engine.window import Window
 from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
@@ -72,8 +72,8 @@ def compute_dtype(features: torch.Tensor) -> torch.dtype:
 def geometry(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], dtype: torch.dtype) -> Geometry:
     cfg = model.config
     return Geometry(
-        batch=features.shape[0], channels=features.shape[1], image_hw=tuple(image.shape[-2:]),
-        low_hw=tuple(features.shape[-2:]), out_hw=tuple(out_hw), dim=cfg.dim, heads=cfg.num_heads,
+        batch=features.shape[0], channels=features.shape[1], image_hw=(image.shape[-2], image.shape[-1]),
+        low_hw=(features.shape[-2], features.shape[-1]), out_hw=(out_hw[0], out_hw[1]), dim=cfg.dim, heads=cfg.num_heads,
         ratio=cfg.window_ratio, elem=torch.empty((), dtype=dtype).element_size(),
     )
 

@@ -32,10 +32,10 @@ class Window:
     col_stop: torch.Tensor  # (W',)
 
     @classmethod
-    def build(cls, out_hw: tuple[int, int], low_hw: tuple[int, int], ratio: float, device=None) -> "Window":
+    def build(cls, out_hw: tuple[int, int], low_hw: tuple[int, int], ratio: float, device=None) -> Window:
         r0, r1 = window_bounds(out_hw[0], low_hw[0], ratio, device)
         c0, c1 = window_bounds(out_hw[1], low_hw[1], ratio, device)
-        return cls(tuple(out_hw), tuple(low_hw), r0, r1, c0, c1)
+        return cls((int(out_hw[0]), int(out_hw[1])), (int(low_hw[0]), int(low_hw[1])), r0, r1, c0, c1)
 
     def reach(self, i0: int, i1: int, j0: int, j1: int) -> tuple[int, int, int, int]:
         """The rectangle of cells ``[ra, rb) x [ca, cb)`` that output rows ``[i0, i1)`` and columns ``[j0, j1)`` can see."""

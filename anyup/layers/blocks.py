@@ -58,6 +58,8 @@ class ResBlock(nn.Module):
     def parts(self) -> tuple[GroupNorm32, PointwiseConv2d, GroupNorm32, PointwiseConv2d]:
         """``(gn1, conv1, gn2, conv2)``, the four layers with parameters, in order."""
         gn1, _, conv1, gn2, _, conv2 = self.block
+        assert isinstance(gn1, GroupNorm32) and isinstance(gn2, GroupNorm32)
+        assert isinstance(conv1, PointwiseConv2d) and isinstance(conv2, PointwiseConv2d)
         return gn1, conv1, gn2, conv2
 
 

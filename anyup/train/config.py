@@ -22,6 +22,7 @@ from typing import Any
 
 from anyup._config import coerce, from_dict, parse_value, split_assignment
 
+
 @dataclass
 class EncoderSpec:
     """One frozen encoder the upsampler is trained on (``anyup.encoders.create`` arguments)."""

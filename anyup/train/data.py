@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anyup.image import IMAGE_SUFFIXES, list_images, load_image, resize, square_resize
 from anyup._atomic import atomic_write_text
+from anyup.image import IMAGE_SUFFIXES, list_images, load_image, resize, square_resize
 from anyup.train.augment import photometric_augment
 from anyup.train.config import AugmentConfig
 

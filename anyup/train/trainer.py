@@ -36,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from anyup._atomic import hold_folder_lock
+from anyup.model import ARCH_FIELDS
 from anyup.train.checkpoint import (
     RESUME_KEYS,
     atomic_write,
@@ -60,8 +62,6 @@ from anyup.train.data import (
     split_holdout,
 )
 from anyup.train.losses import RecipeLoss, crop_boxes, extract_crops
-from anyup._atomic import hold_folder_lock
-from anyup.model import ARCH_FIELDS
 from anyup.train.metrics import MetricsWriter
 
 logger = logging.getLogger(__name__)

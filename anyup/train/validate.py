@@ -144,7 +144,7 @@ def save_pca_samples(
 _COLUMNS = ("image", "low-res", "bilinear", "AnyUp", "encoder, full size", "AnyUp per pixel")
 
 
-def _with_header(picture: "PIL.Image.Image", tile: int, title: str) -> "PIL.Image.Image":  # noqa: F821
+def _with_header(picture: PIL.Image.Image, tile: int, title: str) -> PIL.Image.Image:  # noqa: F821
     """Add a white strip with the column names (and ``title``) above the grid."""
     from PIL import Image, ImageDraw
 
