@@ -51,9 +51,7 @@ def check_image_and_features(image: torch.Tensor, features: torch.Tensor) -> Non
     if image.ndim != 4:
         raise ValueError(f"image must be (B, 3, H, W), got shape {tuple(image.shape)} ({image.ndim} dims)")
     if features.ndim != 4:
-        raise ValueError(
-            f"features must be (B, C, h, w), got shape {tuple(features.shape)} ({features.ndim} dims)"
-        )
+        raise ValueError(f"features must be (B, C, h, w), got shape {tuple(features.shape)} ({features.ndim} dims)")
     if image.shape[1] != 3:
         raise ValueError(
             f"image must be (B, 3, H, W), got shape {tuple(image.shape)}: "
@@ -166,9 +164,20 @@ def check_encoder_input(image: object, name: str, multiple: int) -> torch.Tensor
 
 # --------------------------------------------------------------------------------------------- memory
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
-    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
 }
 
 
@@ -248,9 +257,7 @@ def check_out(out: object, shape: Sequence[int]) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     if not out.is_floating_point():
-        raise TypeError(
-            f"out must be a floating-point tensor (features would be truncated), got dtype {out.dtype}"
-        )
+        raise TypeError(f"out must be a floating-point tensor (features would be truncated), got dtype {out.dtype}")
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}")
     return out

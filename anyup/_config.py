@@ -122,7 +122,12 @@ def coerce(value: Any, tp: Any, where: str, from_str: dict[type, Callable[[str],
         return [coerce(v, item_tp, f"{where}[{i}]", from_str) for i, v in enumerate(value)]
     if origin is tuple:
         item_tps = typing.get_args(tp)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and len(item_tps) == 2 and item_tps[1] is Ellipsis:
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and len(item_tps) == 2
+            and item_tps[1] is Ellipsis
+        ):
             value = [value]
         if not isinstance(value, Sequence) or isinstance(value, str):
             raise ValueError(f"{where} must be a list of values, got {value!r}")
@@ -168,7 +173,9 @@ def coerce(value: Any, tp: Any, where: str, from_str: dict[type, Callable[[str],
     raise ValueError(f"{where}: cannot read {value!r} as {getattr(tp, '__name__', tp)}")
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "", from_str: dict[type, Callable[[str], Any]] | None = None) -> Any:
+def from_dict(
+    cls: type, data: dict[str, Any], where: str = "", from_str: dict[type, Callable[[str], Any]] | None = None
+) -> Any:
     """``cls(**data)`` with every value coerced to its field's type; unknown keys refused."""
     return cls(**typed_fields(cls, data, where, from_str))
 

@@ -47,7 +47,9 @@ def from_pretrained(repo_or_folder: str | os.PathLike, device: str | torch.devic
     Offline (``HF_HUB_OFFLINE=1`` or no network) a repository id fails at once.
     """
     if not isinstance(repo_or_folder, (str, os.PathLike)):
-        raise TypeError(f"repo_or_folder must be a folder path or a Hub repository id, got {type(repo_or_folder).__name__}")
+        raise TypeError(
+            f"repo_or_folder must be a folder path or a Hub repository id, got {type(repo_or_folder).__name__}"
+        )
     folder = Path(repo_or_folder)
     if not folder.is_dir():
         text = str(repo_or_folder)
@@ -64,7 +66,9 @@ def from_pretrained(repo_or_folder: str | os.PathLike, device: str | torch.devic
         try:
             folder = Path(hub.snapshot_download(text, allow_patterns=[WEIGHTS_NAME, CONFIG_NAME], **hub_kwargs))
         except Exception as err:  # noqa: BLE001 - network, auth, missing repo: one clear message
-            raise RuntimeError(f"could not download Hub repository {text!r} ({err.__class__.__name__}: {err}). {how}") from None
+            raise RuntimeError(
+                f"could not download Hub repository {text!r} ({err.__class__.__name__}: {err}). {how}"
+            ) from None
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{str(cfg_path)!r} not found: not a folder written by save_pretrained")

@@ -236,8 +236,11 @@ def _array_to_tensor(arr: np.ndarray, what: str = "image array") -> torch.Tensor
     else:
         raise ValueError(
             f"{what} dtype must be uint8 (0..255), uint16 (0..65535), bool, or float in [0, 1]; got {arr.dtype}"
-            + (": 8- or 16-bit is ambiguous, convert with .astype(np.uint8) or .astype(np.uint16)"
-               if np.issubdtype(arr.dtype, np.integer) else "")
+            + (
+                ": 8- or 16-bit is ambiguous, convert with .astype(np.uint8) or .astype(np.uint16)"
+                if np.issubdtype(arr.dtype, np.integer)
+                else ""
+            )
         )
     t = t.permute(2, 0, 1)  # (c, H, W)
     return _to_rgb(t)
@@ -248,9 +251,7 @@ def _tensor_to_image(source: torch.Tensor) -> torch.Tensor:
     if t.ndim == 2:
         t = t.unsqueeze(0)
     if t.ndim != 3 or t.shape[0] not in (1, 3, 4):
-        raise ValueError(
-            f"image tensor must be (3, H, W), (1, H, W), (4, H, W) or (H, W); got {tuple(source.shape)}"
-        )
+        raise ValueError(f"image tensor must be (3, H, W), (1, H, W), (4, H, W) or (H, W); got {tuple(source.shape)}")
     if min(t.shape[-2:]) < 1:
         raise ValueError(f"image tensor is empty: shape {tuple(source.shape)}")
     if t.dtype == torch.uint8:
@@ -299,7 +300,9 @@ def list_images(paths: list[str | os.PathLike], recursive: bool = True) -> list[
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
             out.extend(
-                sorted(q for q in it if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith("."))
+                sorted(
+                    q for q in it if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".")
+                )
             )
         elif p.is_file():
             out.append(p)
@@ -355,7 +358,12 @@ def resize_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def multiple_size(
-    h: int, w: int, multiple: int, *, short_side: int | None = None, long_side: int | None = None,
+    h: int,
+    w: int,
+    multiple: int,
+    *,
+    short_side: int | None = None,
+    long_side: int | None = None,
     max_aspect: float | None = MAX_ASPECT,
 ) -> tuple[int, int]:
     """The ``(H', W')`` :func:`resize_to_multiple` produces for an ``h x w`` image.

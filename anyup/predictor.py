@@ -421,7 +421,9 @@ class Upsampler:
         feats = self.encoder(enc_in.to(self.dtype))
         low = (feats if isinstance(feats, list) else [feats])[layer]
         guide01 = (
-            enc_in.float() if out_hw == (enc_in.shape[-2], enc_in.shape[-1]) else resize_image(img[None].to(self.device), out_hw)
+            enc_in.float()
+            if out_hw == (enc_in.shape[-2], enc_in.shape[-1])
+            else resize_image(img[None].to(self.device), out_hw)
         )
         maps = self.model.attention_weights(
             imagenet_normalize(guide01).to(self.dtype), low, out_hw, pixels=list(pixels)

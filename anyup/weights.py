@@ -302,9 +302,7 @@ def check_shapes_before_allocating(path: Path, config: AnyUpConfig) -> None:
     bad = [f"{k}: file {shapes[k]} vs model {v}" for k, v in expected.items() if k in shapes and shapes[k] != v]
     if bad:
         arch = {k: getattr(config, k) for k in ARCH_FIELDS}
-        raise ValueError(
-            f"weights {str(path)!r} do not fit the AnyUp architecture {arch}: shape mismatches {bad[:4]}"
-        )
+        raise ValueError(f"weights {str(path)!r} do not fit the AnyUp architecture {arch}: shape mismatches {bad[:4]}")
 
 
 def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:

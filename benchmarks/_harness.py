@@ -54,7 +54,11 @@ def run_worker(script: Path, args: list[str], env: dict | None = None, timeout: 
 
 def out_dir(arg: str | None, name: str) -> Path:
     """``--out`` if given, else a new ``benchmarks/results/<name>-<UTC time>`` folder."""
-    path = Path(arg) if arg else ROOT / "benchmarks" / "results" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    path = (
+        Path(arg)
+        if arg
+        else ROOT / "benchmarks" / "results" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    )
     path.mkdir(parents=True, exist_ok=True)
     return path
 

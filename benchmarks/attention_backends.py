@@ -1,6 +1,6 @@
 """Attention backends side by side on the tiles of one call: time per backend and max error vs matmul.
 
-    python benchmarks/attention_backends.py --size 448 --channels 384 --backends matmul sdpa
+python benchmarks/attention_backends.py --size 448 --channels 384 --backends matmul sdpa
 """
 
 from __future__ import annotations
@@ -41,9 +41,13 @@ def main() -> None:
             outs[name] = model(image, feats, attention=name)
             times[name] = time.perf_counter() - t0
     ref = outs["matmul"]
-    lines = [f"{args.size}² from {args.size // 14}²×{args.channels}, whole call per backend, one run; "
-             f"`python benchmarks/attention_backends.py {' '.join(sys.argv[1:])}`", "",
-             "| backend | seconds (whole call) | max abs diff vs matmul |", "|---|---|---|"]
+    lines = [
+        f"{args.size}² from {args.size // 14}²×{args.channels}, whole call per backend, one run; "
+        f"`python benchmarks/attention_backends.py {' '.join(sys.argv[1:])}`",
+        "",
+        "| backend | seconds (whole call) | max abs diff vs matmul |",
+        "|---|---|---|",
+    ]
     for name, out in outs.items():
         lines.append(f"| {name} | {times[name]:.2f} | {(out - ref).abs().max().item():.1e} |")
     md = "\n".join(lines) + "\n"

@@ -14,7 +14,9 @@ from anyup.engine import Window
 from anyup.layers import pixel_coordinates
 
 
-def dense_forward(model, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+def dense_forward(
+    model, image: torch.Tensor, features: torch.Tensor, output_size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """AnyUp's forward pass, module by module, on whole maps: (B, C, H', W')."""
     b, c, h, w = features.shape
     size = tuple(output_size) if output_size is not None else tuple(image.shape[-2:])

@@ -54,13 +54,16 @@ def main() -> None:
     torch.manual_seed(0)
     model = anyup.AnyUp().to(dev).eval().requires_grad_(False)
     folder = out_dir(args.out, "gpu")
-    rows, lines = [], [
-        f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, attention={args.attention}; "
-        f"`python benchmarks/gpu.py {' '.join(sys.argv[1:])}`. Peak = max allocated minus inputs (output included).",
-        "",
-        "| output | dtype | bilinear ms | ours ms | dense ms | ours peak MiB | dense peak MiB | dense/ours time |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows, lines = (
+        [],
+        [
+            f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, attention={args.attention}; "
+            f"`python benchmarks/gpu.py {' '.join(sys.argv[1:])}`. Peak = max allocated minus inputs (output included).",
+            "",
+            "| output | dtype | bilinear ms | ours ms | dense ms | ours peak MiB | dense peak MiB | dense/ours time |",
+            "|---|---|---|---|---|---|---|---|",
+        ],
+    )
     for size in args.sizes:
         for name in args.dtypes:
             dtype = getattr(torch, name)
@@ -75,10 +78,22 @@ def main() -> None:
                 except torch.OutOfMemoryError:
                     td = md = None
                     torch.cuda.empty_cache()
-            rows.append({"size": size, "dtype": name, "bilinear": tb, "ours": to, "dense": td, "ours_peak": mo, "dense_peak": md})
+            rows.append(
+                {
+                    "size": size,
+                    "dtype": name,
+                    "bilinear": tb,
+                    "ours": to,
+                    "dense": td,
+                    "ours_peak": mo,
+                    "dense_peak": md,
+                }
+            )
             ratio = f"{td / to:.1f}×" if td else "out of memory"
-            lines.append(f"| {size}² | {name} | {tb * 1e3:.1f} | {to * 1e3:.1f} | {fmt_s(td and td * 1e3)} | "
-                         f"{fmt_mib(mo)} | {fmt_mib(md)} | {ratio} |")
+            lines.append(
+                f"| {size}² | {name} | {tb * 1e3:.1f} | {to * 1e3:.1f} | {fmt_s(td and td * 1e3)} | "
+                f"{fmt_mib(mo)} | {fmt_mib(md)} | {ratio} |"
+            )
             sys.stderr.write(lines[-1] + "\n")
     md_text = "\n".join(lines) + "\n"
     write_atomic(folder / "gpu.md", md_text)

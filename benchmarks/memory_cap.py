@@ -33,7 +33,9 @@ def worker(direction: str, size: int, channels: int, cap: str) -> dict:
         model.requires_grad_(False)
     try:
         with torch.set_grad_enabled(grad):
-            plan = plan_for(model, image.requires_grad_(grad), feats, (size, size), EngineOptions(max_memory=cap), autograd=grad)
+            plan = plan_for(
+                model, image.requires_grad_(grad), feats, (size, size), EngineOptions(max_memory=cap), autograd=grad
+            )
     except ValueError as err:
         t0 = time.perf_counter()
         try:
@@ -92,8 +94,10 @@ def main() -> None:
                 lines.append(f"| {direction} | {cap} | {r['note']} | | | | |")
             else:
                 ratio = r["working_bytes"] / r["cap_bytes"]
-                lines.append(f"| {direction} | {cap} | {r['mode']} | {fmt_mib(r['estimate'])} | {fmt_mib(r['working_bytes'])} | "
-                             f"{ratio:.2f} | {r['seconds']:.1f} |")
+                lines.append(
+                    f"| {direction} | {cap} | {r['mode']} | {fmt_mib(r['estimate'])} | {fmt_mib(r['working_bytes'])} | "
+                    f"{ratio:.2f} | {r['seconds']:.1f} |"
+                )
     md = "\n".join(lines) + "\n"
     write_atomic(folder / "memory_cap.md", md)
     write_atomic(folder / "memory_cap.json", json.dumps(rows, indent=1))

@@ -71,8 +71,13 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
         flops = method_flops(size, low, channels)
         reps = max(1, round(flops / (2 * n**3)))
         r = measure(lambda: [torch.mm(a, b) for _ in range(reps)], 0)
-        return {"method": method, "size": size, "seconds": r["seconds"] * flops / (reps * 2 * n**3), "working_bytes": None,
-                "gflop": flops / 1e9}
+        return {
+            "method": method,
+            "size": size,
+            "seconds": r["seconds"] * flops / (reps * 2 * n**3),
+            "working_bytes": None,
+            "gflop": flops / 1e9,
+        }
     if method == "old":
         old = os.environ.get("ANYUP_OLD_SRC")
         if not old:
@@ -105,7 +110,11 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
         raise ValueError(method)
 
     if method in ("ours_grad", "dense_grad"):
-        fn = (lambda i, f: model(i, f, max_memory=max_memory)) if method == "ours_grad" else (lambda i, f: dense_forward(model, i, f))
+        fn = (
+            (lambda i, f: model(i, f, max_memory=max_memory))
+            if method == "ours_grad"
+            else (lambda i, f: dense_forward(model, i, f))
+        )
 
         def step(img, fts):
             img = img.clone().requires_grad_(True)
@@ -135,7 +144,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--max-memory", default=None, help="cap for ours (bytes or '2GB'; default automatic)")
     ap.add_argument("--old-src", default=None, help="checkout of the old engine (commit 35740a5)")
-    ap.add_argument("--out", default=None, help="results folder (default: a new benchmarks/results/memory_speed-<time>)")
+    ap.add_argument(
+        "--out", default=None, help="results folder (default: a new benchmarks/results/memory_speed-<time>)"
+    )
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -147,10 +158,15 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for method in args.methods:
-            if method.startswith("dense") and dense_estimate(size, method == "dense_grad", args.patch) > DENSE_LIMIT_BYTES:
+            if (
+                method.startswith("dense")
+                and dense_estimate(size, method == "dense_grad", args.patch) > DENSE_LIMIT_BYTES
+            ):
                 rows.append({"method": method, "size": size, "note": "out of memory"})
                 continue
-            extra = ["--channels", str(args.channels), "--patch", str(args.patch)] + (["--max-memory", str(args.max_memory)] if args.max_memory else [])
+            extra = ["--channels", str(args.channels), "--patch", str(args.patch)] + (
+                ["--max-memory", str(args.max_memory)] if args.max_memory else []
+            )
             r = run_worker(Path(__file__), [method, str(size), *extra], env={"ANYUP_OLD_SRC": args.old_src or ""})
             rows.append({"method": method, "size": size, **r})
             sys.stderr.write(f"{method:>10} {size:>5}: {r}\n")
@@ -170,7 +186,10 @@ def main() -> None:
             t, m = r.get("seconds"), r.get("working_bytes")
             tr = f"{t / ours['seconds']:.2f}×" if t and ours.get("seconds") else "—"
             mr = f"{m / max(ours['working_bytes'], 1):.1f}×" if m is not None and ours.get("working_bytes") else "—"
-            lines.append(f"| {size}² | {method} | {fmt_s(t)} | {fmt_mib(m)} | {tr} | {mr} |" + (f" {r['note']}" if r.get("note") else ""))
+            lines.append(
+                f"| {size}² | {method} | {fmt_s(t)} | {fmt_mib(m)} | {tr} | {mr} |"
+                + (f" {r['note']}" if r.get("note") else "")
+            )
     md = "\n".join(lines) + "\n"
     write_atomic(folder / "memory_speed.md", md)
     write_atomic(folder / "memory_speed.json", json.dumps(rows, indent=1))

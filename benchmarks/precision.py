@@ -1,6 +1,6 @@
 """Precision of bfloat16 / float16 against float32, on a real photo and a real encoder.
 
-    python benchmarks/precision.py
+python benchmarks/precision.py
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def main() -> None:
             out = model(guide.to(dtype), feats.to(dtype)).float()
             rel = ((out - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(1e-12)).mean().item()
             cos = F.cosine_similarity(out, ref, dim=1).mean().item()
-            print(f"| {str(dtype).replace('torch.', '')} | {(out - ref).abs().max().item():.2e} | {rel:.2e} | {cos:.6f} |")
+            print(
+                f"| {str(dtype).replace('torch.', '')} | {(out - ref).abs().max().item():.2e} | {rel:.2e} | {cos:.6f} |"
+            )
 
 
 if __name__ == "__main__":

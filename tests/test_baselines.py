@@ -44,8 +44,17 @@ def _offline_configs(checkpoint: Path) -> dict[str, tuple[str, dict]]:
     }
 
 
-OFFLINE = ["nearest", "bilinear", "bicubic", "jbu", "jbu_lab", "guided_filter", "guided_filter_rgb",
-           "guided_filter_default", "anyup_checkpoint"]
+OFFLINE = [
+    "nearest",
+    "bilinear",
+    "bicubic",
+    "jbu",
+    "jbu_lab",
+    "guided_filter",
+    "guided_filter_rgb",
+    "guided_filter_default",
+    "anyup_checkpoint",
+]
 
 
 def _battery(slow: set[str]) -> list:
@@ -70,8 +79,20 @@ def _inputs(b=2, c=5, hw=(6, 7), image_hw=(30, 35), seed=0, dtype=torch.float32)
 class TestRegistry:
     def test_lists_all_methods(self):
         names = B.list_methods()
-        for n in ["nearest", "bilinear", "bicubic", "jbu", "guided_filter", "highres", "anyup",
-                  "anyup_checkpoint", "featup", "jafar", "loftup", "naf"]:
+        for n in [
+            "nearest",
+            "bilinear",
+            "bicubic",
+            "jbu",
+            "guided_filter",
+            "highres",
+            "anyup",
+            "anyup_checkpoint",
+            "featup",
+            "jafar",
+            "loftup",
+            "naf",
+        ]:
             assert n in names
 
     def test_unknown_name_lists_choices(self):
@@ -431,8 +452,9 @@ class TestHighRes:
         # equals running the encoder by hand on the 2x image
         from anyup.image import imagenet_denormalize
 
-        x = F.interpolate(imagenet_denormalize(image).clamp(0, 1), size=(6 * s, 8 * s), mode="bilinear",
-                          align_corners=False).clamp(0, 1)
+        x = F.interpolate(
+            imagenet_denormalize(image).clamp(0, 1), size=(6 * s, 8 * s), mode="bilinear", align_corners=False
+        ).clamp(0, 1)
         ref = F.interpolate(encoder(x), size=(40, 50), mode="bilinear", align_corners=False)
         torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
 
@@ -453,7 +475,7 @@ class TestHighRes:
 
 
 # ----------------------------------------------------------------------------- peers (torch.hub)
-FAKE_HUBCONF = '''
+FAKE_HUBCONF = """
 import torch
 import torch.nn.functional as F
 dependencies = ["torch"]
@@ -498,7 +520,7 @@ def naf_like(pretrained=True, device="cpu"):
 
 def broken(**kwargs):
     raise ImportError("No module named 'natten'")
-'''
+"""
 
 
 class TestPeers:
@@ -507,8 +529,10 @@ class TestPeers:
         (tmp_path / "hubconf.py").write_text(FAKE_HUBCONF)
         return tmp_path
 
-    @pytest.mark.parametrize("name,entry", [("featup", "featup_like"), ("loftup", "loftup_like"),
-                                            ("jafar", "jafar_like"), ("naf", "naf_like")])
+    @pytest.mark.parametrize(
+        "name,entry",
+        [("featup", "featup_like"), ("loftup", "loftup_like"), ("jafar", "jafar_like"), ("naf", "naf_like")],
+    )
     def test_local_repo_calling_conventions(self, fake_repo, name, entry):
         up = B.create(name, {"repo_dir": str(fake_repo), "entry": entry, "kwargs": {}})
         image, feats = _inputs(b=2, c=3, hw=(4, 5), image_hw=(32, 40))
@@ -523,8 +547,12 @@ class TestPeers:
 
         monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
         monkeypatch.setattr(P, "github_reachable", lambda timeout=3.0: (False, "gaierror: no DNS"))
-        for name, repo in [("featup", "mhamilton723/FeatUp"), ("jafar", "PaulCouairon/JAFAR"),
-                           ("loftup", "andrehuang/loftup"), ("naf", "valeoai/NAF")]:
+        for name, repo in [
+            ("featup", "mhamilton723/FeatUp"),
+            ("jafar", "PaulCouairon/JAFAR"),
+            ("loftup", "andrehuang/loftup"),
+            ("naf", "valeoai/NAF"),
+        ]:
             ok, reason = B.available(name)
             assert not ok
             assert reason.startswith(f"{name}: torch.hub repo {repo} is not cached") and "repo_dir=PATH" in reason

@@ -35,15 +35,30 @@ LEAVES = _leaf_parsers(build_parser())
 
 
 def test_every_command_group_is_registered_and_listed_in_help(capsys):
-    assert {"upsample", "upsample-signal", "sample-image", "encoders", "weights", "viz attention", "eval run",
-            "train", "train-eval"} <= set(LEAVES)
+    assert {
+        "upsample",
+        "upsample-signal",
+        "sample-image",
+        "encoders",
+        "weights",
+        "viz attention",
+        "eval run",
+        "train",
+        "train-eval",
+    } <= set(LEAVES)
     assert all(m.startswith("anyup.cli.") for m in _COMMAND_MODULES[:6])
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
     # a table of contents: group titles, then one line per command, in that order
-    for title, command in [("Upsample", "upsample"), ("Encoders", "encoders"), ("Weights", "weights"),
-                           ("Pictures", "viz"), ("Evaluate", "eval"), ("Train", "train-eval")]:
+    for title, command in [
+        ("Upsample", "upsample"),
+        ("Encoders", "encoders"),
+        ("Weights", "weights"),
+        ("Pictures", "viz"),
+        ("Evaluate", "eval"),
+        ("Train", "train-eval"),
+    ]:
         assert f"\n  {title}\n" in text and f"\n    {command} " in text
     assert text.index("  Upsample") < text.index("  Evaluate") < text.index("  Train")
     assert "--encoder-weights" in text and "--set KEY=VALUE" in text
@@ -75,11 +90,13 @@ def test_shared_flags_mean_the_same_everywhere(name):
 
 def test_list_and_set_conventions():
     p = LEAVES["eval run"]
-    args = p.parse_args(["--out", "o", "--methods", "bilinear,jbu", "--methods", "anyup", "--set", "epochs=1",
-                         "--set", "seeds=0,1"])
+    args = p.parse_args(
+        ["--out", "o", "--methods", "bilinear,jbu", "--methods", "anyup", "--set", "epochs=1", "--set", "seeds=0,1"]
+    )
     assert args.methods == ["bilinear", "jbu", "anyup"] and args.set == ["epochs=1", "seeds=0,1"]
-    assert LEAVES["upsample"].parse_args(["x", "--out", "o", "--layer", "stage2,stage3", "--layer", "stage4"]).layer == [
-        "stage2", "stage3", "stage4"]
+    assert LEAVES["upsample"].parse_args(
+        ["x", "--out", "o", "--layer", "stage2,stage3", "--layer", "stage4"]
+    ).layer == ["stage2", "stage3", "stage4"]
     # one value per list flag: a positional argument after it is not swallowed
     args = LEAVES["upsample"].parse_args(["--layer", "stage4", "photo.png", "--out", "o"])
     assert args.layer == ["stage4"] and args.inputs == ["photo.png"]
@@ -107,5 +124,7 @@ def test_renamed_flags_keep_working_with_a_deprecation_warning(capsys):
 
 def test_python_dash_m_anyup_is_the_command():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    res = subprocess.run([sys.executable, "-m", "anyup", "--help"], check=False, capture_output=True, text=True, env=env, cwd=REPO)
+    res = subprocess.run(
+        [sys.executable, "-m", "anyup", "--help"], check=False, capture_output=True, text=True, env=env, cwd=REPO
+    )
     assert res.returncode == 0 and "commands:" in res.stdout and "upsample-signal" in res.stdout

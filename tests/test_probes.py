@@ -76,7 +76,9 @@ class TestLosses:
         valid = torch.ones_like(gt, dtype=torch.bool)
         assert float(sig_loss(gt * 3.0, gt, valid, lam=1.0, eps=0.0)) == pytest.approx(0.0, abs=1e-3)
         # lambda 0.85 keeps 15% of the squared mean log error: sqrt(0.15) * log(3)
-        assert float(sig_loss(gt * 3.0, gt, valid, lam=0.85, eps=0.0)) == pytest.approx(math.sqrt(0.15) * math.log(3), rel=1e-4)
+        assert float(sig_loss(gt * 3.0, gt, valid, lam=0.85, eps=0.0)) == pytest.approx(
+            math.sqrt(0.15) * math.log(3), rel=1e-4
+        )
 
     def test_gradient_loss_zero_for_scaled_prediction(self):
         gt = torch.rand(1, 16, 16) + 0.5
@@ -116,9 +118,18 @@ def _separable_samples(n: int, size: int = 16, seed: int = 0) -> list[ProbeSampl
         normals[2] = 1.0
         normals[0] = seg.float() - 0.5
         image = (torch.rand(3, size, size, generator=g) * 255).to(torch.uint8)
-        out.append(ProbeSample(name=str(i), image=image, features=feats, seg=seg, depth=depth,
-                               depth_valid=torch.ones(size, size, dtype=torch.bool), normals=normals,
-                               normals_valid=torch.ones(size, size, dtype=torch.bool)))
+        out.append(
+            ProbeSample(
+                name=str(i),
+                image=image,
+                features=feats,
+                seg=seg,
+                depth=depth,
+                depth_valid=torch.ones(size, size, dtype=torch.bool),
+                normals=normals,
+                normals_valid=torch.ones(size, size, dtype=torch.bool),
+            )
+        )
     return out
 
 
@@ -126,7 +137,9 @@ def _nearest(image, features, size):
     return torch.nn.functional.interpolate(features, size=size, mode="nearest-exact")
 
 
-PROTO = get_protocol("offline", epochs=30, min_steps=0, batch_size=4, lr=0.05, seeds=(0,), depth_bins=16, boundary_width=1)
+PROTO = get_protocol(
+    "offline", epochs=30, min_steps=0, batch_size=4, lr=0.05, seeds=(0,), depth_bins=16, boundary_width=1
+)
 
 
 class TestTraining:
@@ -142,7 +155,9 @@ class TestTraining:
         train = _separable_samples(6)
         w = []
         for _ in range(2):
-            probe = train_probe("seg", UpsampledFeatures(_nearest, train), PROTO.replace(epochs=3), seed=7, num_classes=2)
+            probe = train_probe(
+                "seg", UpsampledFeatures(_nearest, train), PROTO.replace(epochs=3), seed=7, num_classes=2
+            )
             w.append(probe.weight.detach().clone())
         torch.testing.assert_close(w[0], w[1], atol=0, rtol=0)
         other = train_probe("seg", UpsampledFeatures(_nearest, train), PROTO.replace(epochs=3), seed=8, num_classes=2)
@@ -228,7 +243,9 @@ class _TinyEncoder(torch.nn.Module):
 def test_feature_cache_roundtrip(tmp_path):
     torch.manual_seed(0)
     enc = _TinyEncoder()
-    images = [(torch.rand(3, 16, 16) * 255).to(torch.uint8) for _ in range(3)] + [(torch.rand(3, 8, 12) * 255).to(torch.uint8)]
+    images = [(torch.rand(3, 16, 16) * 255).to(torch.uint8) for _ in range(3)] + [
+        (torch.rand(3, 8, 12) * 255).to(torch.uint8)
+    ]
     cache = FeatureCache(tmp_path)
     a = encode(enc, images, cache)
     assert enc.calls == 4 and cache.misses == 4
@@ -247,7 +264,9 @@ def test_feature_cache_roundtrip(tmp_path):
 
     enc_layer = copy.deepcopy(enc)
     enc_layer._anyup_fingerprint = None
-    enc_layer.info = type("Info", (), {"name": "tiny", "multiple": 4, "stride": 4, "channels": 5, "layers": ("other",)})()
+    enc_layer.info = type(
+        "Info", (), {"name": "tiny", "multiple": 4, "stride": 4, "channels": 5, "layers": ("other",)}
+    )()
     assert encoder_fingerprint(enc_layer) != encoder_fingerprint(enc)
     encode(enc2, images[:1], cache)
     assert enc2.calls == 1

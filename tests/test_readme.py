@@ -88,12 +88,20 @@ def test_readme_two_lines_in_a_fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTEST_ADDOPTS")}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", VIRTUAL_ENV=str(venv), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", VIRTUAL_ENV=str(venv), PIP_DISABLE_PIP_VERSION_CHECK="1"
+    )
     res = subprocess.run(["bash", "-c", first], check=False, cwd=clone, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     # the package came from the clone, into the venv
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import anyup; print(anyup.__file__)"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import anyup; print(anyup.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).resolve().is_relative_to(clone.resolve()), where
     assert (clone / "out" / "astronaut.safetensors").is_file() and (clone / "out" / "astronaut_pca.png").is_file()
     status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=clone, capture_output=True, text=True,
@@ -160,4 +168,6 @@ def test_runnable_blocks(name, tmp_path):
         assert res.returncode == 0, f"{name}:\n{script}\n{res.stdout[-3000:]}{res.stderr[-3000:]}"
         printed = res.stdout.splitlines()
         missing = [line for line in expected if line not in printed]
-        assert not missing, f"{name}: the block\n{script}\ndid not print\n" + "\n".join(missing) + "\n(it printed)\n" + res.stdout
+        assert not missing, (
+            f"{name}: the block\n{script}\ndid not print\n" + "\n".join(missing) + "\n(it printed)\n" + res.stdout
+        )

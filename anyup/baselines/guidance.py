@@ -12,7 +12,8 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
     m = torch.tensor(
         [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
-        dtype=rgb.dtype, device=rgb.device,
+        dtype=rgb.dtype,
+        device=rgb.device,
     )
     xyz = torch.einsum("ij,bjhw->bihw", m, lin)  # (B, 3, H, W)
     white = torch.tensor([0.950456, 1.0, 1.088754], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)

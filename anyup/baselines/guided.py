@@ -44,8 +44,9 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
         c = torch.cumsum(out, dim=dim)
         # prefix sums padded with r+1 zeros in front and r copies of the total behind:
         # window sum at i = P[i + 2r + 1] - P[i] with P the padded prefix sums.
-        front = torch.zeros_like(c.narrow(dim, 0, 1)).expand(*[radius + 1 if d == dim % c.ndim else -1
-                                                                 for d in range(c.ndim)])
+        front = torch.zeros_like(c.narrow(dim, 0, 1)).expand(
+            *[radius + 1 if d == dim % c.ndim else -1 for d in range(c.ndim)]
+        )
         back = c.narrow(dim, n - 1, 1).expand(*[radius if d == dim % c.ndim else -1 for d in range(c.ndim)])
         p = torch.cat([front, c, back], dim=dim)  # (..., n + 2r + 1)
         total = p.narrow(dim, 2 * radius + 1, n) - p.narrow(dim, 0, n)
@@ -57,8 +58,9 @@ def box_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
     return out
 
 
-def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float,
-                  max_memory: int = 256 * 2**20) -> torch.Tensor:
+def guided_filter(
+    guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float, max_memory: int = 256 * 2**20
+) -> torch.Tensor:
     """Guided filter of ``src`` ``(B, C, H, W)`` with ``guide`` ``(B, 1, H, W)`` or ``(B, 3, H, W)``.
 
     Returns ``(B, C, H, W)`` in ``src``'s dtype. Channels are processed in chunks sized from
@@ -67,8 +69,9 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     return fast_guided_filter(guide, src, radius, eps, 1, max_memory)
 
 
-def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float, subsample: int = 1,
-                       max_memory: int = 256 * 2**20) -> torch.Tensor:
+def fast_guided_filter(
+    guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float, subsample: int = 1, max_memory: int = 256 * 2**20
+) -> torch.Tensor:
     """Guided filter with coefficients computed at ``1/subsample`` resolution (He & Sun 2015).
 
     ``subsample=1`` is the exact guided filter. Otherwise guide and source are downsampled
@@ -82,8 +85,13 @@ def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps:
         raise ValueError(f"need subsample >= 1 and radius >= 0, got subsample={subsample}, radius={radius}")
     H, W = guide.shape[-2:]
     small = (max(1, math.ceil(H / subsample)), max(1, math.ceil(W / subsample)))
-    if guide.ndim != 4 or src.ndim != 4 or guide.shape[1] not in (1, 3) or guide.shape[0] != src.shape[0] \
-            or src.shape[-2:] not in (guide.shape[-2:], torch.Size(small)):
+    if (
+        guide.ndim != 4
+        or src.ndim != 4
+        or guide.shape[1] not in (1, 3)
+        or guide.shape[0] != src.shape[0]
+        or src.shape[-2:] not in (guide.shape[-2:], torch.Size(small))
+    ):
         raise ValueError(f"guide must be (B, 1|3, H, W) matching src {tuple(src.shape)}, got {tuple(guide.shape)}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
@@ -96,8 +104,9 @@ def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps:
     if G == 1:
         inv = 1.0 / (box_filter(g * g, r) - mean_i**2 + eps)  # (B, 1, h, w)
     else:
-        cov_ii = box_filter((g.unsqueeze(1) * g.unsqueeze(2)).flatten(1, 2), r).view(B, 3, 3, *small) \
-            - mean_i.unsqueeze(1) * mean_i.unsqueeze(2)
+        cov_ii = box_filter((g.unsqueeze(1) * g.unsqueeze(2)).flatten(1, 2), r).view(
+            B, 3, 3, *small
+        ) - mean_i.unsqueeze(1) * mean_i.unsqueeze(2)
         eye = torch.eye(3, dtype=src.dtype, device=src.device).view(1, 3, 3, 1, 1)
         inv = torch.linalg.inv((cov_ii + eps * eye).permute(0, 3, 4, 1, 2))  # (B, h, w, 3, 3), SPD input
 
@@ -105,19 +114,19 @@ def fast_guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps:
     per_channel = B * H * W * src.element_size() * (4 + 4 * G)
     chunk = max(1, min(C, max_memory // max(per_channel, 1)))
     for c0 in range(0, C, chunk):
-        p = resize(src[:, c0:c0 + chunk], small)  # (B, c, h, w)
+        p = resize(src[:, c0 : c0 + chunk], small)  # (B, c, h, w)
         mean_p = box_filter(p, r)
         if G == 1:
             a = (box_filter(g * p, r) - mean_i * mean_p) * inv  # (B, c, h, w)
             b = mean_p - a * mean_i
-            out[:, c0:c0 + chunk] = resize(box_filter(a, r), (H, W)) * full + resize(box_filter(b, r), (H, W))
+            out[:, c0 : c0 + chunk] = resize(box_filter(a, r), (H, W)) * full + resize(box_filter(b, r), (H, W))
         else:
             corr = box_filter((g.unsqueeze(1) * p.unsqueeze(2)).flatten(1, 2), r)
             cov_ip = corr.view(B, -1, 3, *small) - mean_i.unsqueeze(1) * mean_p.unsqueeze(2)  # (B, c, 3, h, w)
             a = torch.einsum("bhwij,bcjhw->bcihw", inv, cov_ip)  # (B, c, 3, h, w)
             b = mean_p - (a * mean_i.unsqueeze(1)).sum(2)  # (B, c, h, w)
             mean_a = resize(box_filter(a.flatten(1, 2), r), (H, W)).view(B, -1, 3, H, W)
-            out[:, c0:c0 + chunk] = (mean_a * full.unsqueeze(1)).sum(2) + resize(box_filter(b, r), (H, W))
+            out[:, c0 : c0 + chunk] = (mean_a * full.unsqueeze(1)).sum(2) + resize(box_filter(b, r), (H, W))
     return out
 
 

@@ -114,8 +114,9 @@ def joint_bilateral_upsample(
         logw = ay.logw[c0:c1].view(1, n, 1, K, 1, ay.P, 1) + ax.logw.view(1, 1, w, 1, K, 1, ax.P)
         if inv_two_var:
             # (B, G, n, w, Ky, Kx, Py, Px): every slot against every neighbour of its cell
-            diff = g.permute(0, 1, 2, 4, 3, 5).unsqueeze(4).unsqueeze(4) \
-                - gq.permute(0, 1, 2, 4, 3, 5).unsqueeze(-1).unsqueeze(-1)
+            diff = g.permute(0, 1, 2, 4, 3, 5).unsqueeze(4).unsqueeze(4) - gq.permute(0, 1, 2, 4, 3, 5).unsqueeze(
+                -1
+            ).unsqueeze(-1)
             logw = logw - diff.pow(2).sum(1) * inv_two_var  # (B, n, w, Ky, Kx, Py, Px)
         logw = logw.expand(B, n, w, K, K, ay.P, ax.P).reshape(B, n * w, K * K, ay.P * ax.P)
         weights = torch.softmax(logw, dim=2)  # normalised over the window; -inf (outside) -> 0
@@ -151,5 +152,6 @@ class JointBilateralUpsampler(Upsampler):
         guide = make_guide(image, c.guidance, dt)  # (B, G, H, W)
         guide_hr = resize(guide, size)  # (B, G, H', W')
         guide_lr = resize(guide, (features.shape[-2], features.shape[-1]))  # (B, G, h, w)
-        return joint_bilateral_upsample(guide_hr, guide_lr, features.to(dt), size, c.radius, c.sigma_spatial,
-                                        c.sigma_range, c.max_memory)
+        return joint_bilateral_upsample(
+            guide_hr, guide_lr, features.to(dt), size, c.radius, c.sigma_spatial, c.sigma_range, c.max_memory
+        )

@@ -134,7 +134,9 @@ class HighResBackbone(Upsampler):
             )
         dev = next(iter(self.encoder.buffers()), torch.empty(0)).device
         rgb = imagenet_denormalize(image.float()).clamp(0, 1)
-        x = resize(rgb, self.input_size((features.shape[-2], features.shape[-1]))).clamp(0, 1).to(dev)  # (B, 3, H_in, W_in)
+        x = (
+            resize(rgb, self.input_size((features.shape[-2], features.shape[-1]))).clamp(0, 1).to(dev)
+        )  # (B, 3, H_in, W_in)
         with torch.no_grad():
             feats = self.encoder(x)
         if isinstance(feats, (list, tuple)):
@@ -148,8 +150,9 @@ def build_highres(config: HighResConfig) -> HighResBackbone:
         from anyup import encoders
 
         try:
-            enc = encoders.create(enc, weights=config.weights, pretrained=config.pretrained, layers=config.layers,
-                                  device=config.device)
+            enc = encoders.create(
+                enc, weights=config.weights, pretrained=config.pretrained, layers=config.layers, device=config.device
+            )
         except (RuntimeError, OSError, ImportError) as err:
             if isinstance(err, FileNotFoundError) and config.weights:
                 raise

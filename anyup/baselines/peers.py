@@ -55,8 +55,7 @@ class JAFARConfig(PeerConfig):
 
     repo: str = "PaulCouairon/JAFAR"
     entry: str = "jafar"
-    kwargs: dict = field(default_factory=lambda: {"backbone_name": "vit_small_patch14_dinov2.lvd142m",
-                                                  "device": "cpu"})
+    kwargs: dict = field(default_factory=lambda: {"backbone_name": "vit_small_patch14_dinov2.lvd142m", "device": "cpu"})
 
 
 @dataclass
@@ -115,8 +114,9 @@ def hub_load(method: str, config: PeerConfig) -> Any:
     if config.repo_dir:
         path = Path(config.repo_dir).expanduser()
         if not (path / "hubconf.py").is_file():
-            raise FileNotFoundError(f"{method}: repo_dir {str(path)!r} has no hubconf.py (expected a clone of "
-                                    f"{config.repo})")
+            raise FileNotFoundError(
+                f"{method}: repo_dir {str(path)!r} has no hubconf.py (expected a clone of {config.repo})"
+            )
         source, where = "local", str(path)
     else:
         cached = cached_hub_dir(config.repo)
@@ -134,8 +134,9 @@ def hub_load(method: str, config: PeerConfig) -> Any:
             return torch.hub.load(where, config.entry, source="local", **config.kwargs)
         return torch.hub.load(where, config.entry, trust_repo=True, **config.kwargs)
     except Exception as err:  # third-party code: any failure (missing deps, weights download) = unavailable
-        raise MethodUnavailable(f"{method}: torch.hub.load({where!r}, {config.entry!r}) failed: "
-                                f"{_first_line(err)}") from err
+        raise MethodUnavailable(
+            f"{method}: torch.hub.load({where!r}, {config.entry!r}) failed: {_first_line(err)}"
+        ) from err
 
 
 class PeerUpsampler(Upsampler):
@@ -155,8 +156,9 @@ class PeerUpsampler(Upsampler):
         dev = torch.device(self.config.device)
         out = self.call(self.model, image.float().to(dev), features.float().to(dev), size)
         if out.ndim != 4 or out.shape[:2] != features.shape[:2]:
-            raise RuntimeError(f"{self.name}: peer returned shape {tuple(out.shape)} for features "
-                               f"{tuple(features.shape)}")
+            raise RuntimeError(
+                f"{self.name}: peer returned shape {tuple(out.shape)} for features {tuple(features.shape)}"
+            )
         return resize(out.float(), size).to(features.device)
 
 
@@ -169,8 +171,9 @@ def _feats_image_call(model: Any, image: torch.Tensor, features: torch.Tensor, s
     return model(features, image)
 
 
-def _image_feats_size_call(model: Any, image: torch.Tensor, features: torch.Tensor,
-                           size: tuple[int, int]) -> torch.Tensor:
+def _image_feats_size_call(
+    model: Any, image: torch.Tensor, features: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
     return model(image, features, size)
 
 

@@ -119,7 +119,9 @@ def add_model(p: argparse.ArgumentParser, default: str | None, help: str | None 
 
 def add_encoder(p: argparse.ArgumentParser, default: str | None = DEFAULT_ENCODER) -> None:
     """``--encoder NAME`` and ``--encoder-weights PATH`` (old spelling ``--weights``)."""
-    p.add_argument("--encoder", default=default, metavar="NAME", help=f"encoder (see `anyup encoders`; default {default})")
+    p.add_argument(
+        "--encoder", default=default, metavar="NAME", help=f"encoder (see `anyup encoders`; default {default})"
+    )
     p.add_argument(
         "--encoder-weights",
         default=None,

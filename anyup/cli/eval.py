@@ -53,8 +53,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "epochs", None):
         items.append(f"epochs={args.epochs}")
     if getattr(args, "max_images", None):
-        items += [f"max_train_images={args.max_images}", f"max_eval_images={args.max_images}",
-                  f"fidelity_max_images={args.max_images}"]
+        items += [
+            f"max_train_images={args.max_images}",
+            f"max_eval_images={args.max_images}",
+            f"fidelity_max_images={args.max_images}",
+        ]
     return parse_overrides(items)
 
 
@@ -105,12 +108,19 @@ def _common(p: argparse.ArgumentParser, out_required: bool = True) -> None:
     p.add_argument("--seeds", default=None, help="probe seeds, e.g. 0,1,2 (overrides the protocol's)")
     p.add_argument("--epochs", type=int, default=None, help="probe epochs (overrides the protocol's)")
     p.add_argument("--max-images", type=int, default=None, help="cap images per split (train, eval, fidelity)")
-    p.add_argument("--root", action="append", metavar="[NAME=]DIR",
-                   help="dataset folder, e.g. --root voc=/data/VOCdevkit (repeatable; bare DIR for all)")
+    p.add_argument(
+        "--root",
+        action="append",
+        metavar="[NAME=]DIR",
+        help="dataset folder, e.g. --root voc=/data/VOCdevkit (repeatable; bare DIR for all)",
+    )
     p.add_argument("--cache", default=None, help="feature cache folder (default $ANYUP_CACHE_DIR/eval_features)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached encoder features")
-    p.add_argument("--random-init", action="store_true",
-                   help="random-init encoders (and AnyUp for the analyses): a smoke test, numbers are meaningless")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random-init encoders (and AnyUp for the analyses): a smoke test, numbers are meaningless",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -118,10 +128,20 @@ def _analysis_options(args: argparse.Namespace) -> Any:
     from anyup.eval.analyses import AnalysisOptions
 
     return AnalysisOptions(
-        out=args.out, dataset=args.dataset, fidelity_dataset=args.fidelity_dataset, encoder=args.encoder,
-        anyup_weights=None if args.random_init else args.model, protocol=args.protocol or "offline",
-        overrides=_overrides(args), roots=_roots(args.root), cache_dir=_cache_dir(args), use_cache=not args.no_cache,
-        pretrained=not args.random_init, task=args.task, progress=not args.no_progress, command=_command(),
+        out=args.out,
+        dataset=args.dataset,
+        fidelity_dataset=args.fidelity_dataset,
+        encoder=args.encoder,
+        anyup_weights=None if args.random_init else args.model,
+        protocol=args.protocol or "offline",
+        overrides=_overrides(args),
+        roots=_roots(args.root),
+        cache_dir=_cache_dir(args),
+        use_cache=not args.no_cache,
+        pretrained=not args.random_init,
+        task=args.task,
+        progress=not args.no_progress,
+        command=_command(),
     )
 
 
@@ -134,13 +154,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from anyup.eval.runner import RunOptions, run
 
     options = RunOptions(
-        out=args.out, suite=args.suite, datasets=_csv_list(args.datasets) if args.datasets else None,
+        out=args.out,
+        suite=args.suite,
+        datasets=_csv_list(args.datasets) if args.datasets else None,
         encoders=_csv_list(args.encoders) if args.encoders else None,
-        methods=_csv_list(args.methods) if args.methods else None, tasks=_csv_list(args.tasks) if args.tasks else None,
-        protocol=args.protocol, overrides=_overrides(args), roots=_roots(args.root), cache_dir=_cache_dir(args),
-        use_cache=not args.no_cache, pretrained=not args.random_init,
+        methods=_csv_list(args.methods) if args.methods else None,
+        tasks=_csv_list(args.tasks) if args.tasks else None,
+        protocol=args.protocol,
+        overrides=_overrides(args),
+        roots=_roots(args.root),
+        cache_dir=_cache_dir(args),
+        use_cache=not args.no_cache,
+        pretrained=not args.random_init,
         probe_encoders=_csv_list(args.probe_encoders) if args.probe_encoders else None,
-        method_configs=_method_configs(args.method_set), progress=not args.no_progress, command=_command(),
+        method_configs=_method_configs(args.method_set),
+        progress=not args.no_progress,
+        command=_command(),
     )
     return _done(args, run(options))
 
@@ -148,7 +177,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_probe_consistency(args: argparse.Namespace) -> int:
     from anyup.eval.analyses import probe_consistency
 
-    return _done(args, probe_consistency(_analysis_options(args), methods=_csv_list(args.methods) or ["bilinear", "anyup"]))
+    return _done(
+        args, probe_consistency(_analysis_options(args), methods=_csv_list(args.methods) or ["bilinear", "anyup"])
+    )
 
 
 def _cmd_window(args: argparse.Namespace) -> int:
@@ -161,22 +192,35 @@ def _cmd_cross(args: argparse.Namespace) -> int:
     from anyup.eval.analyses import cross_encoder
 
     enc = _csv_list(args.encoders) if args.encoders else None
-    return _done(args, cross_encoder(_analysis_options(args), encoders=enc, methods=_csv_list(args.methods) or ["bilinear", "anyup"]))
+    return _done(
+        args,
+        cross_encoder(_analysis_options(args), encoders=enc, methods=_csv_list(args.methods) or ["bilinear", "anyup"]),
+    )
 
 
 def _cmd_attention(args: argparse.Namespace) -> int:
     from anyup.eval.analyses import attention_at_boundaries
 
-    return _done(args, attention_at_boundaries(_analysis_options(args), images=args.images,
-                                               pixels_per_image=args.pixels, band_width=args.band))
+    return _done(
+        args,
+        attention_at_boundaries(
+            _analysis_options(args), images=args.images, pixels_per_image=args.pixels, band_width=args.band
+        ),
+    )
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from anyup.eval.analyses import fidelity
 
-    return _done(args, fidelity(_analysis_options(args), datasets=_csv_list(args.datasets) or ["photos"],
-                                encoders=_csv_list(args.encoders) if args.encoders else None,
-                                methods=_csv_list(args.methods) if args.methods else None))
+    return _done(
+        args,
+        fidelity(
+            _analysis_options(args),
+            datasets=_csv_list(args.datasets) or ["photos"],
+            encoders=_csv_list(args.encoders) if args.encoders else None,
+            methods=_csv_list(args.methods) if args.methods else None,
+        ),
+    )
 
 
 def _cmd_protocols(args: argparse.Namespace) -> int:
@@ -189,8 +233,10 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
             sys.stdout.write(f"  {p.canonical_json()}\n")
     sys.stdout.write("\nsuites:\n")
     for s in SUITES.values():
-        sys.stdout.write(f"  {s.name}: datasets {','.join(s.datasets)}; encoders {','.join(s.encoders)}; "
-                         f"protocols {s.protocols} -- {s.description}\n")
+        sys.stdout.write(
+            f"  {s.name}: datasets {','.join(s.datasets)}; encoders {','.join(s.encoders)}; "
+            f"protocols {s.protocols} -- {s.description}\n"
+        )
     return 0
 
 
@@ -208,13 +254,18 @@ def _analysis_parser(sub: Any, name: str, help_: str) -> argparse.ArgumentParser
 
 def register(subparsers: Any) -> None:
     """Add ``anyup eval`` and its sub-commands."""
-    ev = subparsers.add_parser("eval", help="evaluate upsamplers: probes, fidelity, analyses",
-                               description="Evaluate feature upsamplers: linear probes, label-free fidelity, "
-                                           "analyses. Every command writes results.csv, results.md and plots to --out.")
+    ev = subparsers.add_parser(
+        "eval",
+        help="evaluate upsamplers: probes, fidelity, analyses",
+        description="Evaluate feature upsamplers: linear probes, label-free fidelity, "
+        "analyses. Every command writes results.csv, results.md and plots to --out.",
+    )
     sub = ev.add_subparsers(dest="eval_command", metavar="ANALYSIS")
     ev.set_defaults(func=lambda args: (ev.print_help(), 2)[1])
 
-    p = sub.add_parser("run", help="run a suite: probes (seg/depth/normals) and fidelity over datasets x encoders x methods")
+    p = sub.add_parser(
+        "run", help="run a suite: probes (seg/depth/normals) and fidelity over datasets x encoders x methods"
+    )
     _common(p)
     p.add_argument("--suite", default="offline", help="offline (default) or paper; see `anyup eval protocols`")
     add_list(p, "--datasets", "dataset names (default: the suite's)")
@@ -222,8 +273,12 @@ def register(subparsers: Any) -> None:
     add_list(p, "--probe-encoders", "encoders used for probes (default: the suite's / all given)")
     add_list(p, "--methods", "methods (default: every method that can run here; a named one that cannot is an error)")
     add_list(p, "--tasks", "subset of seg,depth,normals,fidelity (default all)")
-    p.add_argument("--method-set", action=SetAction, metavar="METHOD.FIELD=VALUE",
-                   help="method config override, e.g. anyup_checkpoint.checkpoint=run/last.pth (repeat for more)")
+    p.add_argument(
+        "--method-set",
+        action=SetAction,
+        metavar="METHOD.FIELD=VALUE",
+        help="method config override, e.g. anyup_checkpoint.checkpoint=run/last.pth (repeat for more)",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = _analysis_parser(sub, "probe-consistency", "low-res probe applied to AnyUp- vs bilinear-upsampled features")
@@ -246,7 +301,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--band", type=int, default=2, help="max distance (px) of a sampled pixel to a class edge")
     p.set_defaults(func=_cmd_attention)
 
-    p = _analysis_parser(sub, "fidelity", "label-free fidelity: upsampled features of a downscaled image vs full-res features")
+    p = _analysis_parser(
+        sub, "fidelity", "label-free fidelity: upsampled features of a downscaled image vs full-res features"
+    )
     add_list(p, "--datasets", "datasets (default photos)")
     add_list(p, "--encoders", "encoders (default --encoder)")
     add_list(p, "--methods", "methods (default all that can run here)")

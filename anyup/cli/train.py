@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (run_dir)")
     p.add_argument("--steps", type=int, help="optimiser steps (steps)")
     add_list(p, "--encoders", "encoder registry names (encoders)")
-    p.add_argument("--encoder", dest="encoders", action=RenamedList, new="--encoders", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--encoder", dest="encoders", action=RenamedList, new="--encoders", nargs="+", help=argparse.SUPPRESS
+    )
     p.add_argument("--init", metavar="NAME|PATH", help="start from weights: a published name or a file (init)")
     add_device(p, None)
     add_set(p, "dotted config override, value parsed as YAML, e.g. optim.lr=1e-4 or 'data.root=[a, b]'", dest="overrides",

@@ -257,7 +257,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
             sys.stdout.write(f"| {stem} | {layer} | {ours:.3f} | {bil:.3f} |\n")
     sys.stdout.write(
         f"wrote {done - skipped} of {len(jobs) + skipped} images to {out_dir}"
-        + (f" ({skipped} already there)" if skipped else "") + "\n"
+        + (f" ({skipped} already there)" if skipped else "")
+        + "\n"
     )
     if failed:
         sys.stderr.write(f"{len(failed)} image(s) failed:\n")
@@ -275,6 +276,7 @@ def _edge_stats(stem: str, results) -> list[tuple[str, str, float, float]]:
         (stem, r.layer, edge_alignment(r.features, r.image), bilinear_edge_alignment(r.lowres, r.image))
         for r in results
     ]
+
 
 def _cmd_upsample_signal(args: argparse.Namespace) -> int:
     from anyup._atomic import ensure_writable_dir

@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", default=None, help="encoder layer")
     p.add_argument("--input-size", type=int, default=448, metavar="N", help="short side of the encoder input")
     p.add_argument("--alpha", type=float, default=0.75, help="heatmap opacity")
-    p.add_argument("--gamma", type=float, default=0.5, help="colour = (weight / max) ** gamma (< 1 lifts small weights)")
+    p.add_argument(
+        "--gamma", type=float, default=0.5, help="colour = (weight / max) ** gamma (< 1 lifts small weights)"
+    )
     add_device(p)
     p.add_argument("--out", required=True, metavar="FILE.png")
     p.set_defaults(func=_cmd_attention)

@@ -284,7 +284,9 @@ def wrap(
         raise ValueError(f"probe_size must be a positive int, got {probe_size!r}")
     adapter = adapter_for(module)
     return_list = isinstance(layer, (list, tuple))
-    items: list[str | int | None] = list(layer) if isinstance(layer, (list, tuple)) else [cast("str | int | None", layer)]
+    items: list[str | int | None] = (
+        list(layer) if isinstance(layer, (list, tuple)) else [cast("str | int | None", layer)]
+    )
     if not items:
         raise ValueError("layer must name at least one layer, got an empty list")
     taps, labels = zip(*(adapter.tap(module, item) for item in items))

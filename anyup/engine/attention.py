@@ -119,7 +119,9 @@ BACKENDS: dict[str, AttentionBackend] = {
         AttentionBackend("matmul", attend_matmul, lambda d: True, "two GEMMs + masked softmax (PyTorch ops)"),
         AttentionBackend("sdpa", attend_sdpa, lambda d: True, "F.scaled_dot_product_attention, V broadcast to heads"),
         AttentionBackend("flex", attend_flex, _flex_ok, "flex_attention with a block mask (torch.compile)"),
-        AttentionBackend("triton", attend_triton, _triton_ok, "two-pass Triton kernel (CUDA; CPU with TRITON_INTERPRET=1)"),
+        AttentionBackend(
+            "triton", attend_triton, _triton_ok, "two-pass Triton kernel (CUDA; CPU with TRITON_INTERPRET=1)"
+        ),
     )
 }
 ATTENTION_CHOICES = ("auto", *BACKENDS)

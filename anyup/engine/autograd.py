@@ -37,8 +37,9 @@ def _stack(stack, x: torch.Tensor, tail=None) -> torch.Tensor:
     return x
 
 
-def iter_tiles_autograd(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], plan: Plan,
-                        backend: AttentionBackend) -> Iterator:
+def iter_tiles_autograd(
+    model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], plan: Plan, backend: AttentionBackend
+) -> Iterator:
     from anyup.engine.run import Tile, low_res_keys
 
     dtype = features.dtype if features.dtype == torch.float64 or features.device.type == "cuda" else torch.float32

@@ -125,7 +125,8 @@ class StackProgram:
         assert isinstance(first, PointwiseConv2d), "full-resolution encoders start with a 1x1 conv"
         self.first = first.matrix.detach().to(dtype)  # (D, Din)
         self.blocks = [
-            (conv1.matrix.detach().to(dtype), conv2.matrix.detach().to(dtype)) for _, conv1, _, conv2 in (b.parts for b in stack.blocks)
+            (conv1.matrix.detach().to(dtype), conv2.matrix.detach().to(dtype))
+            for _, conv1, _, conv2 in (b.parts for b in stack.blocks)
         ]
         self.stats = GroupNormStats([n for b in stack.blocks for n in (b.parts[0], b.parts[2])])
 
@@ -154,7 +155,9 @@ class StackProgram:
             x[i].addmm_(w2, a[i])
         return x
 
-    def run(self, x_in: torch.Tensor, out: torch.Tensor, a: torch.Tensor, y: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+    def run(
+        self, x_in: torch.Tensor, out: torch.Tensor, a: torch.Tensor, y: torch.Tensor, stop: int | None = None
+    ) -> torch.Tensor:
         """Chunk ``x_in`` (B, Din, P) through the whole stack; ``out`` (B, D, P) holds the result.
 
         With ``stop = i`` it returns early with GroupNorm ``i``'s input (to gather its statistics).
@@ -189,7 +192,9 @@ class RopeTable:
         """RoPE of chunk x (B, D, P) whose first pixel has flat index ``p0``, written to ``out``."""
         n = x.shape[-1]
         idx = torch.arange(p0, p0 + n, device=x.device)
-        angle = self.ys[idx // self.width].view(1, -1) * self.f0 + self.xs[idx % self.width].view(1, -1) * self.f1  # (D, P)
+        angle = (
+            self.ys[idx // self.width].view(1, -1) * self.f0 + self.xs[idx % self.width].view(1, -1) * self.f1
+        )  # (D, P)
         cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
         half = x.shape[1] // 2
         torch.mul(x, cos, out=out)

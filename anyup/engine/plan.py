@@ -164,13 +164,17 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
     fu = _fu_elements(g, cap // 2)
     small_fu = g.batch * g.dim * g.low_hw[0] * g.low_hw[1]
     default_tile = max(16, math.ceil(g.ratio * max(g.out_hw)))
-    tiles = [tile_size] if tile_size is not None else sorted({default_tile, *[max(1, default_tile >> s) for s in range(1, 12)]}, reverse=True)
+    tiles = (
+        [tile_size]
+        if tile_size is not None
+        else sorted({default_tile, *[max(1, default_tile >> s) for s in range(1, 12)]}, reverse=True)
+    )
     modes: tuple[Mode, ...] = ("autograd",) if autograd else ("whole", "cached", "streamed")
     smallest: int | None = None
     for mode in modes:
         for t in tiles:
             for chunk in chunks:
-                for key_rows in ([g.low_hw[0]] if mode in ("whole", "autograd") else _key_row_choices(g)):
+                for key_rows in [g.low_hw[0]] if mode in ("whole", "autograd") else _key_row_choices(g):
                     for f in (fu, small_fu):
                         est = _estimate(g, mode, chunk, key_rows, t, f)
                         if est <= cap:

@@ -69,22 +69,38 @@ def compute_dtype(features: torch.Tensor) -> torch.dtype:
     return torch.float32
 
 
-def geometry(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], dtype: torch.dtype) -> Geometry:
+def geometry(
+    model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], dtype: torch.dtype
+) -> Geometry:
     cfg = model.config
     return Geometry(
-        batch=features.shape[0], channels=features.shape[1], image_hw=(image.shape[-2], image.shape[-1]),
-        low_hw=(features.shape[-2], features.shape[-1]), out_hw=(out_hw[0], out_hw[1]), dim=cfg.dim, heads=cfg.num_heads,
-        ratio=cfg.window_ratio, elem=torch.empty((), dtype=dtype).element_size(),
+        batch=features.shape[0],
+        channels=features.shape[1],
+        image_hw=(image.shape[-2], image.shape[-1]),
+        low_hw=(features.shape[-2], features.shape[-1]),
+        out_hw=(out_hw[0], out_hw[1]),
+        dim=cfg.dim,
+        heads=cfg.num_heads,
+        ratio=cfg.window_ratio,
+        elem=torch.empty((), dtype=dtype).element_size(),
     )
 
 
-def plan_for(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], options: EngineOptions,
-             autograd: bool = False) -> Plan:
+def plan_for(
+    model,
+    image: torch.Tensor,
+    features: torch.Tensor,
+    out_hw: tuple[int, int],
+    options: EngineOptions,
+    autograd: bool = False,
+) -> Plan:
     """The plan :func:`iter_tiles` would use for these inputs."""
     cap = parse_memory(options.max_memory)
     if cap is None:
         cap = parse_memory(model.config.max_memory) or default_max_memory(image.device)
-    if options.tile_size is not None and (isinstance(options.tile_size, bool) or not isinstance(options.tile_size, int) or options.tile_size < 1):
+    if options.tile_size is not None and (
+        isinstance(options.tile_size, bool) or not isinstance(options.tile_size, int) or options.tile_size < 1
+    ):
         raise ValueError(f"tile_size must be a positive int, got {options.tile_size!r}")
     g = geometry(model, image, features, out_hw, compute_dtype(features))
     return make_plan(g, cap, options.tile_size, autograd)
@@ -96,7 +112,9 @@ def needs_autograd(model, image: torch.Tensor, features: torch.Tensor) -> bool:
     return image.requires_grad or features.requires_grad or any(p.requires_grad for p in model.parameters())
 
 
-def iter_tiles(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], options: EngineOptions) -> Iterator[Tile]:
+def iter_tiles(
+    model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], options: EngineOptions
+) -> Iterator[Tile]:
     """Yield the upsampled output as non-overlapping tiles covering ``out_hw`` row-major."""
     autograd = needs_autograd(model, image, features)
     plan = plan_for(model, image, features, out_hw, options, autograd)
@@ -263,7 +281,9 @@ class PixelEncoders:
         if self.query_map is not None:  # whole mode: pool once, keep the pooled map
             q = self.query_map.view(self.b, self.d, self.h, self.w)
             self.query_map = None
-            self.query_pooled = q if (hq, wq) == (self.h, self.w) else adaptive_avg_pool_2d(q, (self.h, self.w), (hq, wq))
+            self.query_pooled = (
+                q if (hq, wq) == (self.h, self.w) else adaptive_avg_pool_2d(q, (self.h, self.w), (hq, wq))
+            )
         if self.query_pooled is not None:
             return self.query_pooled[:, :, a:z]
         starts, ends = pool_ranges(self.h, hq)
@@ -271,8 +291,15 @@ class PixelEncoders:
         return adaptive_avg_pool_2d(self.branch_rows(self.query, s, e), (self.h, self.w), (hq, wq), (a, z), s)
 
 
-def decode(model, enc: PixelEncoders, keys: torch.Tensor, values_map: torch.Tensor, out_hw: tuple[int, int],
-           plan: Plan, backend: AttentionBackend) -> Iterator[Tile]:
+def decode(
+    model,
+    enc: PixelEncoders,
+    keys: torch.Tensor,
+    values_map: torch.Tensor,
+    out_hw: tuple[int, int],
+    plan: Plan,
+    backend: AttentionBackend,
+) -> Iterator[Tile]:
     """Windowed attention tile by tile: queries band by band, each tile against its key rectangle."""
     b, c, h, w = values_map.shape
     hq, wq = out_hw
@@ -300,8 +327,9 @@ def decode(model, enc: PixelEncoders, keys: torch.Tensor, values_map: torch.Tens
 
 
 @torch.no_grad()
-def attention_maps(model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int],
-                   pixels, options: EngineOptions) -> torch.Tensor:
+def attention_maps(
+    model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], pixels, options: EngineOptions
+) -> torch.Tensor:
     """Heads-averaged attention of output pixels over the feature grid: (B, P, h, w) float32.
 
     Each map is non-negative, sums to 1 and is zero outside the pixel's window.

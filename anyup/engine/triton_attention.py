@@ -17,8 +17,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _stats_kernel(q_ptr, k_ptr, mask_ptr, m_ptr, l_ptr, nq, nk, scale,
-                  NH: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):
+def _stats_kernel(
+    q_ptr,
+    k_ptr,
+    mask_ptr,
+    m_ptr,
+    l_ptr,
+    nq,
+    nk,
+    scale,
+    NH: tl.constexpr,
+    HD: tl.constexpr,
+    HDP: tl.constexpr,
+    BQ: tl.constexpr,
+    BK: tl.constexpr,
+):
     pid_q = tl.program_id(0)
     b = tl.program_id(1)
     offs_q = pid_q * BQ + tl.arange(0, BQ)
@@ -35,7 +48,9 @@ def _stats_kernel(q_ptr, k_ptr, mask_ptr, m_ptr, l_ptr, nq, nk, scale,
             k_ok = offs_k < nk
             k_base = k_ptr + ((b * NH + h) * nk) * HD
             k = tl.load(k_base + offs_k[:, None] * HD + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            allowed = tl.load(mask_ptr + offs_q[:, None] * nk + offs_k[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0)
+            allowed = tl.load(
+                mask_ptr + offs_q[:, None] * nk + offs_k[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0
+            )
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(allowed != 0, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -47,9 +62,25 @@ def _stats_kernel(q_ptr, k_ptr, mask_ptr, m_ptr, l_ptr, nq, nk, scale,
 
 
 @triton.jit
-def _apply_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, o_ptr, nq, nk, c, scale,
-                  NH: tl.constexpr, HD: tl.constexpr, HDP: tl.constexpr,
-                  BQ: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr):
+def _apply_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    m_ptr,
+    l_ptr,
+    o_ptr,
+    nq,
+    nk,
+    c,
+    scale,
+    NH: tl.constexpr,
+    HD: tl.constexpr,
+    HDP: tl.constexpr,
+    BQ: tl.constexpr,
+    BK: tl.constexpr,
+    BC: tl.constexpr,
+):
     pid_q = tl.program_id(0)
     b = tl.program_id(1)
     pid_c = tl.program_id(2)
@@ -63,19 +94,29 @@ def _apply_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, o_ptr, nq, nk, c,
     for k0 in range(0, nk, BK):
         offs_k = k0 + tl.arange(0, BK)
         k_ok = offs_k < nk
-        allowed = tl.load(mask_ptr + offs_q[:, None] * nk + offs_k[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0)
+        allowed = tl.load(
+            mask_ptr + offs_q[:, None] * nk + offs_k[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0
+        )
         w = tl.zeros((BQ, BK), tl.float32)
         for h in tl.static_range(NH):
-            q = tl.load(q_ptr + ((b * NH + h) * nq) * HD + offs_q[:, None] * HD + offs_d[None, :],
-                        mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-            k = tl.load(k_ptr + ((b * NH + h) * nk) * HD + offs_k[:, None] * HD + offs_d[None, :],
-                        mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            q = tl.load(
+                q_ptr + ((b * NH + h) * nq) * HD + offs_q[:, None] * HD + offs_d[None, :],
+                mask=q_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
+            k = tl.load(
+                k_ptr + ((b * NH + h) * nk) * HD + offs_k[:, None] * HD + offs_d[None, :],
+                mask=k_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
             m = tl.load(m_ptr + (b * NH + h) * nq + offs_q, mask=q_ok, other=0.0)
             l = tl.load(l_ptr + (b * NH + h) * nq + offs_q, mask=q_ok, other=1.0)
             s = tl.dot(q, tl.trans(k)) * scale
             p = tl.exp(s - m[:, None]) / l[:, None]
             w += tl.where(allowed != 0, p, 0.0)
-        v = tl.load(v_ptr + (b * nk + offs_k[:, None]) * c + offs_c[None, :], mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+        v = tl.load(
+            v_ptr + (b * nk + offs_k[:, None]) * c + offs_c[None, :], mask=k_ok[:, None] & c_ok[None, :], other=0.0
+        )
         acc += tl.dot(w / NH, v)
     tl.store(o_ptr + (b * nq + offs_q[:, None]) * c + offs_c[None, :], acc, mask=q_ok[:, None] & c_ok[None, :])
 

@@ -101,13 +101,26 @@ def _encoder(options: AnalysisOptions) -> Any:
     return create_encoder(options.encoder, options.pretrained)
 
 
-def _finish(rows: list[ResultRow], options: AnalysisOptions, title: str, protocols: dict[str, Protocol],
-            t0: float, notes: Sequence[str] = (), plots: bool = True) -> None:
+def _finish(
+    rows: list[ResultRow],
+    options: AnalysisOptions,
+    title: str,
+    protocols: dict[str, Protocol],
+    t0: float,
+    notes: Sequence[str] = (),
+    plots: bool = True,
+) -> None:
     out = Path(options.out)
     write_csv(rows, out / "results.csv")
-    meta = {"title": title, "protocols": protocols, "versions": versions(),
-            "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "command": options.command,
-            "elapsed_s": time.perf_counter() - t0, "notes": list(notes)}
+    meta = {
+        "title": title,
+        "protocols": protocols,
+        "versions": versions(),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": options.command,
+        "elapsed_s": time.perf_counter() - t0,
+        "notes": list(notes),
+    }
     write_markdown(rows, out / "results.md", meta)
     if plots:
         write_plots(rows, out)
@@ -117,10 +130,27 @@ def _prepare(options: AnalysisOptions, protocol: Protocol, encoder: Any, cache: 
     train_ds, eval_ds, _ = load_splits(options.dataset, options.roots)
     if options.task not in tuple(train_ds.tasks):
         raise ValueError(f"dataset {options.dataset!r} has no {options.task!r} labels (tasks: {train_ds.tasks})")
-    train = prepare_samples(train_ds, encoder, protocol.image_size, cache, max_images=protocol.max_train_images,
-                            flips=protocol.hflip, tasks=[options.task], progress=options.progress, desc="train")
-    evals = prepare_samples(eval_ds, encoder, protocol.image_size, cache, max_images=protocol.max_eval_images,
-                            tasks=[options.task], progress=options.progress, desc="eval")
+    train = prepare_samples(
+        train_ds,
+        encoder,
+        protocol.image_size,
+        cache,
+        max_images=protocol.max_train_images,
+        flips=protocol.hflip,
+        tasks=[options.task],
+        progress=options.progress,
+        desc="train",
+    )
+    evals = prepare_samples(
+        eval_ds,
+        encoder,
+        protocol.image_size,
+        cache,
+        max_images=protocol.max_eval_images,
+        tasks=[options.task],
+        progress=options.progress,
+        desc="eval",
+    )
     return train, evals, train_ds
 
 
@@ -153,18 +183,31 @@ def probe_consistency(options: AnalysisOptions, methods: Sequence[str] = ("bilin
     rows: list[ResultRow] = []
     for seed in protocol.seeds:
         for variant in ("logits", "labels"):
-            probe = train_probe(task, low_train, protocol, seed, lowres=variant, progress=options.progress,
-                                desc=f"low-res probe ({variant}) s{seed}", **kw)
+            probe = train_probe(
+                task,
+                low_train,
+                protocol,
+                seed,
+                lowres=variant,
+                progress=options.progress,
+                desc=f"low-res probe ({variant}) s{seed}",
+                **kw,
+            )
             for m, ev in evals_up.items():
                 for k, v in evaluate_probe(task, probe, ev, protocol, **kw).items():
-                    rows.append(ResultRow(options.dataset, options.encoder, m, f"{task}/lowres_{variant}_probe", k, v, seed))
+                    rows.append(
+                        ResultRow(options.dataset, options.encoder, m, f"{task}/lowres_{variant}_probe", k, v, seed)
+                    )
         for m in ups:
-            probe = train_probe(task, train_up[m], protocol, seed, progress=options.progress, desc=f"{m} probe s{seed}",
-                                **kw)
+            probe = train_probe(
+                task, train_up[m], protocol, seed, progress=options.progress, desc=f"{m} probe s{seed}", **kw
+            )
             for k, v in evaluate_probe(task, probe, evals_up[m], protocol, **kw).items():
                 rows.append(ResultRow(options.dataset, options.encoder, m, f"{task}/native_probe", k, v, seed))
-    note = ("A probe trained on low-res features transfers to an upsampler's output when its score on that output is "
-            "close to the score of a probe trained on that output (native_probe).")
+    note = (
+        "A probe trained on low-res features transfers to an upsampler's output when its score on that output is "
+        "close to the score of a probe trained on that output (native_probe)."
+    )
     _finish(rows, options, "Probe consistency: low-res probes on upsampled features", {task: protocol}, t0, [note])
     return rows
 
@@ -174,8 +217,9 @@ def probe_consistency(options: AnalysisOptions, methods: Sequence[str] = ("bilin
 # --------------------------------------------------------------------------------------------
 
 
-def window_sensitivity(options: AnalysisOptions, ratios: Sequence[float] = DEFAULT_RATIOS,
-                       probe: bool = True) -> list[ResultRow]:
+def window_sensitivity(
+    options: AnalysisOptions, ratios: Sequence[float] = DEFAULT_RATIOS, probe: bool = True
+) -> list[ResultRow]:
     """Fidelity (and a segmentation probe) of AnyUp for each ``window_ratio``; bilinear as reference.
 
     Methods are named ``anyup[r=<ratio>]``. Plots ``window_<metric>.png`` of metric vs ratio.
@@ -189,9 +233,18 @@ def window_sensitivity(options: AnalysisOptions, ratios: Sequence[float] = DEFAU
     bilinear = make_upsampler("bilinear")
     from anyup.eval import datasets as D
 
-    fid_ds = D.create(options.fidelity_dataset, root=options.roots.get(options.fidelity_dataset) or options.roots.get("*"))
-    fsamples = prepare_fidelity(fid_ds, encoder, protocol.fidelity_image_size, protocol.fidelity_scale, cache,
-                                max_images=protocol.fidelity_max_images, progress=options.progress)
+    fid_ds = D.create(
+        options.fidelity_dataset, root=options.roots.get(options.fidelity_dataset) or options.roots.get("*")
+    )
+    fsamples = prepare_fidelity(
+        fid_ds,
+        encoder,
+        protocol.fidelity_image_size,
+        protocol.fidelity_scale,
+        cache,
+        max_images=protocol.fidelity_max_images,
+        progress=options.progress,
+    )
     train = evals = None
     kw: dict[str, int] = {}
     if probe:
@@ -210,13 +263,16 @@ def window_sensitivity(options: AnalysisOptions, ratios: Sequence[float] = DEFAU
                 assert train is not None and evals is not None  # prepared above when probe
                 tr, ev = UpsampledFeatures(up, train), UpsampledFeatures(up, evals)
                 for seed in protocol.seeds:
-                    p = train_probe(options.task, tr, protocol, seed, progress=options.progress, desc=f"{name} s{seed}", **kw)
+                    p = train_probe(
+                        options.task, tr, protocol, seed, progress=options.progress, desc=f"{name} s{seed}", **kw
+                    )
                     for k, v in evaluate_probe(options.task, p, ev, protocol, **kw).items():
                         rows.append(ResultRow(options.dataset, options.encoder, name, options.task, k, v, seed))
     finally:
         model.window_ratio = original
-    _finish(rows, options, "AnyUp window-size sensitivity", {"fidelity": protocol, options.task: protocol}, t0,
-            plots=False)
+    _finish(
+        rows, options, "AnyUp window-size sensitivity", {"fidelity": protocol, options.task: protocol}, t0, plots=False
+    )
     _ratio_plots(rows, ratios, Path(options.out))
     return rows
 
@@ -225,7 +281,7 @@ def _ratio_plots(rows: Sequence[ResultRow], ratios: Sequence[float], out: Path) 
     from anyup.eval.report import summarize
 
     s = summarize(rows)
-    for (d, e, t, metric) in sorted({k[:4] for k in s}):
+    for d, e, t, metric in sorted({k[:4] for k in s}):
         if metric not in ("cos", "cos_edges", "miou", "boundary_miou", "rmse", "mean_angle"):
             continue
         ys = [s.get((d, e, t, metric, f"anyup[r={r:g}]"), (math.nan, 0.0, 0)) for r in ratios]
@@ -235,8 +291,16 @@ def _ratio_plots(rows: Sequence[ResultRow], ratios: Sequence[float], out: Path) 
         if base:
             series["bilinear"] = [base[0]] * len(ratios)
             errors["bilinear"] = [0.0] * len(ratios)
-        write_line_plot(list(ratios), series, out / f"window_{d}_{t}_{metric}.png".replace("/", "-"), xlabel="window_ratio",
-                        ylabel=metric, title=f"{d} / {e} / {t}", logx=True, errors=errors)
+        write_line_plot(
+            list(ratios),
+            series,
+            out / f"window_{d}_{t}_{metric}.png".replace("/", "-"),
+            xlabel="window_ratio",
+            ylabel=metric,
+            title=f"{d} / {e} / {t}",
+            logx=True,
+            errors=errors,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,31 +308,58 @@ def _ratio_plots(rows: Sequence[ResultRow], ratios: Sequence[float], out: Path) 
 # --------------------------------------------------------------------------------------------
 
 
-def cross_encoder(options: AnalysisOptions, encoders: Sequence[str] | None = None,
-                  methods: Sequence[str] = ("bilinear", "anyup")) -> list[ResultRow]:
+def cross_encoder(
+    options: AnalysisOptions, encoders: Sequence[str] | None = None, methods: Sequence[str] = ("bilinear", "anyup")
+) -> list[ResultRow]:
     """The same AnyUp weights on every encoder (those that cannot be built here are skipped with the reason)."""
     from anyup import encoders as E
 
     names = list(encoders) if encoders else E.list_encoders()
-    opts = RunOptions(out=options.out, suite="offline", datasets=[options.dataset, options.fidelity_dataset],
-                      encoders=names, methods=list(methods), tasks=[options.task, "fidelity"],
-                      protocol=options.protocol, overrides=options.overrides, roots=options.roots,
-                      cache_dir=options.cache_dir, use_cache=options.use_cache, pretrained=options.pretrained,
-                      probe_encoders=names,
-                      progress=options.progress, command=options.command,
-                      title="Cross-encoder generalisation (same AnyUp weights)")
+    opts = RunOptions(
+        out=options.out,
+        suite="offline",
+        datasets=[options.dataset, options.fidelity_dataset],
+        encoders=names,
+        methods=list(methods),
+        tasks=[options.task, "fidelity"],
+        protocol=options.protocol,
+        overrides=options.overrides,
+        roots=options.roots,
+        cache_dir=options.cache_dir,
+        use_cache=options.use_cache,
+        pretrained=options.pretrained,
+        probe_encoders=names,
+        progress=options.progress,
+        command=options.command,
+        title="Cross-encoder generalisation (same AnyUp weights)",
+    )
     return run(opts)
 
 
-def fidelity(options: AnalysisOptions, datasets: Sequence[str] | None = None, encoders: Sequence[str] | None = None,
-             methods: Sequence[str] | None = None) -> list[ResultRow]:
+def fidelity(
+    options: AnalysisOptions,
+    datasets: Sequence[str] | None = None,
+    encoders: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+) -> list[ResultRow]:
     """Label-free feature fidelity of every method (a runner call with ``tasks=["fidelity"]``)."""
-    opts = RunOptions(out=options.out, suite="offline", datasets=list(datasets or [options.fidelity_dataset]),
-                      encoders=list(encoders or [options.encoder]), methods=list(methods) if methods else None,
-                      tasks=["fidelity"], protocol=options.protocol, overrides=options.overrides, roots=options.roots,
-                      cache_dir=options.cache_dir, use_cache=options.use_cache, pretrained=options.pretrained,
-                      progress=options.progress,
-                      command=options.command, title="Label-free feature fidelity")
+    opts = RunOptions(
+        out=options.out,
+        suite="offline",
+        datasets=list(datasets or [options.fidelity_dataset]),
+        encoders=list(encoders or [options.encoder]),
+        methods=list(methods) if methods else None,
+        tasks=["fidelity"],
+        protocol=options.protocol,
+        overrides=options.overrides,
+        roots=options.roots,
+        cache_dir=options.cache_dir,
+        use_cache=options.use_cache,
+        pretrained=options.pretrained,
+        progress=options.progress,
+        command=options.command,
+        title="Label-free feature fidelity",
+    )
     return run(opts)
 
 
@@ -277,7 +368,9 @@ def fidelity(options: AnalysisOptions, datasets: Sequence[str] | None = None, en
 # --------------------------------------------------------------------------------------------
 
 
-def class_fractions(seg: torch.Tensor, num_classes: int, grid: tuple[int, int], ignore_index: int = 255) -> torch.Tensor:
+def class_fractions(
+    seg: torch.Tensor, num_classes: int, grid: tuple[int, int], ignore_index: int = 255
+) -> torch.Tensor:
     """Share of each class among the valid pixels under every low-res cell: ``(K, h, w)``.
 
     ``seg``: ``(H, W)`` int64 at image resolution; cells are ``adaptive_avg_pool`` footprints.
@@ -291,8 +384,9 @@ def class_fractions(seg: torch.Tensor, num_classes: int, grid: tuple[int, int], 
     return torch.where(den > 0, num / den.clamp(min=1e-12), torch.zeros_like(num))
 
 
-def pick_boundary_pixels(seg: torch.Tensor, count: int, width: int, generator: torch.Generator,
-                         ignore_index: int = 255, margin: int = 0) -> list[tuple[int, int]]:
+def pick_boundary_pixels(
+    seg: torch.Tensor, count: int, width: int, generator: torch.Generator, ignore_index: int = 255, margin: int = 0
+) -> list[tuple[int, int]]:
     """``count`` distinct pixels within ``width`` of a class edge (not ignored), drawn with ``generator``."""
     band = boundary_band(seg, width) & (seg != ignore_index)
     if margin:
@@ -305,8 +399,14 @@ def pick_boundary_pixels(seg: torch.Tensor, count: int, width: int, generator: t
     return [(int(ys[i]), int(xs[i])) for i in perm]
 
 
-def attention_at_boundaries(options: AnalysisOptions, images: int = 8, pixels_per_image: int = 16,
-                            band_width: int = 2, png_images: int = 3, seed: int = 0) -> list[ResultRow]:
+def attention_at_boundaries(
+    options: AnalysisOptions,
+    images: int = 8,
+    pixels_per_image: int = 16,
+    band_width: int = 2,
+    png_images: int = 3,
+    seed: int = 0,
+) -> list[ResultRow]:
     """Attention mass on the query pixel's own class near GT boundaries: AnyUp vs bilinear weights.
 
     For each sampled pixel ``p`` (class ``c``, within ``band_width`` px of a class edge) and a
@@ -324,8 +424,16 @@ def attention_at_boundaries(options: AnalysisOptions, images: int = 8, pixels_pe
     _, eval_ds, _ = load_splits(options.dataset, options.roots)
     if "seg" not in tuple(eval_ds.tasks):
         raise ValueError(f"dataset {options.dataset!r} has no segmentation labels (tasks: {eval_ds.tasks})")
-    samples = prepare_samples(eval_ds, encoder, protocol.image_size, cache, max_images=images, tasks=["seg"],
-                              progress=options.progress, desc="attention")
+    samples = prepare_samples(
+        eval_ds,
+        encoder,
+        protocol.image_size,
+        cache,
+        max_images=images,
+        tasks=["seg"],
+        progress=options.progress,
+        desc="attention",
+    )
     k = int(eval_ds.num_classes)
     ignore = int(getattr(eval_ds, "ignore_index", 255))
     gen = torch.Generator().manual_seed(seed)
@@ -354,18 +462,38 @@ def attention_at_boundaries(options: AnalysisOptions, images: int = 8, pixels_pe
     if same_any:
         wins = sum(a > b for a, b in zip(same_any, same_bil)) / len(same_any)
         rows += [
-            ResultRow(options.dataset, options.encoder, "anyup", "attention", "same_class_mass", sum(same_any) / len(same_any), None),
-            ResultRow(options.dataset, options.encoder, "bilinear", "attention", "same_class_mass", sum(same_bil) / len(same_bil), None),
+            ResultRow(
+                options.dataset,
+                options.encoder,
+                "anyup",
+                "attention",
+                "same_class_mass",
+                sum(same_any) / len(same_any),
+                None,
+            ),
+            ResultRow(
+                options.dataset,
+                options.encoder,
+                "bilinear",
+                "attention",
+                "same_class_mass",
+                sum(same_bil) / len(same_bil),
+                None,
+            ),
             ResultRow(options.dataset, options.encoder, "anyup", "attention", "anyup_wins", wins, None),
             ResultRow(options.dataset, options.encoder, "anyup", "attention", "pixels", float(len(same_any)), None),
         ]
-    note = (f"Pixels within {band_width} px of a class edge at {protocol.image_size} px; same_class_mass = attention "
-            "weight on low-res cells times the share of the pixel's own class under each cell.")
+    note = (
+        f"Pixels within {band_width} px of a class edge at {protocol.image_size} px; same_class_mass = attention "
+        "weight on low-res cells times the share of the pixel's own class under each cell."
+    )
     _finish(rows, options, "Attention at class boundaries", {"attention": protocol}, t0, [note], plots=False)
     return rows
 
 
-def _attention_png(path: Path, sample: Any, pts: Sequence[tuple[int, int]], att: torch.Tensor, bil: torch.Tensor) -> None:
+def _attention_png(
+    path: Path, sample: Any, pts: Sequence[tuple[int, int]], att: torch.Tensor, bil: torch.Tensor
+) -> None:
     from anyup.eval.report import _pyplot, _savefig
 
     plt = _pyplot()

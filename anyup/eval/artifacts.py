@@ -49,7 +49,7 @@ def _phase_bins(out_len: int, low_len: int, bins: int, device: torch.device | st
     """Phase bin (0 .. bins-1) of the edge between output pixels j and j+1 inside its low-res cell, ``(out_len - 1,)``."""
     t = torch.arange(1, out_len, device=device, dtype=torch.float64) * low_len / out_len  # edge position in cells
     frac = t - t.floor()
-    return ((frac * bins + 0.5).floor().long() % bins)  # bin 0 centred on the cell border
+    return (frac * bins + 0.5).floor().long() % bins  # bin 0 centred on the cell border
 
 
 def _interior(out_len: int, low_len: int, device: torch.device | str | None) -> torch.Tensor:

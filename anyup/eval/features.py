@@ -237,12 +237,20 @@ def prepare_samples(
         items.append(item)
     images = [to_uint8(item["image"]) for item in items]
     feats = encode(encoder, images, cache, progress=progress, desc=f"{desc}: encode")
-    feats_f = encode(encoder, [im.flip(-1) for im in images], cache, progress=progress, desc=f"{desc}: encode flipped") if flips else None
+    feats_f = (
+        encode(encoder, [im.flip(-1) for im in images], cache, progress=progress, desc=f"{desc}: encode flipped")
+        if flips
+        else None
+    )
     metric = bool(getattr(dataset, "depth_metric", True))
     samples: list[ProbeSample] = []
     for i, item in enumerate(items):
-        s = ProbeSample(name=str(item.get("name", i)), image=images[i], features=feats[i],
-                        features_flipped=feats_f[i] if feats_f is not None else None)
+        s = ProbeSample(
+            name=str(item.get("name", i)),
+            image=images[i],
+            features=feats[i],
+            features_flipped=feats_f[i] if feats_f is not None else None,
+        )
         if "seg" in have:
             s.seg = item["seg"].long()
         if "depth" in have:

@@ -460,6 +460,7 @@ def bilinear_weights(in_size: tuple[int, int], out_size: tuple[int, int], y: int
     Returns the ``(h, w)`` map over the input grid whose weighted sum gives output pixel ``(y, x)``
     of ``F.interpolate(..., size=out_size, mode="bilinear", align_corners=False)`` (sums to 1).
     """
+
     def axis(n_in: int, n_out: int, i: int) -> torch.Tensor:
         wts = torch.zeros(n_in, dtype=torch.float64)
         src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)

@@ -104,19 +104,21 @@ def _present(t: torch.Tensor | None, what: str) -> torch.Tensor:
     return t
 
 
-def targets(samples: Sequence[ProbeSample], task: str, flips: Sequence[bool],
-            subgrid: tuple[int, int, int] | None = None) -> dict[str, torch.Tensor]:
+def targets(
+    samples: Sequence[ProbeSample], task: str, flips: Sequence[bool], subgrid: tuple[int, int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """Batch the labels of ``task`` (flipped where ``flips``; normals' x component negated).
 
     ``subgrid=(k, oy, ox)`` keeps rows ``oy::k`` and columns ``ox::k`` of the (flipped) labels.
     """
+
     def stack(get: Callable[[ProbeSample], torch.Tensor]) -> torch.Tensor:
         out = []
         for s, fl in zip(samples, flips):
             t = get(s)
             t = t.flip(-1) if fl else t
             if subgrid is not None:
-                t = t[..., subgrid[1]::subgrid[0], subgrid[2]::subgrid[0]]
+                t = t[..., subgrid[1] :: subgrid[0], subgrid[2] :: subgrid[0]]
             out.append(t)
         return torch.stack(out)
 
@@ -188,8 +190,9 @@ class UpsampledFeatures:
             out.extend(up.unbind(0))
         return out
 
-    def get(self, indices: Sequence[int], flips: Sequence[bool] | None = None,
-            subgrid: tuple[int, int, int] | None = None) -> torch.Tensor:
+    def get(
+        self, indices: Sequence[int], flips: Sequence[bool] | None = None, subgrid: tuple[int, int, int] | None = None
+    ) -> torch.Tensor:
         """``(B, C, H, W)`` features of samples ``indices`` (flipped images where ``flips``).
 
         ``subgrid=(k, oy, ox)`` returns only rows ``oy::k`` and columns ``ox::k`` (sliced before
@@ -263,7 +266,9 @@ def decode_depth(out: torch.Tensor, protocol: Protocol) -> torch.Tensor:
     return torch.einsum("bkhw,k->bhw", w, bins)
 
 
-def sig_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lam: float = 0.85, eps: float = 1e-3) -> torch.Tensor:
+def sig_loss(
+    pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lam: float = 0.85, eps: float = 1e-3
+) -> torch.Tensor:
     """Scale-invariant log loss (Eigen et al. 2014; AdaBins/DINOv2/Probe3D "SigLoss").
 
     ``sqrt(mean(g^2) - lam * mean(g)^2)`` with ``g = log(pred + eps) - log(gt + eps)`` over the
@@ -320,7 +325,9 @@ def angular_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, eps:
     return per_px[valid].mean()
 
 
-def task_loss(task: str, out: torch.Tensor, tgt: dict[str, torch.Tensor], protocol: Protocol, ignore_index: int) -> torch.Tensor:
+def task_loss(
+    task: str, out: torch.Tensor, tgt: dict[str, torch.Tensor], protocol: Protocol, ignore_index: int
+) -> torch.Tensor:
     """The protocol's training loss of ``task`` for probe output ``out`` ``(B, K, H, W)``."""
     if task == "seg":
         return F.cross_entropy(out, tgt["seg"], ignore_index=ignore_index)
@@ -418,8 +425,9 @@ def train_probes(
     heads = {t: build_probe(in_ch, probe_outputs(t, protocol, num_classes), seed) for t in tasks}
     params = [p for h in heads.values() for p in h.parameters()]
     if protocol.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=protocol.lr, betas=protocol.betas,
-                                                       weight_decay=protocol.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.AdamW(
+            params, lr=protocol.lr, betas=protocol.betas, weight_decay=protocol.weight_decay
+        )
     else:
         opt = torch.optim.SGD(params, lr=protocol.lr, momentum=0.9, weight_decay=protocol.weight_decay)
     gen = torch.Generator().manual_seed(int(seed))
@@ -459,7 +467,7 @@ def train_probes(
                 if lowres == "logits":
                     out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
                     if subgrid is not None:
-                        out = out[..., subgrid[1]::k, subgrid[2]::k]
+                        out = out[..., subgrid[1] :: k, subgrid[2] :: k]
                 loss = loss + task_loss(t, out, tgts[t], protocol, ignore_index)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -480,7 +488,9 @@ def train_probe(task: str, data: UpsampledFeatures, protocol: Protocol, seed: in
     return train_probes([task], data, protocol, seed, **kwargs)[task]
 
 
-def _meter(task: str, protocol: Protocol, num_classes: int, ignore_index: int) -> SegmentationMeter | DepthMeter | NormalsMeter:
+def _meter(
+    task: str, protocol: Protocol, num_classes: int, ignore_index: int
+) -> SegmentationMeter | DepthMeter | NormalsMeter:
     if task == "seg":
         return SegmentationMeter(num_classes, ignore_index, boundary_width=protocol.boundary_width)
     if task == "depth":
@@ -521,12 +531,16 @@ def evaluate_probes(
             if t == "seg":
                 meters[t].update(out.argmax(1), tgt["seg"])
             elif t == "depth":
-                meters[t].update(decode_depth(out, protocol), tgt["depth"], tgt["valid"] & (tgt["depth"] <= protocol.max_depth))
+                meters[t].update(
+                    decode_depth(out, protocol), tgt["depth"], tgt["valid"] & (tgt["depth"] <= protocol.max_depth)
+                )
             else:
                 meters[t].update(out[:, :3], tgt["normals"], tgt["valid"])
     return {t: m.compute() for t, m in meters.items()}
 
 
-def evaluate_probe(task: str, probe: nn.Module, data: UpsampledFeatures, protocol: Protocol, **kwargs) -> dict[str, float]:
+def evaluate_probe(
+    task: str, probe: nn.Module, data: UpsampledFeatures, protocol: Protocol, **kwargs
+) -> dict[str, float]:
     """Metrics of a single probe (see :func:`evaluate_probes`)."""
     return evaluate_probes({task: probe}, data, protocol, **kwargs)[task]

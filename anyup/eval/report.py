@@ -39,7 +39,15 @@ __all__ = [
 COLUMNS: tuple[str, ...] = ("dataset", "encoder", "method", "task", "metric", "value", "seed")
 
 # Metrics where a smaller value is better; everything else is "higher is better".
-LOWER_IS_BETTER_PREFIXES: tuple[str, ...] = ("rmse", "abs_rel", "log_rmse", "mean_angle", "median_angle", "rmse_angle", "loss")
+LOWER_IS_BETTER_PREFIXES: tuple[str, ...] = (
+    "rmse",
+    "abs_rel",
+    "log_rmse",
+    "mean_angle",
+    "median_angle",
+    "rmse_angle",
+    "loss",
+)
 # Counts and other numbers without a "better" direction.
 NEUTRAL_METRICS: tuple[str, ...] = ("pixels",)
 # The headline metric per task (plots and the AnyUp-vs-bilinear summary).
@@ -113,8 +121,12 @@ def versions() -> dict[str, str]:
 
     import anyup
 
-    out = {"anyup": anyup.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
-           "python": platform.python_version()}
+    out = {
+        "anyup": anyup.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import torchvision
 
@@ -146,8 +158,20 @@ def _is_fraction(metric: str) -> bool:
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    preferred = ["nearest", "bilinear", "bicubic", "jbu", "guided_filter", "highres", "anyup",
-                 "anyup_checkpoint", "featup", "jafar", "loftup", "naf"]
+    preferred = [
+        "nearest",
+        "bilinear",
+        "bicubic",
+        "jbu",
+        "guided_filter",
+        "highres",
+        "anyup",
+        "anyup_checkpoint",
+        "featup",
+        "jafar",
+        "loftup",
+        "naf",
+    ]
     ms = sorted(set(methods), key=lambda m: (preferred.index(m) if m in preferred else len(preferred), m))
     return ms
 
@@ -190,8 +214,10 @@ def write_markdown(rows: Sequence[ResultRow], path: str | os.PathLike, meta: dic
     lines: list[str] = [f"# {meta.get('title', 'anyup evaluation')}", ""]
     protocols = meta.get("protocols") or {}
     if protocols:
-        lines.append("Protocols: " + ", ".join(
-            f"{task}: `{p.name}` v{p.version} (hash `{p.hash}`)" for task, p in protocols.items()))
+        lines.append(
+            "Protocols: "
+            + ", ".join(f"{task}: `{p.name}` v{p.version} (hash `{p.hash}`)" for task, p in protocols.items())
+        )
     if meta.get("versions"):
         lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     if meta.get("date"):
@@ -200,17 +226,25 @@ def write_markdown(rows: Sequence[ResultRow], path: str | os.PathLike, meta: dic
         lines.append(f"Command: `{meta['command']}`")
     if meta.get("elapsed_s") is not None:
         lines.append(f"Wall time: {meta['elapsed_s'] / 60:.1f} min")
-    lines += ["", "Fractions (mIoU, accuracies, delta, within-angle) in %, angles in degrees, depth in the "
-              "dataset's unit; `mean ± std` over probe seeds (std is the sample std; fidelity has no seed).", ""]
+    lines += [
+        "",
+        "Fractions (mIoU, accuracies, delta, within-angle) in %, angles in degrees, depth in the "
+        "dataset's unit; `mean ± std` over probe seeds (std is the sample std; fidelity has no seed).",
+        "",
+    ]
     s = summarize(rows)
     by_table: dict[tuple[str, str, str], set[str]] = defaultdict(set)
     for d, e, t, _m, meth in s:
         by_table[(d, e, t)].add(meth)
-    for (d, e, t) in sorted(by_table):
+    for d, e, t in sorted(by_table):
         methods = _method_order(by_table[(d, e, t)])
-        metrics = sorted({k[3] for k in s if k[:3] == (d, e, t)},
-                         key=lambda m: (MAIN_METRICS.get(t.split("/")[0], ()).index(m)
-                                        if m in MAIN_METRICS.get(t.split("/")[0], ()) else 99, m))
+        metrics = sorted(
+            {k[3] for k in s if k[:3] == (d, e, t)},
+            key=lambda m: (
+                MAIN_METRICS.get(t.split("/")[0], ()).index(m) if m in MAIN_METRICS.get(t.split("/")[0], ()) else 99,
+                m,
+            ),
+        )
         lines.append(f"## {d} / {e} / {t}")
         lines.append("")
         lines.append("| metric | " + " | ".join(methods) + " |")
@@ -225,16 +259,26 @@ def write_markdown(rows: Sequence[ResultRow], path: str | os.PathLike, meta: dic
         lines.append("")
     comp = comparison(rows)
     if comp:
-        lines += ["## AnyUp vs bilinear", "",
-                  "| dataset | encoder | task | metric | anyup | bilinear | verdict |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## AnyUp vs bilinear",
+            "",
+            "| dataset | encoder | task | metric | anyup | bilinear | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for d, e, t, m, am, asd, bm, bsd, verdict in comp:
-            lines.append(f"| {d} | {e} | {t} | {m} | {_fmt(am, asd, 2 if asd else 1, m)} | "
-                         f"{_fmt(bm, bsd, 2 if bsd else 1, m)} | {verdict} |")
+            lines.append(
+                f"| {d} | {e} | {t} | {m} | {_fmt(am, asd, 2 if asd else 1, m)} | "
+                f"{_fmt(bm, bsd, 2 if bsd else 1, m)} | {verdict} |"
+            )
         counts: defaultdict[str, int] = defaultdict(int)
         for c in comp:
             counts[c[-1]] += 1
-        lines += ["", f"AnyUp better in {counts['better']}, tie in {counts['tie']}, worse in {counts['worse']} "
-                  "of these comparisons (tie = difference within one seed std).", ""]
+        lines += [
+            "",
+            f"AnyUp better in {counts['better']}, tie in {counts['tie']}, worse in {counts['worse']} "
+            "of these comparisons (tie = difference within one seed std).",
+            "",
+        ]
     skipped = meta.get("skipped") or []
     if skipped:
         lines += ["## Skipped", ""]
@@ -309,8 +353,15 @@ def write_plots(rows: Sequence[ResultRow], out_dir: str | os.PathLike) -> list[P
 
 
 def write_line_plot(
-    xs: Sequence[float], series: Mapping[str, Sequence[float]], path: str | os.PathLike, *, xlabel: str, ylabel: str,
-    title: str = "", logx: bool = False, errors: Mapping[str, Sequence[float]] | None = None,
+    xs: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+    errors: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """A simple line plot (one line per series), written atomically as PNG."""
     plt = _pyplot()

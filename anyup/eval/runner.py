@@ -136,21 +136,34 @@ def load_splits(name: str, roots: dict[str, str], config: dict[str, Any] | None 
         val = D.create(name, root=root, split="val", config=config)
         items_t, items_v = getattr(train, "items", None), getattr(val, "items", None)
         if items_t and items_t == items_v:
-            return train, val, (f"same items: {name} has the same images in train and val; probes train on the left "
-                                "half of each image's pixels and are evaluated on the right half")
+            return (
+                train,
+                val,
+                (
+                    f"same items: {name} has the same images in train and val; probes train on the left "
+                    "half of each image's pixels and are evaluated on the right half"
+                ),
+            )
         return train, val, ""
     only = "val" if "val" in spec.splits else spec.splits[0]
     ds = D.create(name, root=root, split=only, config=config)
     idx = list(range(len(ds)))
-    return _Subset(ds, idx[0::2]), _Subset(ds, idx[1::2]), f"{name}: no train split; even items train, odd items evaluate"
+    return (
+        _Subset(ds, idx[0::2]),
+        _Subset(ds, idx[1::2]),
+        f"{name}: no train split; even items train, odd items evaluate",
+    )
 
 
-def split_pixels(samples: Sequence[ProbeSample], ignore_index: int = 255) -> tuple[list[ProbeSample], list[ProbeSample]]:
+def split_pixels(
+    samples: Sequence[ProbeSample], ignore_index: int = 255
+) -> tuple[list[ProbeSample], list[ProbeSample]]:
     """Two views of the same samples: labels kept on the left half of the columns / on the right half.
 
     Images and features are shared; outside its half a view's ``seg`` is ``ignore_index`` and its
     depth / normals valid masks are False.
     """
+
     def view(s: ProbeSample, left: bool) -> ProbeSample:
         w = s.size[1]
         keep = torch.zeros(s.size, dtype=torch.bool)
@@ -243,12 +256,27 @@ def run_probes(
         for seed in protocol.seeds:
             t0 = time.perf_counter()
             # one probe per task, trained side by side (identical to training them one by one)
-            heads = train_probes(tasks, tr, protocol, seed, num_classes=num_classes, ignore_index=ignore_index,
-                                 progress=progress, desc=f"{dataset_name}/{encoder_name}/{method}/s{seed}")
+            heads = train_probes(
+                tasks,
+                tr,
+                protocol,
+                seed,
+                num_classes=num_classes,
+                ignore_index=ignore_index,
+                progress=progress,
+                desc=f"{dataset_name}/{encoder_name}/{method}/s{seed}",
+            )
             results = evaluate_probes(heads, ev, protocol, num_classes=num_classes, ignore_index=ignore_index)
             for task, metrics in results.items():
-                logger.info("%s %s %s %s seed %d: %s", dataset_name, encoder_name, method, task, seed,
-                            {k: round(v, 4) for k, v in metrics.items()})
+                logger.info(
+                    "%s %s %s %s seed %d: %s",
+                    dataset_name,
+                    encoder_name,
+                    method,
+                    task,
+                    seed,
+                    {k: round(v, 4) for k, v in metrics.items()},
+                )
                 rows += [ResultRow(dataset_name, encoder_name, method, task, k, v, seed) for k, v in metrics.items()]
             logger.info("%s %s %s seed %d: %.1fs", dataset_name, encoder_name, method, seed, time.perf_counter() - t0)
         tr.clear()
@@ -294,8 +322,13 @@ def run_fidelity(
 # --------------------------------------------------------------------------------------------
 
 
-def _build_upsamplers(methods: Sequence[str], encoder: Any, configs: dict[str, dict[str, Any]], explicit: bool,
-                      skipped: list[tuple[str, str]]) -> dict[str, Callable]:
+def _build_upsamplers(
+    methods: Sequence[str],
+    encoder: Any,
+    configs: dict[str, dict[str, Any]],
+    explicit: bool,
+    skipped: list[tuple[str, str]],
+) -> dict[str, Callable]:
     """Build every method; unavailable ones from the default list are skipped with their one-line reason.
 
     A method asked for explicitly (``--methods``) that cannot be built (missing weights, hub code,
@@ -343,8 +376,11 @@ def run(options: RunOptions) -> list[ResultRow]:
         raise ValueError(f"unknown task(s) {bad}; choose from {list(ALL_TASKS)}")
     datasets = tuple(options.datasets) if options.datasets else suite.datasets
     encoders = tuple(options.encoders) if options.encoders else suite.encoders
-    probe_encoders = tuple(options.probe_encoders) if options.probe_encoders else (
-        suite.probe_encoders if (suite.probe_encoders and not options.encoders) else encoders)
+    probe_encoders = (
+        tuple(options.probe_encoders)
+        if options.probe_encoders
+        else (suite.probe_encoders if (suite.probe_encoders and not options.encoders) else encoders)
+    )
     fidelity_datasets = suite.fidelity_datasets if not options.datasets else datasets
     protocols = resolve_protocols(suite, options)
     skipped: list[tuple[str, str]] = []
@@ -376,13 +412,17 @@ def run(options: RunOptions) -> list[ResultRow]:
     for enc_name in encoders:
         needs_hub = options.pretrained and not E.get_spec(enc_name.partition("@")[0]).offline
         if needs_hub and hub_failure is not None:
-            skipped.append((f"encoder {enc_name}", f"pretrained weights come from the hub, unreachable here ({hub_failure})"))
+            skipped.append(
+                (f"encoder {enc_name}", f"pretrained weights come from the hub, unreachable here ({hub_failure})")
+            )
             continue
         try:
             encoder = create_encoder(enc_name, options.pretrained)
         except UNAVAILABLE_ERRORS as err:
             if options.encoders:  # asked for by name: an error, not a skip
-                raise RuntimeError(f"requested encoder {enc_name!r} cannot run here: {str(err).splitlines()[0]}") from err
+                raise RuntimeError(
+                    f"requested encoder {enc_name!r} cannot run here: {str(err).splitlines()[0]}"
+                ) from err
             reason = str(err).splitlines()[0]
             skipped.append((f"encoder {enc_name}", reason))
             logger.warning("skipping encoder %s: %s", enc_name, reason)
@@ -401,7 +441,9 @@ def run(options: RunOptions) -> list[ResultRow]:
                 train_ds, eval_ds, note = load_splits(ds_name, options.roots)
             except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
                 if options.datasets:  # asked for by name: an error, not a skip
-                    raise RuntimeError(f"requested dataset {ds_name!r} cannot be loaded: {str(err).splitlines()[0]}") from err
+                    raise RuntimeError(
+                        f"requested dataset {ds_name!r} cannot be loaded: {str(err).splitlines()[0]}"
+                    ) from err
                 if spec.needs_root and _root_for(ds_name, options.roots) is None:
                     skipped.append((f"dataset {ds_name}", f"needs --root {ds_name}=FOLDER ({spec.layout})"))
                 else:
@@ -418,39 +460,85 @@ def run(options: RunOptions) -> list[ResultRow]:
                 ignore = int(getattr(train_ds, "ignore_index", 255))
                 for proto, ptasks in by_protocol.items():
                     tag = f"{ds_name}/{enc_name}"
-                    train = prepare_samples(train_ds, encoder, proto.image_size, cache, max_images=proto.max_train_images,
-                                            flips=proto.hflip, tasks=ptasks, progress=options.progress, desc=f"{tag} train")
+                    train = prepare_samples(
+                        train_ds,
+                        encoder,
+                        proto.image_size,
+                        cache,
+                        max_images=proto.max_train_images,
+                        flips=proto.hflip,
+                        tasks=ptasks,
+                        progress=options.progress,
+                        desc=f"{tag} train",
+                    )
                     if note.startswith("same items"):
                         train, evals = split_pixels(train, ignore)
                     else:
-                        evals = prepare_samples(eval_ds, encoder, proto.image_size, cache, max_images=proto.max_eval_images,
-                                                tasks=ptasks, progress=options.progress, desc=f"{tag} eval")
-                    rows += run_probes(dataset_name=ds_name, encoder_name=enc_name, train=train, evals=evals, tasks=ptasks,
-                                       upsamplers=ups, protocol=proto, num_classes=int(getattr(train_ds, "num_classes", 0)),
-                                       ignore_index=ignore,
-                                       memory_budget=options.memory_budget, progress=options.progress)
+                        evals = prepare_samples(
+                            eval_ds,
+                            encoder,
+                            proto.image_size,
+                            cache,
+                            max_images=proto.max_eval_images,
+                            tasks=ptasks,
+                            progress=options.progress,
+                            desc=f"{tag} eval",
+                        )
+                    rows += run_probes(
+                        dataset_name=ds_name,
+                        encoder_name=enc_name,
+                        train=train,
+                        evals=evals,
+                        tasks=ptasks,
+                        upsamplers=ups,
+                        protocol=proto,
+                        num_classes=int(getattr(train_ds, "num_classes", 0)),
+                        ignore_index=ignore,
+                        memory_budget=options.memory_budget,
+                        progress=options.progress,
+                    )
                     flush()
             if do_fid:
                 proto = protocols["fidelity"]
-                fs = prepare_fidelity(eval_ds, encoder, proto.fidelity_image_size, proto.fidelity_scale, cache,
-                                      max_images=proto.fidelity_max_images, progress=options.progress,
-                                      desc=f"{ds_name}/{enc_name}")
+                fs = prepare_fidelity(
+                    eval_ds,
+                    encoder,
+                    proto.fidelity_image_size,
+                    proto.fidelity_scale,
+                    cache,
+                    max_images=proto.fidelity_max_images,
+                    progress=options.progress,
+                    desc=f"{ds_name}/{enc_name}",
+                )
                 # "highres" runs the encoder on the full image: the fidelity reference itself
                 fid_ups = {m: u for m, u in ups.items() if m not in FIDELITY_EXCLUDED}
                 for m in sorted(set(ups) - set(fid_ups)):
                     note = f"{m}: left out of fidelity (it encodes the full image, i.e. computes the reference itself)"
                     if note not in notes:
                         notes.append(note)
-                rows += run_fidelity(dataset_name=ds_name, encoder_name=enc_name, samples=fs, upsamplers=fid_ups,
-                                     protocol=proto, progress=options.progress)
+                rows += run_fidelity(
+                    dataset_name=ds_name,
+                    encoder_name=enc_name,
+                    samples=fs,
+                    upsamplers=fid_ups,
+                    protocol=proto,
+                    progress=options.progress,
+                )
                 flush()
         del encoder
     flush()
     elapsed = time.perf_counter() - t_start
     used = {t: protocols[t] for t in tasks if any(r.task == t for r in rows)}
-    meta = {"title": options.title, "protocols": used, "versions": versions(), "date": date, "command": options.command,
-            "elapsed_s": elapsed, "skipped": skipped, "notes": notes + [f"Feature cache: {cache_root} "
-                                                                         f"({cache.hits} hits, {cache.misses} misses)."]}
+    meta = {
+        "title": options.title,
+        "protocols": used,
+        "versions": versions(),
+        "date": date,
+        "command": options.command,
+        "elapsed_s": elapsed,
+        "skipped": skipped,
+        "notes": notes + [f"Feature cache: {cache_root} ({cache.hits} hits, {cache.misses} misses)."],
+    }
     write_markdown(rows, out / "results.md", meta)
     try:
         write_plots(rows, out)
@@ -461,6 +549,8 @@ def run(options: RunOptions) -> list[ResultRow]:
         logger.warning("%d non-finite values in the results (e.g. %s)", len(bad_values), bad_values[0])
     logger.info("wrote %d rows to %s in %.1f min", len(rows), out, elapsed / 60)
     if not rows:
-        reasons = "; ".join(f"{what}: {why}" for what, why in skipped) or "no (dataset, encoder, task) combination applies"
+        reasons = (
+            "; ".join(f"{what}: {why}" for what, why in skipped) or "no (dataset, encoder, task) combination applies"
+        )
         raise RuntimeError(f"nothing could run, 0 results ({reasons})")
     return rows

@@ -50,7 +50,9 @@ class FeatureUnification(nn.Module):
         p = ks // 2
         acc = acc_dtype(features)
         ones = torch.ones(1, 1, h, w, dtype=acc, device=features.device)
-        taps = F.conv2d(F.pad(ones, (p, p, p, p)), torch.ones(1, 1, ks, ks, dtype=acc, device=features.device))  # (1,1,h,w)
+        taps = F.conv2d(
+            F.pad(ones, (p, p, p, p)), torch.ones(1, 1, ks, ks, dtype=acc, device=features.device)
+        )  # (1,1,h,w)
         x = F.pad(features, (p, p, p, p))  # (B, C, h+2p, w+2p), zeros outside
         basis = self.basis.to(features.dtype)
         if b * c * k * h * w <= max_chunk_elements:

@@ -51,7 +51,9 @@ class WindowCrossAttention(nn.Module):
         """(B, D, ...) keys -> (B, nh, N, hd)."""
         return self._project(k, 1, self.norm_k)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Heads-averaged masked softmax attention on raw values (the reference's maths).
 
         queries (B, D, Nq...), keys (B, D, Nk...), values (B, Nk, C), mask (Nq, Nk) bool
@@ -80,7 +82,9 @@ class CrossDecode(nn.Module):
         q = F.pad(q, (1, 1, int(pad_top), int(pad_bottom)))
         return F.conv2d(q, self.conv2d.weight.to(q.dtype))
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """queries (B, D, H', W'), keys (B, D, h, w), values (B, C, h, w), mask (H'*W', h*w) -> (B, C, H', W')."""
         b, c = values.shape[:2]
         hq, wq = queries.shape[-2:]

@@ -202,7 +202,9 @@ class TrainConfig:
         _check(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
         _check(o.accum_steps >= 1, f"optim.accum_steps must be >= 1, got {o.accum_steps}")
         _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
-        _check(o.schedule in ("constant", "cosine"), f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}")
+        _check(
+            o.schedule in ("constant", "cosine"), f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}"
+        )
         _check(
             0 <= o.decay_start < self.steps or o.schedule == "constant",
             f"optim.decay_start must be in [0, steps={self.steps}), got {o.decay_start}",

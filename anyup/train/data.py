@@ -293,7 +293,9 @@ class RecipeDataset(torch.utils.data.Dataset):
             try:
                 if self.geometric:
                     full = load_full(path, math.ceil(self.hr_size / self.augment.crop_scale[0]))
-                    geo = generator_for(self.seed, epoch, position, 0x6E0)  # separate stream: photometric draws unchanged
+                    geo = generator_for(
+                        self.seed, epoch, position, 0x6E0
+                    )  # separate stream: photometric draws unchanged
                     image_hr = random_resized_square(
                         full, self.hr_size, self.augment.crop_scale, self.augment.flip_p, geo
                     )

@@ -108,9 +108,10 @@ def feathered_forward(model, image: torch.Tensor, features: torch.Tensor, size: 
     q = model.cross_decode.decode_queries(enc.query_rows(size, 0, size[0]))  # (B, D, H', W')
     attn = model.cross_decode.cross_attn
     qh, kh = attn.project_queries(q), attn.project_keys(keys)  # (B, nh, H'W', hd), (B, nh, hw, hd)
-    cov = window_coverage(size[0], h, model.window_ratio)[:, None, :, None] * window_coverage(
-        size[1], w, model.window_ratio
-    )[None, :, None, :]  # (H', W', h, w)
+    cov = (
+        window_coverage(size[0], h, model.window_ratio)[:, None, :, None]
+        * window_coverage(size[1], w, model.window_ratio)[None, :, None, :]
+    )  # (H', W', h, w)
     bias = cov.reshape(size[0] * size[1], h * w).log()  # -inf outside the window
     logits = torch.matmul(qh, kh.transpose(-1, -2)).float() / qh.shape[-1] ** 0.5 + bias  # (B, nh, H'W', hw)
     weights = logits.softmax(-1).mean(1)  # (B, H'W', hw)
@@ -135,7 +136,9 @@ def methods_from(weights: dict[str, str], feathered: Sequence[str] = ()) -> dict
         model = anyup.load(w)
         out[label] = lambda img, f, size, m=model: m(imagenet_normalize(img), f, output_size=size)
         if label in feathered:
-            out[f"{label} feathered"] = lambda img, f, size, m=model: feathered_forward(m, imagenet_normalize(img), f, size)
+            out[f"{label} feathered"] = lambda img, f, size, m=model: feathered_forward(
+                m, imagenet_normalize(img), f, size
+            )
     return out
 
 

@@ -134,7 +134,9 @@ def find_photos(opencv_doc: Path | None = OPENCV_DOC) -> list[Photo]:
         import matplotlib
 
         folder = Path(matplotlib.get_data_path()) / "sample_data"
-        photos += [Photo(f"matplotlib/{Path(n).stem}", _file_loader(folder / n), curated=True) for n in MATPLOTLIB_PHOTOS]
+        photos += [
+            Photo(f"matplotlib/{Path(n).stem}", _file_loader(folder / n), curated=True) for n in MATPLOTLIB_PHOTOS
+        ]
     except ImportError:
         logger.warning("matplotlib not installed: no matplotlib photos")
     if opencv_doc is not None and opencv_doc.is_dir():

@@ -89,9 +89,7 @@ def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
     return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()  # (n_out, n_in)
 
 
-def bilinear_edge_alignment(
-    lowres: torch.Tensor, image: torch.Tensor, band_rows: int = DEFAULT_BAND_ROWS
-) -> float:
+def bilinear_edge_alignment(lowres: torch.Tensor, image: torch.Tensor, band_rows: int = DEFAULT_BAND_ROWS) -> float:
     """:func:`edge_alignment` of the bilinear upsampling of ``lowres`` (C, h, w) to the image size (3, H, W).
 
     The bilinear map is built band by band (``Wy[band] @ lowres @ Wx^T``), equal to

@@ -202,7 +202,9 @@ def _area_resize(x: torch.Tensor, size: tuple[int, int], band_rows: int = 256) -
     hh = x.shape[-2]
     h, w = size
     if h > hh or w > x.shape[-1]:
-        return torch.nn.functional.interpolate(x.float().cpu()[None], size=size, mode="bilinear", align_corners=False)[0]
+        return torch.nn.functional.interpolate(x.float().cpu()[None], size=size, mode="bilinear", align_corners=False)[
+            0
+        ]
     out = []
     for i0 in range(0, h, band_rows):  # output rows [i0, i1) average input rows [floor(i0 H/h), ceil(i1 H/h))
         i1 = min(h, i0 + band_rows)
@@ -212,4 +214,3 @@ def _area_resize(x: torch.Tensor, size: tuple[int, int], band_rows: int = 256) -
         rows = [pooled[..., (i * hh) // h - y0 : -((-(i + 1) * hh) // h) - y0, :].mean(-2) for i in range(i0, i1)]
         out.append(torch.stack(rows, -2)[0])  # (C, i1 - i0, w)
     return torch.cat(out, -2)
-

@@ -127,7 +127,11 @@ def resize_sample(sample: dict[str, Any], size: int | None, crop: bool = True) -
     out = dict(sample)
     out["image"] = fit(image, dense=True).clamp(0, 1)
     for key, value in sample.items():  # every per-pixel map: seg, depth, normals, masks, extras
-        if key != "image" and isinstance(value, torch.Tensor) and value.ndim in (2, 3) \
-                and tuple(value.shape[-2:]) == (h, w):
+        if (
+            key != "image"
+            and isinstance(value, torch.Tensor)
+            and value.ndim in (2, 3)
+            and tuple(value.shape[-2:]) == (h, w)
+        ):
             out[key] = fit(value, dense=False).contiguous()
     return out

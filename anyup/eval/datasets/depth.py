@@ -72,8 +72,10 @@ class NYUv2(DenseDataset):
         names = [split] + (["test"] if split == "val" else [])
         folder = next((base / n for n in names if (base / n / "rgb").is_dir()), None)
         if folder is None:
-            raise FileNotFoundError(f"NYUv2: expected folder {str(base / split / 'rgb')!r} (see anyup.eval.datasets"
-                                    f".depth for the layout; nyuv2_from_mat() writes it from the official .mat)")
+            raise FileNotFoundError(
+                f"NYUv2: expected folder {str(base / split / 'rgb')!r} (see anyup.eval.datasets"
+                f".depth for the layout; nyuv2_from_mat() writes it from the official .mat)"
+            )
         self.folder = folder
         if not (folder / "depth").is_dir():
             raise FileNotFoundError(f"NYUv2: expected folder {str(folder / 'depth')!r}")
@@ -151,8 +153,9 @@ def _read_normals(path: Path, size: tuple[int, int]) -> torch.Tensor:
     return torch.where(norm > 1e-6, t / norm.clamp_min(1e-6), torch.zeros_like(t))
 
 
-def nyuv2_from_mat(mat_path: str | os.PathLike, out_root: str | os.PathLike,
-                   splits_path: str | os.PathLike | None = None) -> Path:
+def nyuv2_from_mat(
+    mat_path: str | os.PathLike, out_root: str | os.PathLike, splits_path: str | os.PathLike | None = None
+) -> Path:
     """Write the NYUv2 folder layout from the official ``nyu_depth_v2_labeled.mat`` (HDF5 / v7.3).
 
     Writes ``rgb/*.png`` and ``depth/*.npy`` (metres) for the 1449 labelled frames. With
@@ -249,8 +252,10 @@ class MiddleburyStereo(DenseDataset):
                 self.aloe_dir = folder
                 items.append("aloe")
             else:
-                logger.warning("middlebury: 'aloe' skipped: opencv-doc's aloeL.jpg / aloeGT.png not found "
-                               "(apt-get install opencv-doc, or set ANYUP_OPENCV_DATA)")
+                logger.warning(
+                    "middlebury: 'aloe' skipped: opencv-doc's aloeL.jpg / aloeGT.png not found "
+                    "(apt-get install opencv-doc, or set ANYUP_OPENCV_DATA)"
+                )
         if not items:
             raise FileNotFoundError("middlebury: none of the requested scenes is available here")
         self.items = items
@@ -269,8 +274,9 @@ class MiddleburyStereo(DenseDataset):
             left, _, disp = data.stereo_motorcycle()
             disp = np.where(np.isfinite(disp) & (disp > 0), disp, 0).astype(np.float32)
             image = load_image(np.array(left))
-            depth_m = np.where(disp > 0, MOTORCYCLE_FOCAL_PX * MOTORCYCLE_BASELINE_M / (disp + MOTORCYCLE_DOFFS_PX),
-                               0).astype(np.float32)
+            depth_m = np.where(
+                disp > 0, MOTORCYCLE_FOCAL_PX * MOTORCYCLE_BASELINE_M / (disp + MOTORCYCLE_DOFFS_PX), 0
+            ).astype(np.float32)
             sample["depth_m"] = torch.from_numpy(depth_m)
         else:
             image = load_image(self.aloe_dir / "aloeL.jpg")

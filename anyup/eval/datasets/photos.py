@@ -20,15 +20,42 @@ logger = logging.getLogger(__name__)
 
 # Photographs among scikit-image's bundled samples (synthetic charts and binary masks left out).
 SKIMAGE_PHOTOS: tuple[str, ...] = (
-    "astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "clock",
-    "immunohistochemistry", "hubble_deep_field", "motorcycle_left",
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "coins",
+    "moon",
+    "clock",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "motorcycle_left",
 )
 SKLEARN_PHOTOS: tuple[str, ...] = ("china.jpg", "flower.jpg")
 # Photographs in opencv-doc's sample data (charts, digits, calibration boards left out).
 OPENCV_PHOTOS: tuple[str, ...] = (
-    "aero1.jpg", "aloeL.jpg", "apple.jpg", "baboon.jpg", "basketball1.png", "board.jpg", "building.jpg",
-    "butterfly.jpg", "chicky_512.png", "ela_original.jpg", "fruits.jpg", "graf1.png", "home.jpg", "lena.jpg",
-    "leuvenA.jpg", "messi5.jpg", "orange.jpg", "rubberwhale1.png", "smarties.png", "squirrel_cls.jpg", "stuff.jpg",
+    "aero1.jpg",
+    "aloeL.jpg",
+    "apple.jpg",
+    "baboon.jpg",
+    "basketball1.png",
+    "board.jpg",
+    "building.jpg",
+    "butterfly.jpg",
+    "chicky_512.png",
+    "ela_original.jpg",
+    "fruits.jpg",
+    "graf1.png",
+    "home.jpg",
+    "lena.jpg",
+    "leuvenA.jpg",
+    "messi5.jpg",
+    "orange.jpg",
+    "rubberwhale1.png",
+    "smarties.png",
+    "squirrel_cls.jpg",
+    "stuff.jpg",
 )
 OPENCV_DOC_DIRS: tuple[str, ...] = (
     "/usr/share/doc/opencv-doc/examples/data",

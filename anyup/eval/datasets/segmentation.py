@@ -71,8 +71,9 @@ class SegmentationFolder(DenseDataset):
 
     tasks = ("seg",)
 
-    def __init__(self, split: str, config: DatasetConfig, pairs: list[tuple[Path, Path]],
-                 lut: np.ndarray | None) -> None:
+    def __init__(
+        self, split: str, config: DatasetConfig, pairs: list[tuple[Path, Path]], lut: np.ndarray | None
+    ) -> None:
         super().__init__(split, config)
         self.items = sorted(pairs, key=lambda p: p[0].name)
         self.lut = lut  # raw label value -> class id (or 255); None: values are class ids already
@@ -85,8 +86,10 @@ class SegmentationFolder(DenseDataset):
         image = load_image(image_path)
         raw = read_label_png(label_path)
         if raw.shape != tuple(image.shape[-2:]):
-            raise ValueError(f"label {str(label_path)!r} has size {raw.shape}, image {str(image_path)!r} "
-                             f"has {tuple(image.shape[-2:])}")
+            raise ValueError(
+                f"label {str(label_path)!r} has size {raw.shape}, image {str(image_path)!r} "
+                f"has {tuple(image.shape[-2:])}"
+            )
         if self.lut is not None:
             raw = self.lut[np.clip(raw, 0, len(self.lut) - 1)]
         seg = torch.from_numpy(raw.astype(np.int64))
@@ -96,8 +99,27 @@ class SegmentationFolder(DenseDataset):
 
 # ----------------------------------------------------------------------------- Pascal VOC 2012
 VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -147,8 +169,9 @@ class ADE20kSegmentation(SegmentationFolder):
         super().__init__(split, config or ADE20kConfig(), pairs, lut)
 
 
-def _pairs_by_stem(images: list[Path], label_dir: Path, suffix: str, what: str,
-                   label_stem=lambda s: s) -> list[tuple[Path, Path]]:
+def _pairs_by_stem(
+    images: list[Path], label_dir: Path, suffix: str, what: str, label_stem=lambda s: s
+) -> list[tuple[Path, Path]]:
     if not images:
         raise FileNotFoundError(f"{what}: no images found in {str(images and images[0].parent)!r}")
     pairs = [(p, label_dir / f"{label_stem(p.stem)}{suffix}") for p in images]
@@ -163,39 +186,140 @@ def _pairs_by_stem(images: list[Path], label_dir: Path, suffix: str, what: str,
 # their COCO supercategory, stuff 91..181 to the COCO-Stuff stuff supercategory: the 27 coarse
 # classes used by STEGO, FeatUp, JAFAR and AnyUp ("things" 0..11, "stuff" 12..26).
 COCO27_CLASSES = (
-    "electronic", "appliance", "food", "furniture", "indoor", "kitchen", "accessory", "animal", "outdoor",
-    "person", "sports", "vehicle", "ceiling", "floor", "food-stuff", "furniture-stuff", "rawmaterial",
-    "textile", "wall", "window", "building", "ground", "plant", "sky", "solid", "structural", "water",
+    "electronic",
+    "appliance",
+    "food",
+    "furniture",
+    "indoor",
+    "kitchen",
+    "accessory",
+    "animal",
+    "outdoor",
+    "person",
+    "sports",
+    "vehicle",
+    "ceiling",
+    "floor",
+    "food-stuff",
+    "furniture-stuff",
+    "rawmaterial",
+    "textile",
+    "wall",
+    "window",
+    "building",
+    "ground",
+    "plant",
+    "sky",
+    "solid",
+    "structural",
+    "water",
 )
 _THING_RANGES = (  # (first label, last label, coarse class name); gaps are unused ids
-    (0, 0, "person"), (1, 8, "vehicle"), (9, 14, "outdoor"), (15, 24, "animal"), (25, 32, "accessory"),
-    (33, 42, "sports"), (43, 50, "kitchen"), (51, 60, "food"), (61, 70, "furniture"), (71, 76, "electronic"),
-    (77, 82, "appliance"), (83, 90, "indoor"),
+    (0, 0, "person"),
+    (1, 8, "vehicle"),
+    (9, 14, "outdoor"),
+    (15, 24, "animal"),
+    (25, 32, "accessory"),
+    (33, 42, "sports"),
+    (43, 50, "kitchen"),
+    (51, 60, "food"),
+    (61, 70, "furniture"),
+    (71, 76, "electronic"),
+    (77, 82, "appliance"),
+    (83, 90, "indoor"),
 )
 # The 91 stuff classes (labels 91..181, in order) with their coarse class.
 _STUFF = (
-    ("banner", "textile"), ("blanket", "textile"), ("branch", "plant"), ("bridge", "building"),
-    ("building-other", "building"), ("bush", "plant"), ("cabinet", "furniture-stuff"), ("cage", "structural"),
-    ("cardboard", "rawmaterial"), ("carpet", "floor"), ("ceiling-other", "ceiling"), ("ceiling-tile", "ceiling"),
-    ("cloth", "textile"), ("clothes", "textile"), ("clouds", "sky"), ("counter", "furniture-stuff"),
-    ("cupboard", "furniture-stuff"), ("curtain", "textile"), ("desk-stuff", "furniture-stuff"), ("dirt", "ground"),
-    ("door-stuff", "furniture-stuff"), ("fence", "structural"), ("floor-marble", "floor"), ("floor-other", "floor"),
-    ("floor-stone", "floor"), ("floor-tile", "floor"), ("floor-wood", "floor"), ("flower", "plant"),
-    ("fog", "water"), ("food-other", "food-stuff"), ("fruit", "food-stuff"), ("furniture-other", "furniture-stuff"),
-    ("grass", "plant"), ("gravel", "ground"), ("ground-other", "ground"), ("hill", "solid"), ("house", "building"),
-    ("leaves", "plant"), ("light", "furniture-stuff"), ("mat", "textile"), ("metal", "rawmaterial"),
-    ("mirror-stuff", "furniture-stuff"), ("moss", "plant"), ("mountain", "solid"), ("mud", "ground"),
-    ("napkin", "textile"), ("net", "structural"), ("paper", "rawmaterial"), ("pavement", "ground"),
-    ("pillow", "textile"), ("plant-other", "plant"), ("plastic", "rawmaterial"), ("platform", "ground"),
-    ("playingfield", "ground"), ("railing", "structural"), ("railroad", "ground"), ("river", "water"),
-    ("road", "ground"), ("rock", "solid"), ("roof", "building"), ("rug", "textile"), ("salad", "food-stuff"),
-    ("sand", "ground"), ("sea", "water"), ("shelf", "furniture-stuff"), ("sky-other", "sky"),
-    ("skyscraper", "building"), ("snow", "ground"), ("solid-other", "solid"), ("stairs", "furniture-stuff"),
-    ("stone", "solid"), ("straw", "plant"), ("structural-other", "structural"), ("table", "furniture-stuff"),
-    ("tent", "building"), ("textile-other", "textile"), ("towel", "textile"), ("tree", "plant"),
-    ("vegetable", "food-stuff"), ("wall-brick", "wall"), ("wall-concrete", "wall"), ("wall-other", "wall"),
-    ("wall-panel", "wall"), ("wall-stone", "wall"), ("wall-tile", "wall"), ("wall-wood", "wall"),
-    ("water-other", "water"), ("waterdrops", "water"), ("window-blind", "window"), ("window-other", "window"),
+    ("banner", "textile"),
+    ("blanket", "textile"),
+    ("branch", "plant"),
+    ("bridge", "building"),
+    ("building-other", "building"),
+    ("bush", "plant"),
+    ("cabinet", "furniture-stuff"),
+    ("cage", "structural"),
+    ("cardboard", "rawmaterial"),
+    ("carpet", "floor"),
+    ("ceiling-other", "ceiling"),
+    ("ceiling-tile", "ceiling"),
+    ("cloth", "textile"),
+    ("clothes", "textile"),
+    ("clouds", "sky"),
+    ("counter", "furniture-stuff"),
+    ("cupboard", "furniture-stuff"),
+    ("curtain", "textile"),
+    ("desk-stuff", "furniture-stuff"),
+    ("dirt", "ground"),
+    ("door-stuff", "furniture-stuff"),
+    ("fence", "structural"),
+    ("floor-marble", "floor"),
+    ("floor-other", "floor"),
+    ("floor-stone", "floor"),
+    ("floor-tile", "floor"),
+    ("floor-wood", "floor"),
+    ("flower", "plant"),
+    ("fog", "water"),
+    ("food-other", "food-stuff"),
+    ("fruit", "food-stuff"),
+    ("furniture-other", "furniture-stuff"),
+    ("grass", "plant"),
+    ("gravel", "ground"),
+    ("ground-other", "ground"),
+    ("hill", "solid"),
+    ("house", "building"),
+    ("leaves", "plant"),
+    ("light", "furniture-stuff"),
+    ("mat", "textile"),
+    ("metal", "rawmaterial"),
+    ("mirror-stuff", "furniture-stuff"),
+    ("moss", "plant"),
+    ("mountain", "solid"),
+    ("mud", "ground"),
+    ("napkin", "textile"),
+    ("net", "structural"),
+    ("paper", "rawmaterial"),
+    ("pavement", "ground"),
+    ("pillow", "textile"),
+    ("plant-other", "plant"),
+    ("plastic", "rawmaterial"),
+    ("platform", "ground"),
+    ("playingfield", "ground"),
+    ("railing", "structural"),
+    ("railroad", "ground"),
+    ("river", "water"),
+    ("road", "ground"),
+    ("rock", "solid"),
+    ("roof", "building"),
+    ("rug", "textile"),
+    ("salad", "food-stuff"),
+    ("sand", "ground"),
+    ("sea", "water"),
+    ("shelf", "furniture-stuff"),
+    ("sky-other", "sky"),
+    ("skyscraper", "building"),
+    ("snow", "ground"),
+    ("solid-other", "solid"),
+    ("stairs", "furniture-stuff"),
+    ("stone", "solid"),
+    ("straw", "plant"),
+    ("structural-other", "structural"),
+    ("table", "furniture-stuff"),
+    ("tent", "building"),
+    ("textile-other", "textile"),
+    ("towel", "textile"),
+    ("tree", "plant"),
+    ("vegetable", "food-stuff"),
+    ("wall-brick", "wall"),
+    ("wall-concrete", "wall"),
+    ("wall-other", "wall"),
+    ("wall-panel", "wall"),
+    ("wall-stone", "wall"),
+    ("wall-tile", "wall"),
+    ("wall-wood", "wall"),
+    ("water-other", "water"),
+    ("waterdrops", "water"),
+    ("window-blind", "window"),
+    ("window-other", "window"),
     ("wood", "solid"),
 )
 COCO_UNUSED_THING_LABELS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)  # COCO ids 12, 26, 29, ... never used
@@ -207,7 +331,7 @@ def cocostuff_lut(num_classes: int) -> np.ndarray:
     if num_classes == 27:
         index = {n: i for i, n in enumerate(COCO27_CLASSES)}
         for first, last, name in _THING_RANGES:
-            lut[first:last + 1] = index[name]
+            lut[first : last + 1] = index[name]
         for k, (_, coarse) in enumerate(_STUFF):
             lut[91 + k] = index[coarse]
     elif num_classes == 171:
@@ -245,11 +369,11 @@ class COCOStuffSegmentation(SegmentationFolder):
                 break
         else:
             raise FileNotFoundError(
-                f"COCO-Stuff layout not found under {str(base)!r}: expected one of "
-                f"{[f'{i} + {a}' for i, a in layouts]}"
+                f"COCO-Stuff layout not found under {str(base)!r}: expected one of {[f'{i} + {a}' for i, a in layouts]}"
             )
-        list_path = Path(config.image_list) if config.image_list else base / "curated" / sub / \
-            "Coco164kFull_Stuff_Coarse.txt"
+        list_path = (
+            Path(config.image_list) if config.image_list else base / "curated" / sub / "Coco164kFull_Stuff_Coarse.txt"
+        )
         if config.image_list and not list_path.is_file():
             raise FileNotFoundError(f"COCO-Stuff image list not found: {str(list_path)!r}")
         if list_path.is_file():
@@ -266,8 +390,25 @@ class COCOStuffSegmentation(SegmentationFolder):
 
 # ----------------------------------------------------------------------------- Cityscapes
 CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 CITYSCAPES_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)  # -> train ids 0..18
 

@@ -76,8 +76,9 @@ def _import_pybullet():
         import pybullet
         import pybullet_data
     except ImportError as err:
-        raise ImportError('the "synthetic" dataset renders with pybullet: pip install "anyup[eval]" '
-                          "(or pip install pybullet)") from err
+        raise ImportError(
+            'the "synthetic" dataset renders with pybullet: pip install "anyup[eval]" (or pip install pybullet)'
+        ) from err
     return pybullet, pybullet_data
 
 
@@ -89,8 +90,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     grid = torch.from_numpy(rng.random((cells, cells))).float()
     grid = torch.cat([grid, grid[:1]], 0)
     grid = torch.cat([grid, grid[:, :1]], 1)  # wrap for tiling
-    up = F.interpolate(grid[None, None], size=(size + size // cells, size + size // cells), mode="bicubic",
-                       align_corners=True)[0, 0, :size, :size]
+    up = F.interpolate(
+        grid[None, None], size=(size + size // cells, size + size // cells), mode="bicubic", align_corners=True
+    )[0, 0, :size, :size]
     up = (up - up.min()) / (up.max() - up.min() + 1e-8)
     return up.numpy()
 
@@ -140,8 +142,9 @@ def backproject(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -
     return np.stack([(jj - cx) / fx * depth, (ii - cy) / fy * depth, depth]).astype(np.float64)
 
 
-def normals_from_depth(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float,
-                       instance: np.ndarray | None = None, edge: float = 0.1) -> np.ndarray:
+def normals_from_depth(
+    depth: np.ndarray, fx: float, fy: float, cx: float, cy: float, instance: np.ndarray | None = None, edge: float = 0.1
+) -> np.ndarray:
     """Unit normals ``(3, H, W)`` float32 facing the camera, from z-depth; zeros where undefined.
 
     Per axis the tangent is the difference to the neighbour (left or right, up or down) with the
@@ -199,8 +202,15 @@ def view_to_opencv(view: np.ndarray) -> np.ndarray:
 class SceneRenderer:
     """A pybullet DIRECT client that renders one random scene per call (deterministic in the rng)."""
 
-    def __init__(self, resolution: int = 224, fov: float = 60.0, texture_dir: Path | None = None,
-                 texture_seed: int = 0, min_objects: int = 3, max_objects: int = 7) -> None:
+    def __init__(
+        self,
+        resolution: int = 224,
+        fov: float = 60.0,
+        texture_dir: Path | None = None,
+        texture_seed: int = 0,
+        min_objects: int = 3,
+        max_objects: int = 7,
+    ) -> None:
         p, pybullet_data = _import_pybullet()
         self.p = p
         self.data_path = Path(pybullet_data.getDataPath())
@@ -270,8 +280,13 @@ class SceneRenderer:
         if cls == "cylinder":
             if rng.random() < 0.4:  # lying on its side
                 orn = p.getQuaternionFromEuler([np.pi / 2, 0, yaw])
-            return self._primitive(p.GEOM_CYLINDER, [0, 0, 0], orn, radius=float(rng.uniform(0.045, 0.12)),
-                                   length=float(rng.uniform(0.12, 0.4)))
+            return self._primitive(
+                p.GEOM_CYLINDER,
+                [0, 0, 0],
+                orn,
+                radius=float(rng.uniform(0.045, 0.12)),
+                length=float(rng.uniform(0.12, 0.4)),
+            )
         size = rng.uniform(0.2, 0.42)
         if cls == "torus" and rng.random() < 0.5:
             orn = p.getQuaternionFromEuler([np.pi / 2, 0, yaw])  # standing
@@ -306,8 +321,9 @@ class SceneRenderer:
                 pos = [ROOM_HALF * np.cos(ang), ROOM_HALF * np.sin(ang), WALL_HALF_HEIGHT]
                 orn = p.getQuaternionFromEuler([0, -np.pi / 2, ang])  # quad normal -> pointing into the room
                 scale = [WALL_HALF_HEIGHT, ROOM_HALF, 1]
-            vs = p.createVisualShape(p.GEOM_MESH, fileName=str(quad), meshScale=scale,
-                                     rgbaColor=[1, 1, 1, 1], physicsClientId=cid)
+            vs = p.createVisualShape(
+                p.GEOM_MESH, fileName=str(quad), meshScale=scale, rgbaColor=[1, 1, 1, 1], physicsClientId=cid
+            )
             body = p.createMultiBody(0, -1, vs, pos, orn, physicsClientId=cid)
             self._paint(body, tex(), tint(0.7))
             background.append(body)
@@ -334,17 +350,29 @@ class SceneRenderer:
 
         target = [rng.normal(0, 0.1), rng.normal(0, 0.1), rng.uniform(0.02, 0.12)]
         dist, az, el = rng.uniform(0.8, 1.5), rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(18, 55))
-        eye = [target[0] + dist * np.cos(el) * np.cos(az), target[1] + dist * np.cos(el) * np.sin(az),
-               target[2] + dist * np.sin(el)]
+        eye = [
+            target[0] + dist * np.cos(el) * np.cos(az),
+            target[1] + dist * np.cos(el) * np.sin(az),
+            target[2] + dist * np.sin(el),
+        ]
         view = p.computeViewMatrix(eye, target, [0, 0, 1], physicsClientId=cid)
         proj = p.computeProjectionMatrixFOV(self.fov, 1.0, NEAR, FAR, physicsClientId=cid)
         light_az, light_el = rng.uniform(0, 2 * np.pi), np.radians(rng.uniform(30, 80))
         light = [np.cos(light_el) * np.cos(light_az), np.cos(light_el) * np.sin(light_az), np.sin(light_el)]
         _, _, rgba, zbuf, ids = p.getCameraImage(
-            res, res, view, proj, renderer=p.ER_TINY_RENDERER, shadow=1, lightDirection=light,
-            lightColor=list(rng.uniform(0.85, 1.0, 3)), lightDistance=4.0,
-            lightAmbientCoeff=float(rng.uniform(0.35, 0.6)), lightDiffuseCoeff=float(rng.uniform(0.35, 0.65)),
-            lightSpecularCoeff=float(rng.uniform(0.0, 0.3)), physicsClientId=cid,
+            res,
+            res,
+            view,
+            proj,
+            renderer=p.ER_TINY_RENDERER,
+            shadow=1,
+            lightDirection=light,
+            lightColor=list(rng.uniform(0.85, 1.0, 3)),
+            lightDistance=4.0,
+            lightAmbientCoeff=float(rng.uniform(0.35, 0.6)),
+            lightDiffuseCoeff=float(rng.uniform(0.35, 0.65)),
+            lightSpecularCoeff=float(rng.uniform(0.0, 0.3)),
+            physicsClientId=cid,
         )
         rgb = np.asarray(rgba, dtype=np.uint8).reshape(res, res, 4)[..., :3].copy()
         zbuf = np.asarray(zbuf, dtype=np.float64).reshape(res, res)
@@ -360,8 +388,14 @@ class SceneRenderer:
             mask = ids == body
             seg[mask] = cls_id
             instance[mask] = k
-        return {"rgb": rgb, "depth": depth, "seg": seg, "instance": instance,
-                "view": np.asarray(view, dtype=np.float64), "classes": [c for _, c in objects]}
+        return {
+            "rgb": rgb,
+            "depth": depth,
+            "seg": seg,
+            "instance": instance,
+            "view": np.asarray(view, dtype=np.float64),
+            "classes": [c for _, c in objects],
+        }
 
 
 def write_textures(folder: Path, seed: int) -> list[Path]:
@@ -375,6 +409,7 @@ def write_textures(folder: Path, seed: int) -> list[Path]:
         path = folder / f"tex{i:03d}.png"
         img = make_texture(rng)
         if not path.is_file():
+
             def write(tmp: str, img: np.ndarray = img) -> None:
                 Image.fromarray(img).save(tmp, format="PNG")
 
@@ -429,19 +464,20 @@ def generate(config: SyntheticConfig) -> Path:
     counts = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
     res = config.resolution
     try:
-        with SceneRenderer(res, config.fov, tmp / "textures", config.seed, config.min_objects,
-                           config.max_objects) as renderer:
+        with SceneRenderer(
+            res, config.fov, tmp / "textures", config.seed, config.min_objects, config.max_objects
+        ) as renderer:
             for split, n in counts.items():
                 arrays = {
                     "rgb": np.lib.format.open_memmap(tmp / f"{split}_rgb.npy", "w+", np.uint8, (n, res, res, 3)),
                     "depth": np.lib.format.open_memmap(tmp / f"{split}_depth.npy", "w+", np.float32, (n, res, res)),
                     "seg": np.lib.format.open_memmap(tmp / f"{split}_seg.npy", "w+", np.uint8, (n, res, res)),
-                    "instance": np.lib.format.open_memmap(tmp / f"{split}_instance.npy", "w+", np.int8,
-                                                          (n, res, res)),
+                    "instance": np.lib.format.open_memmap(tmp / f"{split}_instance.npy", "w+", np.int8, (n, res, res)),
                     "view": np.lib.format.open_memmap(tmp / f"{split}_view.npy", "w+", np.float64, (n, 16)),
                 }
-                for i in tqdm(range(n), desc=f"rendering synthetic {split}", disable=n < 20, leave=False,
-                              mininterval=5.0):
+                for i in tqdm(
+                    range(n), desc=f"rendering synthetic {split}", disable=n < 20, leave=False, mininterval=5.0
+                ):
                     scene = render_scene(config.seed, split, i, renderer)
                     for key, arr in arrays.items():
                         arr[i] = scene[key]
@@ -450,9 +486,16 @@ def generate(config: SyntheticConfig) -> Path:
                 del arrays
         seconds = time.perf_counter() - t0
         fx, fy, cx, cy = intrinsics(res, config.fov)
-        meta = {"version": VERSION, "params": config.generation_params(), "classes": list(CLASSES),
-                "intrinsics": {"fx": fx, "fy": fy, "cx": cx, "cy": cy}, "near": NEAR, "far": FAR,
-                "seconds": round(seconds, 2), "counts": counts}
+        meta = {
+            "version": VERSION,
+            "params": config.generation_params(),
+            "classes": list(CLASSES),
+            "intrinsics": {"fx": fx, "fy": fy, "cx": cx, "cy": cy},
+            "near": NEAR,
+            "far": FAR,
+            "seconds": round(seconds, 2),
+            "counts": counts,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.replace(tmp, final)
@@ -485,12 +528,16 @@ class SyntheticScenes(DenseDataset):
         config = config or SyntheticConfig()
         super().__init__(split, config)
         if config.resolution < 16 or config.min_objects < 0 or config.max_objects < config.min_objects:
-            raise ValueError(f"SyntheticConfig: need resolution >= 16 and 0 <= min_objects <= max_objects, got "
-                             f"{config.resolution}, {config.min_objects}, {config.max_objects}")
+            raise ValueError(
+                f"SyntheticConfig: need resolution >= 16 and 0 <= min_objects <= max_objects, got "
+                f"{config.resolution}, {config.min_objects}, {config.max_objects}"
+            )
         self.folder = generate(config)
         self.meta = json.loads((self.folder / "meta.json").read_text())
-        self.arrays = {k: np.load(self.folder / f"{split}_{k}.npy", mmap_mode="r")
-                       for k in ("rgb", "depth", "seg", "instance", "view")}
+        self.arrays = {
+            k: np.load(self.folder / f"{split}_{k}.npy", mmap_mode="r")
+            for k in ("rgb", "depth", "seg", "instance", "view")
+        }
         self.items = list(range(self.arrays["rgb"].shape[0]))
         self._apply_limit()
 
