@@ -217,19 +217,25 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def meminfo_bytes(field: str) -> int | None:
+    """A ``/proc/meminfo`` field (e.g. ``"MemTotal"``, ``"MemAvailable"``) in bytes; None where unreadable."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def available_memory(device: torch.device | str | None = None) -> int:
     """Free memory in bytes: the GPU's for a CUDA device, else ``MemAvailable`` (4 GiB if unknown)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
+    free = meminfo_bytes("MemAvailable")
+    return free if free is not None else 4 << 30
 
 
 def check_output_memory(

@@ -114,13 +114,11 @@ def test_output_depends_only_on_features_inside_window(model):
     assert 0 < len(rows) < 10 and 0 < len(cols) < 10
 
     from anyup.engine import resolve
-    from anyup.engine.run import PixelEncoders, decode, low_res_keys
+    from anyup.engine.run import decode, encode
 
     plan = plan_for(model, image, feats, size, EngineOptions(tile_size=8))
     with torch.no_grad():
-        enc = PixelEncoders(model, image, plan)
-        enc.gather_statistics()
-        keys = low_res_keys(model, enc.image_keys((10, 10)), feats, plan)
+        enc, keys, _ = encode(model, image, feats, plan)
         queries = enc.query_rows(size, 0, size[0])  # whole mode: pooled once, kept
 
     def run(values):

@@ -33,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from anyup._checks import parse_memory  # noqa: F401  (re-exported: the one size parser)
+from anyup._checks import meminfo_bytes, parse_memory  # noqa: F401  (parse_memory re-exported: the one size parser)
 
 Mode = Literal["whole", "cached", "streamed", "autograd"]
 
@@ -46,18 +46,10 @@ def default_max_memory(device: torch.device) -> int:
     Total (not free) memory, so the plan, and with it every output bit, is the same on every run
     on the same machine.
     """
-    total = None
     if device.type == "cuda" and torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(device).total_memory
+        total: int | None = torch.cuda.get_device_properties(device).total_memory
     else:
-        try:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemTotal:"):
-                        total = int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
+        total = meminfo_bytes("MemTotal")
     if total is None:
         total = 16 << 30
     return int(min(max(total // 4, 256 << 20), 8 << 30))

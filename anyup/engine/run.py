@@ -126,13 +126,22 @@ def iter_tiles(
         yield from iter_tiles_autograd(model, image, features, out_hw, plan, backend)
         return
     with torch.no_grad():
-        dtype = compute_dtype(features)
-        image_c, feats_c = image.to(dtype), features.to(dtype)
-        enc = PixelEncoders(model, image_c, plan)
-        enc.gather_statistics()
-        keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
+        enc, keys, feats_c = encode(model, image, features, plan)
         for t in decode(model, enc, keys, feats_c, out_hw, plan, backend):
             yield Tile(t.y0, t.y1, t.x0, t.x1, t.data.to(features.dtype))
+
+
+def encode(
+    model, image: torch.Tensor, features: torch.Tensor, plan: Plan
+) -> tuple[PixelEncoders, torch.Tensor, torch.Tensor]:
+    """Everything before the decoder (no autograd): the full-resolution encoders with their
+    statistics gathered, the keys (B, D, h, w), and the features in the compute dtype."""
+    dtype = compute_dtype(features)
+    feats_c = features.to(dtype)
+    enc = PixelEncoders(model, image.to(dtype), plan)
+    enc.gather_statistics()
+    keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
+    return enc, keys, feats_c
 
 
 def low_res_keys(model, kimg: torch.Tensor, features: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -337,13 +346,9 @@ def attention_maps(
     from anyup.engine.attention import attention_weights
 
     plan = plan_for(model, image, features, out_hw, options)
-    dtype = compute_dtype(features)
-    image_c, feats_c = image.to(dtype), features.to(dtype)
+    enc, keys, feats_c = encode(model, image, features, plan)
     b, _, h, w = feats_c.shape
     hq, wq = out_hw
-    enc = PixelEncoders(model, image_c, plan)
-    enc.gather_statistics()
-    keys = low_res_keys(model, enc.image_keys((h, w)), feats_c, plan)
     cd = model.cross_decode
     kh = cd.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
     window = Window.build(out_hw, (h, w), model.config.window_ratio, feats_c.device)

@@ -97,14 +97,11 @@ def feathered_forward(model, image: torch.Tensor, features: torch.Tensor, size: 
     computation: ``image`` (B, 3, H, W) ImageNet-normalised, ``features`` (B, C, h, w) -> (B, C, H', W').
     """
     from anyup.engine import EngineOptions, plan_for
-    from anyup.engine.run import PixelEncoders, low_res_keys
+    from anyup.engine.run import encode
 
     b, c, h, w = features.shape
     plan = plan_for(model, image, features, size, EngineOptions())
-    image = image.to(features.dtype)
-    enc = PixelEncoders(model, image, plan)
-    enc.gather_statistics()
-    keys = low_res_keys(model, enc.image_keys((h, w)), features, plan)  # (B, D, h, w)
+    enc, keys, _ = encode(model, image, features, plan)  # keys (B, D, h, w)
     q = model.cross_decode.decode_queries(enc.query_rows(size, 0, size[0]))  # (B, D, H', W')
     attn = model.cross_decode.cross_attn
     qh, kh = attn.project_queries(q), attn.project_keys(keys)  # (B, nh, H'W', hd), (B, nh, hw, hd)
