@@ -36,3 +36,28 @@ def test_feature_unification_matches_reference_indexing(c, chunk):
     assert out.shape == (2, 4, 5, 6)
     torch.testing.assert_close(out, want, atol=1e-12, rtol=0)
     assert (out >= 0).all() and torch.allclose(out.sum(dim=1), torch.ones(2, 5, 6, dtype=torch.float64))
+
+
+def _one_conv(fu: FeatureUnification, x: torch.Tensor) -> torch.Tensor:
+    """The reference's own float32 arithmetic: one conv over all responses, one softmax, one mean."""
+    b, c, h, w = x.shape
+    k, p = fu.out_channels, fu.kernel_size // 2
+    resp = F.conv2d(F.pad(x, (p,) * 4).reshape(b * c, 1, h + 2 * p, w + 2 * p), fu.basis)  # (B*C, K, h, w)
+    taps = F.conv2d(F.pad(torch.ones(1, 1, h, w), (p,) * 4), torch.ones(1, 1, fu.kernel_size, fu.kernel_size))
+    return (resp / taps).view(b, k, c, h, w).softmax(dim=1).mean(dim=2)
+
+
+@pytest.mark.parametrize("shape", [(1, 384, 16, 16), (1, 768, 8, 12), (2, 17, 7, 9), (1, 64, 13, 11)])
+def test_feature_unification_chunks_keep_the_reference_bits_float32(shape):
+    """Position chunks (every one >= MIN_CHUNK positions) give bit-identical float32 output: the
+    published weights amplify rounding differences in this branch ~1000x, so exact bits matter."""
+    from anyup.layers.feature_unification import MIN_CHUNK
+
+    torch.manual_seed(0)
+    fu = FeatureUnification(out_channels=128, kernel_size=5)
+    x = F.normalize(torch.randn(shape), dim=1)
+    b, c, h, w = shape
+    with torch.no_grad():
+        want = _one_conv(fu, x)
+        for chunk in (1 << 40, b * c * 128 * MIN_CHUNK, b * c * 128 * (MIN_CHUNK * 2 + 1)):
+            assert torch.equal(fu.unify(x, max_chunk_elements=chunk), want), chunk

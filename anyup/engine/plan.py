@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 
 from anyup._checks import meminfo_bytes, parse_memory  # noqa: F401  (parse_memory re-exported: the one size parser)
+from anyup.layers.feature_unification import BAND_ELEMENTS, MIN_CHUNK
 
 Mode = Literal["whole", "cached", "streamed", "autograd"]
 
@@ -116,14 +117,18 @@ def _fixed_bytes(g: Geometry, chunk: int, fu: int) -> int:
 
 
 def _fu_elements(g: Geometry, budget: int) -> int:
-    """Feature-unification responses alive at once: all of them when they fit ``budget``.
+    """Feature-unification responses alive at once.
 
-    All at once is the reference's own arithmetic (one conv, one mean): the published weights'
-    sharp attention amplifies float32 rounding differences in this branch about 1000x, so the
-    chunked path (same maths, other summation order) is only for caps where the full one cannot fit.
+    The exact path (the reference's arithmetic and bits at every position) runs in chunks of
+    positions of up to ``BAND_ELEMENTS`` responses and needs at least ``MIN_CHUNK`` positions (a
+    chunk may hold up to twice that). The published weights' sharp attention amplifies float32
+    rounding differences in this branch about 1000x, so the chunked path over the grid's columns
+    (other summation order) is only for caps where those positions cannot fit.
     """
     full = g.batch * g.channels * g.dim * g.low_hw[0] * g.low_hw[1]
-    return int(max(min(full, budget // (3 * g.elem)), g.batch * g.dim * g.low_hw[0] * g.low_hw[1]))
+    least = g.batch * g.channels * g.dim * min(MIN_CHUNK, g.low_hw[0] * g.low_hw[1])
+    want = min(full, max(2 * least, BAND_ELEMENTS))
+    return int(max(min(want, budget // (3 * g.elem)), g.batch * g.dim * g.low_hw[0] * g.low_hw[1]))
 
 
 def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu: int) -> int:

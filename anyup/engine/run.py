@@ -36,6 +36,8 @@ from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
 
 logger = logging.getLogger(__name__)
 
+KEY_BAND_PIXELS = 1 << 15  # image pixels of one float64 pooling band of the key map (whole mode)
+
 
 class Tile(NamedTuple):
     """One rectangle of the output: rows ``[y0, y1)``, columns ``[x0, x1)``, ``data`` (B, C, y1-y0, x1-x0)."""
@@ -269,19 +271,21 @@ class PixelEncoders:
         return band.view(self.b, self.d, y1 - y0, self.w)
 
     def image_keys(self, low_hw) -> torch.Tensor:
-        """Key branch pooled to the feature grid: (B, D, h, w)."""
+        """Key branch pooled to the feature grid: (B, D, h, w).
+
+        Band by band of feature rows in float64 (so bands pool to the same bits as the whole map):
+        slices of the key map in ``whole`` mode, recomputed image rows otherwise."""
         h, w = int(low_hw[0]), int(low_hw[1])
-        if self.key_map is not None:
-            k = self.key_map.view(self.b, self.d, self.h, self.w)
-            self.key_map = None
-            return adaptive_avg_pool_2d(k.double(), (self.h, self.w), (h, w)).to(self.dtype).contiguous()
         starts, ends = pool_ranges(self.h, h)
+        key_map = None if self.key_map is None else self.key_map.view(self.b, self.d, self.h, self.w)
+        self.key_map = None
+        rows = self.plan.key_rows if key_map is None else max(1, KEY_BAND_PIXELS // max(1, self.n // h))
         parts = []
-        for l0 in range(0, h, self.plan.key_rows):
-            l1 = min(h, l0 + self.plan.key_rows)
+        for l0 in range(0, h, rows):
+            l1 = min(h, l0 + rows)
             s, e = starts[l0], ends[l1 - 1]
-            band = self.branch_rows(self.key, s, e).double()  # float64: bands pool to the same bits as the whole map
-            parts.append(adaptive_avg_pool_2d(band, (self.h, self.w), (h, w), (l0, l1), s).to(self.dtype))
+            band = key_map[:, :, s:e] if key_map is not None else self.branch_rows(self.key, s, e)  # (B, D, e-s, W)
+            parts.append(adaptive_avg_pool_2d(band.double(), (self.h, self.w), (h, w), (l0, l1), s).to(self.dtype))
         return torch.cat(parts, dim=2).contiguous()  # (B, D, h, w)
 
     def query_rows(self, out_hw: tuple[int, int], a: int, z: int) -> torch.Tensor:

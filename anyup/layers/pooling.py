@@ -46,10 +46,34 @@ def adaptive_avg_pool_2d(
     ``x`` (B, C, n, W) holds rows ``[row_offset, row_offset + n)`` of a map of size ``in_hw``;
     returns output rows ``rows = (start, stop)`` (default all) of the pooled ``out_hw`` map,
     (B, C, stop - start, W'). The band must contain every input row those outputs cover.
-    Works on a channels-last view (two small matmuls), accumulates in float32 (float64 stays).
+    Two small matmuls in the input's layout (no copy): over the rows then the columns of each
+    channel for channels-first input, over a (B, n, W, C) view for channels-last input (the output
+    keeps the layout). Accumulates in float32 (float64 stays).
     """
     (hi, wi), (ho, wo) = in_hw, out_hw
     r0, r1 = rows if rows is not None else (0, ho)
+    b, c, n, w = x.shape
+    acc = acc_dtype(x)
+    if x.dim() == 4 and c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return _pool_channels_last(x, in_hw, out_hw, (r0, r1), row_offset)
+    y = x.to(acc)
+    if hi == ho:
+        y = y[:, :, r0 - row_offset : r1 - row_offset]
+    else:
+        ph = pooling_matrix(hi, ho, r0, r1, row_offset, n, acc, x.device)  # (r1-r0, n)
+        y = torch.matmul(ph, y)  # (B, C, r, W)
+    if wi != wo:
+        pw = pooling_matrix(wi, wo, 0, wo, 0, wi, acc, x.device)  # (W', W)
+        y = torch.matmul(y, pw.t())  # (B, C, r, W')
+    return y.to(x.dtype)
+
+
+def _pool_channels_last(
+    x: torch.Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int], rows: tuple[int, int], row_offset: int
+) -> torch.Tensor:
+    """:func:`adaptive_avg_pool_2d` on a channels-last (B, C, n, W) input; channels-last output."""
+    (hi, wi), (ho, wo) = in_hw, out_hw
+    r0, r1 = rows
     b, c, n, w = x.shape
     acc = acc_dtype(x)
     xl = x.permute(0, 2, 3, 1)  # (B, n, W, C); free for channels-last input
