@@ -6,7 +6,8 @@ Every backend computes, for one tile of queries against the rectangle of keys th
 
 i.e. the heads-averaged softmax weights applied to the raw values. Arguments: ``qh`` (B, nh, Nq, hd),
 ``kh`` (B, nh, Nk, hd), ``values`` (B, Nk, C), ``mask`` (Nq, Nk) bool; result (B, Nq, C) in the
-values' dtype. Logits and softmax run in float32 (float64 stays float64).
+values' dtype (any strides: ``matmul`` returns a transposed view of a (B, C, Nq) product, so the
+engine's channels-first tiles need no copy). Logits and softmax run in float32 (float64 stays).
 
 Backends (``attention=`` of :class:`anyup.AnyUp` / :class:`anyup.engine.EngineOptions`):
 
@@ -56,7 +57,8 @@ def attention_weights(qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor) ->
 
 def attend_matmul(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = attention_weights(qh, kh, mask)  # (B, Nq, Nk)
-    return torch.matmul(weights.to(values.dtype), values)  # (B, Nq, C)
+    out = torch.matmul(values.transpose(1, 2), weights.to(values.dtype).transpose(1, 2))  # (B, C, Nq)
+    return out.transpose(1, 2)  # (B, Nq, C), a view: channels-first tiles need no copy
 
 
 def attend_sdpa(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -28,19 +28,18 @@ from anyup.layers import EncoderStack, PointwiseConv2d, RoPE2d, pixel_coordinate
 
 @dataclass
 class FrozenNorm:
-    """A GroupNorm with known statistics: ``y = (x - mean) * scale + bias``, each (B, C, 1).
+    """A GroupNorm with known statistics: ``y = x * scale + shift``, each (B, C, 1).
 
-    Centring first (rather than one ``x * s + t``) keeps float32 exact when the mean is large
-    next to the spread.
+    ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale`` are formed in float64
+    and rounded once; one ``addcmul`` pass applies them (PyTorch's own GroupNorm kernels apply
+    the same two per-channel terms).
     """
 
-    mean: torch.Tensor
     scale: torch.Tensor
-    bias: torch.Tensor
+    shift: torch.Tensor
 
     def apply(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        torch.sub(x, self.mean, out=out)
-        return torch.addcmul(self.bias, out, self.scale, out=out)
+        return torch.addcmul(self.shift, x, self.scale, out=out)
 
 
 @dataclass
@@ -51,11 +50,14 @@ class _Moments:
     mean: torch.Tensor | None = None
     m2: torch.Tensor | None = None
 
-    def add(self, x: torch.Tensor, groups: int) -> None:
-        """Accumulate chunk x (B, C, P): per-channel two-pass moments, merged into groups in float64."""
+    def add(self, x: torch.Tensor, groups: int, scratch: torch.Tensor) -> None:
+        """Accumulate chunk x (B, C, P): per-channel two-pass moments, merged into groups in float64.
+
+        ``scratch`` (B, C, >= P) receives the centred chunk (no allocation per chunk)."""
         b, c, p = x.shape
         mean_c = x.mean(dim=-1, keepdim=True)  # (B, C, 1), compute dtype (no reshape: x may be a strided slice)
-        m2_c = torch.linalg.vector_norm(x - mean_c, dim=-1).double().square().view(b, groups, -1)  # (B, G, C/G)
+        centred = torch.sub(x, mean_c, out=scratch[:, :, :p])
+        m2_c = torch.linalg.vector_norm(centred, dim=-1).double().square().view(b, groups, -1)  # (B, G, C/G)
         mean_c = mean_c.squeeze(-1)
         mean_c = mean_c.double().view(b, groups, -1)
         mean = mean_c.mean(dim=-1)  # (B, G)
@@ -89,9 +91,9 @@ class GroupNormStats:
     def first_unknown(self) -> int | None:
         return next((i for i, f in enumerate(self.frozen) if f is None), None)
 
-    def collect(self, index: int, x: torch.Tensor) -> None:
-        """Accumulate a chunk (B, C, P) of GroupNorm ``index``'s input."""
-        self._pending.setdefault(index, _Moments()).add(x, self.norms[index].num_groups)
+    def collect(self, index: int, x: torch.Tensor, scratch: torch.Tensor) -> None:
+        """Accumulate a chunk (B, C, P) of GroupNorm ``index``'s input (``scratch``: (B, C, >= P))."""
+        self._pending.setdefault(index, _Moments()).add(x, self.norms[index].num_groups, scratch)
 
     def freeze(self, dtype: torch.dtype) -> None:
         """Turn the accumulated moments into scale/shift (after a full pass over all pixels)."""
@@ -105,8 +107,8 @@ class GroupNormStats:
             bias = gn.bias.double() if gn.bias is not None else torch.zeros(c, dtype=torch.float64)
             scale = rstd.repeat_interleave(c // g, dim=1) * weight.to(rstd.device)  # (B, C)
             mean = mom.mean.repeat_interleave(c // g, dim=1)  # (B, C)
-            bias_c = bias.to(rstd.device).expand_as(scale)
-            self.frozen[index] = FrozenNorm(*(t.to(dtype).unsqueeze(-1).contiguous() for t in (mean, scale, bias_c)))
+            shift = bias.to(rstd.device) - mean * scale  # (B, C) float64
+            self.frozen[index] = FrozenNorm(*(t.to(dtype).unsqueeze(-1).contiguous() for t in (scale, shift)))
         self._pending.clear()
 
 

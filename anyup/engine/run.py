@@ -172,7 +172,9 @@ class PixelEncoders:
         d = model.config.dim
         self.d = d
         p = plan.chunk
-        self._buf = [torch.empty(self.b, d, p, dtype=self.dtype, device=self.device) for _ in range(7)]
+        self._buf = [
+            torch.empty(self.b, d, p, dtype=self.dtype, device=self.device) for _ in range(8)
+        ]  # 7: the statistics' scratch
         self.encoding: torch.Tensor | None = None  # (B, D, H*W) RoPE'd image encoding (whole, cached)
         self.key_map: torch.Tensor | None = None  # (B, D, H*W) key branch output (whole)
         self.query_map: torch.Tensor | None = None  # (B, D, H*W) query branch output (whole)
@@ -204,7 +206,7 @@ class PixelEncoders:
             for p0, p1 in self._chunks():
                 n = p1 - p0
                 x = self.img.run(self.image[:, :, p0:p1], self._b(0, n), self._b(1, n), self._b(2, n), stop=i)
-                self.img.stats.collect(i, x)
+                self.img.stats.collect(i, x, self._b(7, n))
             self.img.stats.freeze(self.dtype)
         if self.plan.mode == "cached":
             enc = torch.empty(self.b, self.d, self.n, dtype=self.dtype, device=self.device)
@@ -216,7 +218,9 @@ class PixelEncoders:
                 n = p1 - p0
                 e = self._encoding_chunk(p0, p1)
                 for prog in (self.key, self.query):
-                    prog.stats.collect(i, prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n), stop=i))
+                    prog.stats.collect(
+                        i, prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n), stop=i), self._b(7, n)
+                    )
             self.key.stats.freeze(self.dtype)
             self.query.stats.freeze(self.dtype)
 
@@ -229,20 +233,20 @@ class PixelEncoders:
             else:
                 prog.first_into(source[:, :, p0:p1], xs)
             if prog.num_norms:
-                prog.stats.collect(0, xs)
+                prog.stats.collect(0, xs, self._b(7, p1 - p0))
         prog.stats.freeze(self.dtype)
         for j in range(len(prog.blocks)):
             for p0, p1 in self._chunks():
                 ys = y_map[:, :, p0:p1]
                 prog.half1(j, x_map[:, :, p0:p1], self._b(0, p1 - p0), ys)
-                prog.stats.collect(2 * j + 1, ys)
+                prog.stats.collect(2 * j + 1, ys, self._b(7, p1 - p0))
             prog.stats.freeze(self.dtype)
             last = j == len(prog.blocks) - 1
             for p0, p1 in self._chunks():
                 xs = x_map[:, :, p0:p1]
                 prog.half2(j, y_map[:, :, p0:p1], self._b(0, p1 - p0), xs)
                 if not last:
-                    prog.stats.collect(2 * j + 2, xs)
+                    prog.stats.collect(2 * j + 2, xs, self._b(7, p1 - p0))
             if not last:
                 prog.stats.freeze(self.dtype)
 
