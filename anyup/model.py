@@ -54,6 +54,7 @@ class AnyUpConfig:
     max_memory: int | str | None = None  # working-memory cap (bytes or '2GB'); None = automatic
     tile_size: int | None = None  # query tile side in output pixels; None = from the cap
     attention: str = "auto"  # attention backend: auto | matmul | sdpa | flex | triton
+    compile: bool = False  # fuse the per-pixel element-wise work with torch.compile (anyup.engine.kernels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,6 +203,7 @@ class AnyUp(nn.Module):
             max_memory=max_memory if max_memory is not None else cfg.max_memory,
             tile_size=tile_size if tile_size is not None else cfg.tile_size,
             attention=attention if attention is not None else cfg.attention,
+            compile=cfg.compile,
         )
 
     def save_pretrained(self, folder: str, push_to_hub: str | None = None):

@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from anyup.engine.kernels import EAGER, ChunkKernels
 from anyup.layers import EncoderStack, PointwiseConv2d, RoPE2d, pixel_coordinates
 
 
@@ -31,15 +31,12 @@ class FrozenNorm:
     """A GroupNorm with known statistics: ``y = x * scale + shift``, each (B, C, 1).
 
     ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale`` are formed in float64
-    and rounded once; one ``addcmul`` pass applies them (PyTorch's own GroupNorm kernels apply
-    the same two per-channel terms).
+    and rounded once; :mod:`anyup.engine.kernels` applies them with the SiLU that follows (PyTorch's
+    own GroupNorm kernels apply the same two per-channel terms).
     """
 
     scale: torch.Tensor
     shift: torch.Tensor
-
-    def apply(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, x, self.scale, out=out)
 
 
 @dataclass
@@ -50,15 +47,13 @@ class _Moments:
     mean: torch.Tensor | None = None
     m2: torch.Tensor | None = None
 
-    def add(self, x: torch.Tensor, groups: int, scratch: torch.Tensor) -> None:
+    def add(self, x: torch.Tensor, groups: int, scratch: torch.Tensor, kernels: ChunkKernels) -> None:
         """Accumulate chunk x (B, C, P): per-channel two-pass moments, merged into groups in float64.
 
-        ``scratch`` (B, C, >= P) receives the centred chunk (no allocation per chunk)."""
+        ``scratch`` (B, C, >= P) may receive the centred chunk (no allocation per chunk)."""
         b, c, p = x.shape
-        mean_c = x.mean(dim=-1, keepdim=True)  # (B, C, 1), compute dtype (no reshape: x may be a strided slice)
-        centred = torch.sub(x, mean_c, out=scratch[:, :, :p])
-        m2_c = torch.linalg.vector_norm(centred, dim=-1).double().square().view(b, groups, -1)  # (B, G, C/G)
-        mean_c = mean_c.squeeze(-1)
+        mean_c, m2_c = kernels.moments(x, scratch)  # (B, C) each (mean, root of M2), compute dtype
+        m2_c = m2_c.double().square().view(b, groups, -1)  # (B, G, C/G)
         mean_c = mean_c.double().view(b, groups, -1)
         mean = mean_c.mean(dim=-1)  # (B, G)
         m2 = m2_c.sum(dim=-1) + p * (mean_c - mean.unsqueeze(-1)).square().sum(dim=-1)
@@ -81,6 +76,7 @@ class GroupNormStats:
     """
 
     norms: list[nn.GroupNorm]
+    kernels: ChunkKernels = EAGER
     frozen: list[FrozenNorm | None] = field(default_factory=list)
     _pending: dict[int, _Moments] = field(default_factory=dict)
 
@@ -93,7 +89,7 @@ class GroupNormStats:
 
     def collect(self, index: int, x: torch.Tensor, scratch: torch.Tensor) -> None:
         """Accumulate a chunk (B, C, P) of GroupNorm ``index``'s input (``scratch``: (B, C, >= P))."""
-        self._pending.setdefault(index, _Moments()).add(x, self.norms[index].num_groups, scratch)
+        self._pending.setdefault(index, _Moments()).add(x, self.norms[index].num_groups, scratch, self.kernels)
 
     def freeze(self, dtype: torch.dtype) -> None:
         """Turn the accumulated moments into scale/shift (after a full pass over all pixels)."""
@@ -122,7 +118,7 @@ def _mm(w: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 class StackProgram:
     """One :class:`EncoderStack` as chunk operations (weights cast to the compute dtype once)."""
 
-    def __init__(self, stack: EncoderStack, dtype: torch.dtype) -> None:
+    def __init__(self, stack: EncoderStack, dtype: torch.dtype, kernels: ChunkKernels = EAGER) -> None:
         first = stack[0]
         assert isinstance(first, PointwiseConv2d), "full-resolution encoders start with a 1x1 conv"
         self.first = first.matrix.detach().to(dtype)  # (D, Din)
@@ -130,7 +126,8 @@ class StackProgram:
             (conv1.matrix.detach().to(dtype), conv2.matrix.detach().to(dtype))
             for _, conv1, _, conv2 in (b.parts for b in stack.blocks)
         ]
-        self.stats = GroupNormStats([n for b in stack.blocks for n in (b.parts[0], b.parts[2])])
+        self.kernels = kernels
+        self.stats = GroupNormStats([n for b in stack.blocks for n in (b.parts[0], b.parts[2])], kernels)
 
     @property
     def num_norms(self) -> int:
@@ -144,14 +141,14 @@ class StackProgram:
         """ResBlock ``j``, first half: ``y = W1 @ silu(gn1(x))`` (``a`` is scratch)."""
         gn1 = self.stats.frozen[2 * j]
         assert gn1 is not None, "GroupNorm statistics must be known before use"
-        F.silu(gn1.apply(x, a), inplace=True)
+        self.kernels.norm_silu(x, gn1.scale, gn1.shift, a)
         return _mm(self.blocks[j][0], a, y)
 
     def half2(self, j: int, y: torch.Tensor, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """ResBlock ``j``, second half, in place on the residual stream: ``x += W2 @ silu(gn2(y))``."""
         gn2 = self.stats.frozen[2 * j + 1]
         assert gn2 is not None, "GroupNorm statistics must be known before use"
-        F.silu(gn2.apply(y, a), inplace=True)
+        self.kernels.norm_silu(y, gn2.scale, gn2.shift, a)
         w2 = self.blocks[j][1]
         for i in range(x.shape[0]):
             x[i].addmm_(w2, a[i])

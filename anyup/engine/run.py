@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from anyup._checks import parse_memory
 from anyup.engine.attention import AttentionBackend, resolve
+from anyup.engine.kernels import EAGER, ChunkKernels, chunk_kernels
 from anyup.engine.pixels import RopeTable, StackProgram
 from anyup.engine.plan import Geometry, Plan, default_max_memory, make_plan
 from anyup.engine.window import Window
@@ -56,6 +57,7 @@ class EngineOptions:
     max_memory: int | str | None = None  # working-memory cap (bytes or '2GB'); None = automatic
     tile_size: int | None = None  # query tile side in output pixels; None = from the cap
     attention: str = "auto"  # see anyup.engine.attention
+    compile: bool = False  # fused element-wise chunk kernels (see anyup.engine.kernels)
 
 
 def compute_dtype(features: torch.Tensor) -> torch.dtype:
@@ -128,19 +130,20 @@ def iter_tiles(
         yield from iter_tiles_autograd(model, image, features, out_hw, plan, backend)
         return
     with torch.no_grad():
-        enc, keys, feats_c = encode(model, image, features, plan)
+        enc, keys, feats_c = encode(model, image, features, plan, options)
         for t in decode(model, enc, keys, feats_c, out_hw, plan, backend):
             yield Tile(t.y0, t.y1, t.x0, t.x1, t.data.to(features.dtype))
 
 
 def encode(
-    model, image: torch.Tensor, features: torch.Tensor, plan: Plan
+    model, image: torch.Tensor, features: torch.Tensor, plan: Plan, options: EngineOptions | None = None
 ) -> tuple[PixelEncoders, torch.Tensor, torch.Tensor]:
     """Everything before the decoder (no autograd): the full-resolution encoders with their
     statistics gathered, the keys (B, D, h, w), and the features in the compute dtype."""
+    options = options or EngineOptions()
     dtype = compute_dtype(features)
     feats_c = features.to(dtype)
-    enc = PixelEncoders(model, image.to(dtype), plan)
+    enc = PixelEncoders(model, image.to(dtype), plan, chunk_kernels(options.compile))
     enc.gather_statistics()
     keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
     return enc, keys, feats_c
@@ -159,15 +162,15 @@ def low_res_keys(model, kimg: torch.Tensor, features: torch.Tensor, plan: Plan) 
 class PixelEncoders:
     """The image encoder (+ RoPE) and the key/query branches at full resolution, for one image batch."""
 
-    def __init__(self, model, image: torch.Tensor, plan: Plan) -> None:
+    def __init__(self, model, image: torch.Tensor, plan: Plan, kernels: ChunkKernels = EAGER) -> None:
         self.plan = plan
         self.b, _, self.h, self.w = image.shape
         self.n = self.h * self.w
         self.dtype, self.device = image.dtype, image.device
         self.image = image.reshape(self.b, 3, self.n)  # (B, 3, H*W)
-        self.img = StackProgram(model.image_encoder, self.dtype)
-        self.key = StackProgram(model.key_encoder, self.dtype)
-        self.query = StackProgram(model.query_encoder, self.dtype)
+        self.img = StackProgram(model.image_encoder, self.dtype, kernels)
+        self.key = StackProgram(model.key_encoder, self.dtype, kernels)
+        self.query = StackProgram(model.query_encoder, self.dtype, kernels)
         self.rope = RopeTable(model.rope, self.h, self.w, self.device, self.dtype)
         d = model.config.dim
         self.d = d
@@ -354,7 +357,7 @@ def attention_maps(
     from anyup.engine.attention import attention_weights
 
     plan = plan_for(model, image, features, out_hw, options)
-    enc, keys, feats_c = encode(model, image, features, plan)
+    enc, keys, feats_c = encode(model, image, features, plan, options)
     b, _, h, w = feats_c.shape
     hq, wq = out_hw
     cd = model.cross_decode

@@ -73,7 +73,7 @@ class FeatureUnification(nn.Module):
             p1 = starts[i + 1] if i + 1 < len(starts) else n
             r0, r1 = p0 // w, (p1 - 1) // w + 1  # feature rows the chunk spans
             patches = F.unfold(x[:, :, r0 : r1 + 2 * p], ks)[:, :, p0 - r0 * w : p1 - r0 * w]  # (B*C, ks*ks, m)
-            resp = torch.matmul(basis, patches).to(acc)  # (B*C, K, m), flat index c*K + k
+            resp = torch.bmm(basis.expand(b * c, k, ks * ks), patches).to(acc)  # (B*C, K, m), flat c*K + k
             resp.div_(taps[..., p0:p1])
             grid = resp.view(b, k, c, -1).softmax(dim=1)  # (K, C) grid, softmax over a
             out[:, :, p0:p1] = grid.mean(dim=2)  # (B, K, m)
