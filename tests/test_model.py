@@ -368,3 +368,46 @@ def test_every_plan_matches_whole_float64_and_gradients_flow():
     image.requires_grad_(True)
     m(image, feats, (11, 13)).sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cache_pixels", [0, 128, 192])
+def test_streamed_partial_encoding_cache_matches_whole_float64(monkeypatch, cache_pixels):
+    """A streamed plan that keeps the encoding of a prefix of pixels (chunks split at its end,
+    key and query bands that straddle it) gives the whole-mode output."""
+    import dataclasses
+
+    from anyup.engine import run as engine_run
+
+    torch.manual_seed(0)
+    m = AnyUp().double().eval()
+    image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
+    with torch.no_grad():
+        want = m(image, feats, (11, 13), max_memory="4GiB")
+        real = engine_run.make_plan
+
+        def streamed(g, cap, tile_size, autograd):
+            plan = real(g, cap, tile_size, autograd)
+            return dataclasses.replace(plan, mode="streamed", chunk=48, key_rows=2, tile=5, cache_pixels=cache_pixels)
+
+        monkeypatch.setattr(engine_run, "make_plan", streamed)
+        got = m(image, feats, (11, 13), max_memory="4GiB")
+    assert (got - want).abs().max() <= 1e-12
+
+
+def test_streamed_plan_spends_its_slack_on_a_partial_cache():
+    from anyup.engine import plan_for
+    from anyup.engine.run import EngineOptions
+
+    m = AnyUp().eval()
+    image, feats = _inputs(hw=(256, 256), low=(16, 16), c=64)
+    partial = 0
+    for mib in (60, 50, 45, 40, 35, 30, 25, 20):
+        cap = mib << 20
+        plan = plan_for(m, image, feats, (256, 256), EngineOptions(max_memory=cap))
+        assert plan.estimate <= cap
+        if plan.mode == "streamed":
+            assert plan.cache_pixels % plan.chunk == 0 and plan.cache_pixels < 256 * 256
+            partial += plan.cache_pixels > 0
+        elif plan.mode == "cached":
+            assert plan.cache_pixels == 256 * 256
+    assert partial >= 3

@@ -16,8 +16,9 @@ the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B
 * **mode**: ``whole`` keeps three full-resolution maps (image encoding, branch stream, inner
   activation: ``3*map(H, W)``) plus the pooled queries ``map(H', W')`` when the output size
   differs from the image; ``cached`` keeps only the encoding (``map(H, W)``) and recomputes the
-  branches in passes; ``streamed`` keeps nothing at full resolution and recomputes from the image
-  (about 4x the GEMM work of ``whole``).
+  branches in passes; ``streamed`` recomputes the encoding from the image in every pass (about 4x
+  the GEMM work of ``whole``) except for the leading pixels whose encoding fits in 90 % of the
+  cap's remaining slack (``Plan.cache_pixels``, whole chunks), which it keeps.
 
 The plan takes the fastest mode whose total fits the cap, then the largest tile (up to about one
 window) and band that fit. Under autograd the engine checkpoints per ResBlock and per tile; its
@@ -27,6 +28,7 @@ model is ``18*map(H, W) + (3 + 2*C/D)*map(H', W')`` plus three tiles (measured i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -38,6 +40,7 @@ from anyup.layers.feature_unification import BAND_ELEMENTS, MIN_CHUNK
 
 Mode = Literal["whole", "cached", "streamed", "autograd"]
 
+CACHE_SHARE = 0.9  # share of a streamed plan's slack under the cap spent on a partial encoding cache
 CHUNK_PIXELS = 8192  # pixels per chunk: a (1, 128, 8192) float32 block is 4 MiB
 
 
@@ -92,6 +95,7 @@ class Plan:
     fu_elements: int  # feature unification: responses alive at once
     estimate: int
     cap: int
+    cache_pixels: int = 0  # leading image pixels whose encoding is kept (cached: all; streamed: what fits)
 
 
 def _tile_bytes(g: Geometry, t: int) -> int:
@@ -150,11 +154,22 @@ def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu:
     return cache + fixed + max(key_band, tile_b + q_band)
 
 
+def _with_partial_cache(plan: Plan, g: Geometry) -> Plan:
+    """A streamed plan keeps the encoding of as many leading pixels (whole chunks) as the cap's slack holds."""
+    pixels = g.image_hw[0] * g.image_hw[1]
+    per_pixel = g.batch * g.dim * g.elem
+    slack = int(CACHE_SHARE * (plan.cap - plan.estimate))
+    keep = min(pixels, max(0, slack // per_pixel) // plan.chunk * plan.chunk)
+    if keep < plan.chunk:
+        return plan
+    return dataclasses.replace(plan, cache_pixels=keep, estimate=plan.estimate + keep * per_pixel)
+
+
 def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> Plan:
     """The fastest plan whose estimate fits ``cap``; a ValueError naming the minimum if none does.
 
-    Preference: mode (whole, cached, streamed), then the largest tile up to about one window,
-    then the largest chunk and key band.
+    Preference: mode (whole, cached, streamed), then the largest tile up to about one window, then the largest chunk and key band;
+    a streamed plan then keeps the encoding of as many leading pixels as its slack allows.
     """
     pixels = g.image_hw[0] * g.image_hw[1]
     chunks = sorted({min(c, pixels) for c in (CHUNK_PIXELS, 2048, 512, 64)}, reverse=True)
@@ -175,7 +190,8 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
                     for f in (fu, small_fu):
                         est = _estimate(g, mode, chunk, key_rows, t, f)
                         if est <= cap:
-                            return Plan(mode, chunk, key_rows, int(t), f, est, cap)
+                            plan = Plan(mode, chunk, key_rows, int(t), f, est, cap, pixels if mode == "cached" else 0)
+                            return _with_partial_cache(plan, g) if mode == "streamed" else plan
                         smallest = est if smallest is None else min(smallest, est)
     assert smallest is not None
     what = "with gradients " if autograd else ""

@@ -185,16 +185,26 @@ class PixelEncoders:
 
     # -- chunks ------------------------------------------------------------------------------
     def _chunks(self, p_start: int = 0, p_stop: int | None = None) -> Iterator[tuple[int, int]]:
+        """Pixel ranges of at most ``plan.chunk`` pixels; none straddles the end of the encoding cache."""
         stop = self.n if p_stop is None else p_stop
-        for p0 in range(p_start, stop, self.plan.chunk):
-            yield p0, min(stop, p0 + self.plan.chunk)
+        keep = self.plan.cache_pixels
+        p0 = p_start
+        while p0 < stop:
+            p1 = min(stop, p0 + self.plan.chunk)
+            if p0 < keep < p1:
+                p1 = keep
+            yield p0, p1
+            p0 = p1
 
     def _b(self, i: int, n: int) -> torch.Tensor:
         return self._buf[i][:, :, :n]
 
     def _encoding_chunk(self, p0: int, p1: int) -> torch.Tensor:
-        """RoPE'd image encoding of pixels [p0, p1): (B, D, n), cached or recomputed."""
-        if self.encoding is not None:
+        """RoPE'd image encoding of pixels [p0, p1): (B, D, n), cached or recomputed.
+
+        :meth:`_chunks` never straddles the end of the cache, so a chunk is either inside the
+        cached prefix or outside it."""
+        if self.encoding is not None and p1 <= self.encoding.shape[-1]:
             return self.encoding[:, :, p0:p1]
         n = p1 - p0
         x = self.img.run(self.image[:, :, p0:p1], self._b(0, n), self._b(1, n), self._b(2, n))
@@ -211,11 +221,12 @@ class PixelEncoders:
                 x = self.img.run(self.image[:, :, p0:p1], self._b(0, n), self._b(1, n), self._b(2, n), stop=i)
                 self.img.stats.collect(i, x, self._b(7, n))
             self.img.stats.freeze(self.dtype)
-        if self.plan.mode == "cached":
-            enc = torch.empty(self.b, self.d, self.n, dtype=self.dtype, device=self.device)
-            for p0, p1 in self._chunks():
+        keep = self.plan.cache_pixels
+        if keep:
+            enc = torch.empty(self.b, self.d, keep, dtype=self.dtype, device=self.device)
+            for p0, p1 in self._chunks(0, keep):
                 enc[:, :, p0:p1] = self._encoding_chunk(p0, p1)
-            self.encoding = enc
+            self.encoding = enc  # (B, D, keep): all pixels (cached) or a prefix (streamed)
         for i in range(self.key.num_norms):
             for p0, p1 in self._chunks():
                 n = p1 - p0
