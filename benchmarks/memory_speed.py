@@ -9,7 +9,9 @@ weights (float32, 1 image, features at 1/14 of the side, C channels):
   ``git worktree add /tmp/anyup-old 35740a5``);
 * ``bilinear``: ``F.interpolate``;
 * ``floor``: the method's multiply-adds (1x1 convs, the 3x3 query conv, projections, logits and
-  value products inside the windows) timed as large square GEMMs on this machine;
+  value products inside the windows, the feature unification's filters) timed as large square GEMMs on this machine;
+* ``ours_compiled``: ``AnyUpConfig(compile=True)`` (Inductor-fused element-wise chunk kernels),
+  timed after one full-size call that compiles them (its time is reported as ``first_call_s``);
 * ``ours_bf16``: bfloat16 inputs (computed in float32 on the CPU, output in bfloat16);
 * ``ours_grad`` / ``dense_grad``: forward + backward of ``out.square().mean()`` w.r.t. the image
   and the parameters (checkpointed engine vs the dense reference).
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._harness import fmt_mib, fmt_s, measure, out_dir, run_worker, write_atomic  # noqa: E402
 
 PATCH = 14  # default; --patch 16 gives 128² features at 2048²
-METHODS = ("bilinear", "floor", "ours", "ours_bf16", "dense", "old", "ours_grad", "dense_grad")
+METHODS = ("bilinear", "floor", "ours", "ours_compiled", "ours_bf16", "dense", "old", "ours_grad", "dense_grad")
 DENSE_LIMIT_BYTES = 22 << 30  # beyond this the dense reference would not fit this 24 GB machine
 
 
@@ -56,7 +59,8 @@ def method_flops(size: int, low: int, c: int, d: int = 128, ratio: float = 0.1) 
     proj = px * 2 * d * d  # query projection
     cells = Window.build((size, size), (low, low), ratio).mean_cells()
     attn = px * cells * 2 * (d + c)  # logits (all heads) + value product, inside the windows
-    return float(convs + conv3 + proj + attn)
+    unify = low * low * c * d * 25 * 2  # feature unification: every channel against 128 5x5 filters
+    return float(convs + conv3 + proj + attn + unify)
 
 
 def worker(method: str, size: int, channels: int, max_memory: str | None, patch: int = PATCH) -> dict:
@@ -94,6 +98,8 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
 
     torch.manual_seed(0)
     model = anyup.AnyUp().eval()
+    if method == "ours_compiled":
+        model.config.compile = True
     image = torch.randn(1, 3, size, size)
     feats = torch.randn(1, channels, low, low)
     dtype = torch.bfloat16 if method == "ours_bf16" else torch.float32
@@ -101,7 +107,7 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
     out_bytes = channels * size * size * feats.element_size()
 
     def call(img, fts):
-        if method in ("ours", "ours_bf16", "old"):
+        if method in ("ours", "ours_compiled", "ours_bf16", "old"):
             return model(img, fts, max_memory=_bytes(max_memory) if method == "old" else max_memory)
         if method == "dense":
             return dense_forward(model, img, fts)
@@ -127,8 +133,13 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
         return {"method": method, "size": size, **r}
     with torch.no_grad():
         call(image[..., :56, :56], feats[..., :4, :4])  # warm-up on a small input (every method alike)
+        extra = {}
+        if method == "ours_compiled":  # compile the full-size chunk kernels before timing
+            t0 = time.perf_counter()
+            call(image, feats)
+            extra["first_call_s"] = time.perf_counter() - t0
         r = measure(lambda: call(image, feats), out_bytes)
-    return {"method": method, "size": size, **r}
+    return {"method": method, "size": size, **r, **extra}
 
 
 def dense_estimate(size: int, grad: bool = False, patch: int = PATCH) -> int:
