@@ -168,8 +168,9 @@ def _with_partial_cache(plan: Plan, g: Geometry) -> Plan:
 def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> Plan:
     """The fastest plan whose estimate fits ``cap``; a ValueError naming the minimum if none does.
 
-    Preference: mode (whole, cached, streamed), then the largest tile up to about one window, then the largest chunk and key band;
-    a streamed plan then keeps the encoding of as many leading pixels as its slack allows.
+    Preference: mode (whole, cached, streamed), then the largest tile up to about one window, then
+    the largest chunk and key band. A streamed plan keeps the encoding of as many leading pixels as
+    its slack allows, and may take a smaller tile (down to a quarter of the default) to keep more.
     """
     pixels = g.image_hw[0] * g.image_hw[1]
     chunks = sorted({min(c, pixels) for c in (CHUNK_PIXELS, 2048, 512, 64)}, reverse=True)
@@ -184,6 +185,12 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
     modes: tuple[Mode, ...] = ("autograd",) if autograd else ("whole", "cached", "streamed")
     smallest: int | None = None
     for mode in modes:
+        if mode == "streamed":
+            best = _best_streamed(
+                g, cap, [t for t in tiles if t >= min(tiles[0], max(8, default_tile // 4))], chunks, fu
+            )
+            if best is not None:
+                return best
         for t in tiles:
             for chunk in chunks:
                 for key_rows in [g.low_hw[0]] if mode in ("whole", "autograd") else _key_row_choices(g):
@@ -200,6 +207,24 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
         f"({smallest:,} bytes = {smallest / 2**20:.1f} MiB for image {g.image_hw}, features {g.low_hw}x{g.channels}, "
         f"output {g.out_hw}, batch {g.batch}); raise max_memory or reduce the sizes"
     )
+
+
+def _best_streamed(g: Geometry, cap: int, tiles: list[int], chunks: list[int], fu: int) -> Plan | None:
+    """Among streamed plans with tiles of at least a quarter of the default: the largest chunk, then the
+    largest partial encoding cache (recomputing the encoding costs more than a smaller tile),
+    then the largest tile and key band."""
+    best: tuple[tuple[int, int, int, int], Plan] | None = None
+    for t in tiles:
+        for chunk in chunks:
+            for key_rows in _key_row_choices(g):
+                est = _estimate(g, "streamed", chunk, key_rows, t, fu)
+                if est > cap:
+                    continue
+                plan = _with_partial_cache(Plan("streamed", chunk, key_rows, int(t), fu, est, cap), g)
+                key = (chunk, plan.cache_pixels, t, key_rows)
+                if best is None or key > best[0]:
+                    best = (key, plan)
+    return None if best is None else best[1]
 
 
 def _key_row_choices(g: Geometry) -> list[int]:
