@@ -18,15 +18,15 @@ with a one-line reason; :func:`available` returns ``(ok, reason)`` without raisi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anyup._config import build_config
+from anyup._registry import ConfigRegistry
 from anyup.baselines.base import MethodUnavailable, OutputSize, Upsampler, check_inputs, parse_output_size
 
 __all__ = [
+    "METHODS",
     "MethodSpec",
     "MethodUnavailable",
     "OutputSize",
@@ -54,36 +54,16 @@ class MethodSpec:
     offline: bool = True  # False: needs downloads (weights / hub code) unless files are supplied
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
+def _populate() -> None:
+    from anyup.baselines import registrations  # noqa: F401  (registers the built-in methods on import)
 
 
-def register(spec: MethodSpec) -> MethodSpec:
-    """Add a method to the registry (names are unique)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"method {spec.name!r} is already registered")
-    if not dataclasses.is_dataclass(spec.config_cls):
-        raise TypeError(f"config_cls of {spec.name!r} must be a dataclass, got {spec.config_cls!r}")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def list_methods() -> list[str]:
-    """Names accepted by :func:`create`, in registry order (simple -> learned -> peers)."""
-    _populate()
-    return list(_REGISTRY)
-
-
-def get_spec(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` of ``name`` (ValueError listing valid names if unknown)."""
-    _populate()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown upsampling method {name!r}; choose one of {list(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def make_config(name: str, config: Any = None) -> Any:
-    """Turn ``None`` / a dict of overrides / a config instance into ``name``'s config dataclass."""
-    return build_config(get_spec(name).config_cls, config, f"method {name!r}")
+# name -> MethodSpec, in registration order (simple -> learned -> peers); filled on first use
+METHODS: ConfigRegistry[MethodSpec] = ConfigRegistry("upsampling method", populate=_populate, label="method")
+register = METHODS.register  # add a MethodSpec (names are unique; config_cls must be a dataclass)
+list_methods = METHODS.names  # names accepted by create()
+get_spec = METHODS.get  # the MethodSpec of a name (ValueError listing the valid names if unknown)
+make_config = METHODS.config  # None / dict of overrides / config instance -> the method's config dataclass
 
 
 def create(name: str, config: Any = None) -> Upsampler:
@@ -111,15 +91,3 @@ def available(name: str, config: Any = None) -> tuple[bool, str]:
     except (MethodUnavailable, ValueError, FileNotFoundError) as err:
         return False, str(err)
     return True, ""
-
-
-_POPULATED = False
-
-
-def _populate() -> None:
-    """Import the modules that register the built-in methods (once)."""
-    global _POPULATED
-    if _POPULATED:
-        return
-    _POPULATED = True
-    from anyup.baselines import registry  # noqa: F401  (registers on import)

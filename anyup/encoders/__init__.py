@@ -1,6 +1,7 @@
 """Frozen vision encoders that produce the low-resolution features AnyUp upsamples.
 
-One registry, name -> builder (see :mod:`anyup.encoders.registry`):
+One registry, name -> builder (see :mod:`anyup.encoders.registry`; the built-in entries are the table in
+:mod:`anyup.encoders.registrations`):
 
 >>> import torch
 >>> from anyup import encoders
@@ -19,13 +20,11 @@ encoder is built.
 from __future__ import annotations
 
 from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
-from anyup.encoders.registry import EncoderSpec, create, get_spec, list_encoders, register
+from anyup.encoders.registry import ENCODERS, EncoderSpec, create, get_spec, list_encoders, register
 from anyup.encoders.wrap import WrapConfig, WrappedEncoder, wrap
 
-# Importing these modules registers their encoders (they import nothing heavy at module level).
-from anyup.encoders import efficientnet, timm_models, vgg  # noqa: F401  isort:skip
-
 __all__ = [
+    "ENCODERS",
     "Encoder",
     "EncoderInfo",
     "EncoderSpec",

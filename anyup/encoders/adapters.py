@@ -38,7 +38,8 @@ from torch import nn
 
 from anyup.encoders.base import Encoder
 from anyup.encoders.registry import LayerArg
-from anyup.encoders.wrap import CLIP_MEAN, CLIP_STD, NORMALIZATIONS, OUTPUT, wrap
+from anyup.encoders.wrap import NORMALIZATIONS, OUTPUT, wrap
+from anyup.image import CLIP_MEAN, CLIP_STD
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from anyup._registry import Registry
 from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
 
 logger = logging.getLogger(__name__)
@@ -113,33 +114,35 @@ class EncoderSpec:
         return self.layer(layer)
 
 
-_REGISTRY: dict[str, EncoderSpec] = {}
+def _populate() -> None:
+    from anyup.encoders import registrations  # noqa: F401  (registers the built-in encoders on import)
+
+
+ENCODERS: Registry[EncoderSpec] = Registry("encoder", populate=_populate, sort=True)
 # Name prefixes that load a model of another library (see anyup.encoders.adapters), e.g. "hf:facebook/dinov2-small".
 ADAPTER_PREFIXES = ("hf", "torchhub", "open_clip")
 
 
-def register(spec: EncoderSpec) -> EncoderSpec:
-    """Add an encoder to the registry (names are unique)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"encoder {spec.name!r} is already registered")
+def _check(spec: EncoderSpec) -> None:
     if spec.default_layer not in {l.name for l in spec.layers}:
         raise ValueError(f"default layer {spec.default_layer!r} of {spec.name!r} is not one of its layers")
-    _REGISTRY[spec.name] = spec
-    return spec
+
+
+def register(spec: EncoderSpec) -> EncoderSpec:
+    """Add an encoder to the registry (names are unique)."""
+    return ENCODERS.register(spec, check=_check)
 
 
 def list_encoders(family: str | None = None, offline_only: bool = False) -> list[str]:
     """Registered encoder names (sorted), optionally of one family / with offline weights only."""
-    return sorted(
-        n for n, s in _REGISTRY.items() if (family is None or s.family == family) and (not offline_only or s.offline)
-    )
+    return [
+        n for n, s in ENCODERS.items() if (family is None or s.family == family) and (not offline_only or s.offline)
+    ]
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """The :class:`EncoderSpec` registered under ``name``."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
-    return _REGISTRY[name]
+    """The :class:`EncoderSpec` registered under ``name`` (ValueError listing the registered names if unknown)."""
+    return ENCODERS.get(name)
 
 
 def create(

@@ -30,11 +30,8 @@ import torch
 from torch import nn
 
 from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
-from anyup.image import IMAGENET_MEAN, IMAGENET_STD
+from anyup.image import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "clip": (CLIP_MEAN, CLIP_STD),
