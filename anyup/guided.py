@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from anyup._checks import check_output_memory
-from anyup.image import ImageLike, image_size, imagenet_normalize, load_image
+from anyup.image import ImageLike, image_size, load_image
+from anyup.predictor import guide_from_rgb, load_model, resize_image
 from anyup.weights import DEFAULT_WEIGHTS
 
 KINDS = ("auto", "mask", "logits", "depth")
@@ -96,7 +97,6 @@ def upsample_signal(
         of input values, so depth stays within the input's range.
     """
     from anyup._checks import check_size
-    from anyup.predictor import load_model, resize_image
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -120,7 +120,7 @@ def upsample_signal(
     img = load_image(image, min_size=out_hw)  # (3, H0, W0); a very large file decoded reduced
     net, _ = load_model(model, device)
     dtype = next(net.parameters()).dtype
-    guide = imagenet_normalize(resize_image(img[None].to(device), out_hw)).to(dtype)  # (1, 3, H, W)
+    guide = guide_from_rgb(resize_image(img[None].to(device), out_hw), dtype)  # (1, 3, H, W)
     if x.shape[0] > 1:
         guide = guide.expand(x.shape[0], -1, -1, -1)
     with torch.no_grad():

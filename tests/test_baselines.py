@@ -455,7 +455,7 @@ class TestHighRes:
         x = F.interpolate(
             imagenet_denormalize(image).clamp(0, 1), size=(6 * s, 8 * s), mode="bilinear", align_corners=False
         ).clamp(0, 1)
-        ref = F.interpolate(encoder(x), size=(40, 50), mode="bilinear", align_corners=False)
+        ref = F.interpolate(encoder(x)[0], size=(40, 50), mode="bilinear", align_corners=False)
         torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
 
     def test_channel_mismatch_names_both(self, encoder):

@@ -79,11 +79,12 @@ def test_unknown_names_and_layers_are_reported():
 
 def test_layer_resolution():
     spec = get_spec("dinov2_vits14")
-    assert spec.resolve_layers(None) == ((spec.layer("final"),), False)
-    layers, as_list = spec.resolve_layers(["final", 0, -1, "5"])
-    assert [l.name for l in layers] == ["final", "block0", "block11", "block5"] and as_list
+    assert spec.resolve_layers(None) == (spec.layer("final"),)
+    assert spec.resolve_layers("block3") == (spec.layer("block3"),)
+    layers = spec.resolve_layers(["final", 0, -1, "5"])
+    assert [l.name for l in layers] == ["final", "block0", "block11", "block5"]
     cnn = get_spec("resnet50")
-    assert [l.name for l in cnn.resolve_layers([0, -1])[0]] == ["stem", "layer4"]
+    assert [l.name for l in cnn.resolve_layers([0, -1])] == ["stem", "layer4"]
 
 
 @pytest.mark.parametrize("name", sorted(set(VIT_NAMES) | set(CNN_TIMM)))
@@ -136,7 +137,7 @@ def test_vit_tiny_forward(name, shallow_vits):
     assert all(torch.isfinite(o).all() for o in outs)
     single = create(name, pretrained=False)
     single.load_state_dict(enc.state_dict())
-    torch.testing.assert_close(single(x), outs[0])  # default layer == "final"
+    torch.testing.assert_close(single(x), outs[:1])  # default layer == "final", still a list
     with pytest.raises(ValueError, match="not a multiple of"):
         enc(torch.rand(1, 3, spec.patch_size * 2 + 1, spec.patch_size * 2))
     with pytest.raises(ValueError, match="expected a float image"):
@@ -187,7 +188,7 @@ def test_efficientnet_real_weights_classify_a_cat(chelsea):
     cats = [281, 282, 283, 284, 285]  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert int(probs.argmax()) in cats
     assert float(probs[cats].sum()) > 0.5  # 0.72 measured; chance level is 0.005
-    feats = enc(chelsea)
+    (feats,) = enc(chelsea)  # one layer requested: a one-element list
     assert tuple(feats.shape) == (1, 112, 14, 22)
 
 
@@ -246,7 +247,7 @@ def test_hed_real_weights_detect_the_edges_of_a_photo(chelsea):
     torch.manual_seed(0)
     corr_rand = corr(create("vgg16_hed", pretrained=False).edges(chelsea)[0, 0, :-1, :-1], grad)  # -0.29
     assert corr_real > 0.15 and corr_real > corr_rand + 0.3
-    assert tuple(enc(chelsea).shape) == (1, 512, 28, 44)
+    assert tuple(enc(chelsea)[0].shape) == (1, 512, 28, 44)
 
 
 def test_hed_h5_conversion_layout(tmp_path):
@@ -351,3 +352,17 @@ def test_encoders_package_is_light():
     code = "import anyup.encoders, sys; print(any(m in sys.modules for m in ('timm', 'torchvision', 'h5py')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_encoders_always_return_a_list_and_return_list_is_deprecated():
+    """One layer or several: always a list, one map per layer; the old ``return_list`` flag only warns."""
+    from anyup.encoders import Encoder, feature_map
+
+    enc = create("efficientnet_lite0", pretrained=False)
+    maps = enc(torch.rand(1, 3, 32, 32))
+    assert isinstance(maps, list) and len(maps) == 1 and maps[0].shape == (1, 112, 2, 2)
+    assert feature_map(maps) is maps[0] and feature_map(maps, -1) is maps[0]
+    with pytest.raises(TypeError, match="list of .* feature maps.*anyup.encoders.wrap"):
+        feature_map(maps[0], 0, "encoder x")  # a bare tensor is refused, not indexed by batch
+    with pytest.warns(DeprecationWarning, match=r"return_list\) is deprecated"):
+        Encoder(enc.info, True)

@@ -138,9 +138,7 @@ class HighResBackbone(Upsampler):
             resize(rgb, self.input_size((features.shape[-2], features.shape[-1]))).clamp(0, 1).to(dev)
         )  # (B, 3, H_in, W_in)
         with torch.no_grad():
-            feats = self.encoder(x)
-        if isinstance(feats, (list, tuple)):
-            feats = feats[0]
+            feats = self.encoder(x)[0]  # (B, C, h, w)
         return resize(feats.float(), size).to(features.device)  # (B, C, H', W')
 
 

@@ -8,18 +8,19 @@ One registry, name -> builder (see :mod:`anyup.encoders.registry`; the built-in 
 >>> enc = encoders.create("efficientnet_lite0")            # offline: the weights ship in a pip package
 >>> enc.info.stride, enc.info.channels
 (16, 112)
->>> enc(torch.rand(1, 3, 224, 224)).shape
-torch.Size([1, 112, 14, 14])
+>>> [f.shape for f in enc(torch.rand(1, 3, 224, 224))]   # one map per requested layer
+[torch.Size([1, 112, 14, 14])]
 
 Every encoder takes RGB ``(B, 3, H, W)`` in ``[0, 1]`` (it applies its own normalisation) with H, W
-multiples of ``enc.info.multiple``, and returns ``(B, C, H // stride, W // stride)``.
+multiples of ``enc.info.multiple``, and returns a list of ``(B, C, H // stride, W // stride)`` maps,
+one per requested layer.
 Heavy dependencies (timm, torchvision, h5py, the weight packages) are imported only when an
 encoder is built.
 """
 
 from __future__ import annotations
 
-from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
+from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo, feature_map
 from anyup.encoders.registry import ENCODERS, EncoderSpec, create, get_spec, list_encoders, register
 from anyup.encoders.wrap import WrapConfig, WrappedEncoder, wrap
 
@@ -30,6 +31,7 @@ __all__ = [
     "EncoderSpec",
     "LayerInfo",
     "create",
+    "feature_map",
     "get_spec",
     "list_encoders",
     "register",

@@ -39,7 +39,7 @@ class EfficientNetLiteEncoder(Encoder):
     model: Any  # efficientnet_lite_pytorch's network, reached into by attribute (_blocks, _conv_stem, ...)
 
     def __init__(self, request: BuildRequest, model: nn.Module, weights: str) -> None:
-        super().__init__(request.info(weights), request.return_list)
+        super().__init__(request.info(weights))
         self.model = model
         self._lasts = [_LAST_BLOCK[layer.name] for layer in request.layers]
 

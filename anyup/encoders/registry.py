@@ -28,7 +28,6 @@ class BuildRequest:
 
     spec: EncoderSpec
     layers: tuple[LayerInfo, ...]
-    return_list: bool
     weights: Path | None  # a local weights file, or None (hub / bundled package / random init)
     pretrained: bool
 
@@ -84,18 +83,18 @@ class EncoderSpec:
             return self.patch_size
         return max(layer.stride for layer in layers)
 
-    def resolve_layers(self, layers: LayerArg) -> tuple[tuple[LayerInfo, ...], bool]:
-        """Requested layers -> (layer infos, whether to return a list)."""
+    def resolve_layers(self, layers: LayerArg) -> tuple[LayerInfo, ...]:
+        """Requested layers (None: the default one; a name or int; a list of them) -> their infos, in order."""
         if layers is None:
-            return (self.default,), False
+            return (self.default,)
         if isinstance(layers, (str, int)) and not isinstance(layers, bool):
-            return (self._one(layers),), False
+            return (self._one(layers),)
         if isinstance(layers, bool):
             raise TypeError(f"layers is None, a layer name or int, or a list of them; got {layers!r}")
         items = list(layers)
         if not items:
             raise ValueError(f"layers must name at least one layer of {self.name!r}, got an empty list")
-        return tuple(self._one(x) for x in items), True
+        return tuple(self._one(x) for x in items)
 
     def _one(self, layer: str | int) -> LayerInfo:
         if isinstance(layer, bool) or not isinstance(layer, (str, int)):
@@ -162,17 +161,18 @@ def create(
             (``efficientnet_lite0``, ``vgg16_bn_craft``, ``vgg16_hed``).
         pretrained: ``False`` builds a random-init encoder (``weights`` must then be None).
         layers: ``None`` (the default layer), a layer name, an int (ViT block index / stage index),
-            or a list of those; a list makes the encoder return a list of maps.
+            or a list of those.
         device: where to put the encoder.
 
     Returns:
-        An :class:`Encoder`: ``enc(image)`` with image (B, 3, H, W) in [0, 1] gives (B, C, h, w).
+        An :class:`Encoder`: ``enc(image)`` with image (B, 3, H, W) in [0, 1] gives a list with one
+        (B, C, h, w) map per requested layer.
 
     Example:
         >>> import torch
         >>> enc = create("efficientnet_lite0")
-        >>> enc(torch.rand(1, 3, 224, 320)).shape
-        torch.Size([1, 112, 14, 20])
+        >>> [f.shape for f in enc(torch.rand(1, 3, 224, 320))]
+        [torch.Size([1, 112, 14, 20])]
     """
     prefix, sep, target = name.partition(":") if isinstance(name, str) else ("", "", "")
     adapter = bool(sep) and prefix in ADAPTER_PREFIXES  # hf:<id>, torchhub:<entry>, open_clip:<model>
@@ -190,8 +190,8 @@ def create(
         encoder = ADAPTER_BUILDERS[prefix](target, path, pretrained, layers)
         logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
         return encoder.freeze().to(device)
-    selected, return_list = spec.resolve_layers(layers)
-    request = BuildRequest(spec=spec, layers=selected, return_list=return_list, weights=path, pretrained=pretrained)
+    selected = spec.resolve_layers(layers)
+    request = BuildRequest(spec=spec, layers=selected, weights=path, pretrained=pretrained)
     encoder = spec.builder(request)
     logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
     return encoder.freeze().to(device)

@@ -77,7 +77,7 @@ class TimmViTEncoder(Encoder):
     model: Any  # a timm VisionTransformer (forward_features / forward_intermediates are timm's API)
 
     def __init__(self, request: BuildRequest, model: nn.Module, weights: str) -> None:
-        super().__init__(request.info(weights), request.return_list)
+        super().__init__(request.info(weights))
         self.model = model
         self._blocks = [None if l.name == "final" else int(l.name[len("block") :]) for l in request.layers]
 
@@ -124,7 +124,7 @@ class TimmCNNEncoder(Encoder):
     model: Any  # a timm CNN (forward_intermediates is timm's API)
 
     def __init__(self, request: BuildRequest, model: nn.Module, weights: str) -> None:
-        super().__init__(request.info(weights), request.return_list)
+        super().__init__(request.info(weights))
         self.model = model
         names = [l.name for l in request.spec.layers]
         self._indices = [names.index(l.name) for l in request.layers]

@@ -66,7 +66,7 @@ class VGGEncoder(Encoder):
     """Outputs (after ReLU) of selected layers of a truncated VGG ``features`` stack."""
 
     def __init__(self, request: BuildRequest, features: nn.Sequential, ends: dict[str, int], weights: str) -> None:
-        super().__init__(request.info(weights), request.return_list)
+        super().__init__(request.info(weights))
         self._ends = [ends[l.name] for l in request.layers]
         self.features = features[: max(self._ends) + 1]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from anyup.image import imagenet_normalize
+from anyup.predictor import guide_from_rgb, run_anyup
 from anyup.train.config import EncoderSpec
 from anyup.train.data import collect_images, downsample, load_eval_images
 from anyup.train.validate import _features, pca_basis, pca_image
@@ -127,15 +127,13 @@ def methods_from(weights: dict[str, str], feathered: Sequence[str] = ()) -> dict
     jbu = B.create("jbu")
     out: dict[str, Upsample] = {
         "bilinear": lambda img, f, size: F.interpolate(f, size=size, mode="bilinear", align_corners=False),
-        "jbu": lambda img, f, size: jbu(imagenet_normalize(img), f, size),
+        "jbu": lambda img, f, size: jbu(guide_from_rgb(img), f, size),
     }
     for label, w in weights.items():
         model = anyup.load(w)
-        out[label] = lambda img, f, size, m=model: m(imagenet_normalize(img), f, output_size=size)
+        out[label] = lambda img, f, size, m=model: run_anyup(m, img, f, size)
         if label in feathered:
-            out[f"{label} feathered"] = lambda img, f, size, m=model: feathered_forward(
-                m, imagenet_normalize(img), f, size
-            )
+            out[f"{label} feathered"] = lambda img, f, size, m=model: feathered_forward(m, guide_from_rgb(img), f, size)
     return out
 
 

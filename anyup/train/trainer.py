@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from anyup._atomic import hold_folder_lock
+from anyup.encoders.base import feature_map
 from anyup.model import ARCH_FIELDS
 from anyup.train.checkpoint import (
     RESUME_KEYS,
@@ -233,8 +234,7 @@ def choose_factor(cfg: TrainConfig, stride: int, step: int) -> int:
 
 
 def _features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = encoder(x)
-    return out[0] if isinstance(out, (list, tuple)) else out
+    return feature_map(encoder(x), 0, f"encoder {type(encoder).__name__}")
 
 
 @torch.no_grad()
