@@ -599,7 +599,7 @@ def test_upsampler_refuses_a_huge_own_size_input(tiny_model, limits):
 
 
 def test_upsample_signal_checks_before_work(tiny_file, photo, limits):
-    from anyup.guided import upsample_signal
+    from anyup.signals import upsample_signal
 
     with pytest.raises(ValueError, match="upsampled signal .* needs"):
         upsample_signal(photo, np.zeros((4, 4), np.float32), (65536, 65536), model=tiny_file, kind="depth")

@@ -418,7 +418,7 @@ class TestData:
             split_holdout(files[:1], 1, seed=0)
 
     def test_choose_encoder_is_weighted_and_deterministic(self):
-        specs = [C.EncoderSpec("a", weight=1.0), C.EncoderSpec("b", weight=3.0)]
+        specs = [C.TrainEncoderSpec("a", weight=1.0), C.TrainEncoderSpec("b", weight=3.0)]
         picks = [choose_encoder(specs, 0, s) for s in range(400)]
         assert picks == [choose_encoder(specs, 0, s) for s in range(400)]
         assert 0.65 < sum(picks) / 400 < 0.85
@@ -684,14 +684,14 @@ def test_random_pool_instances_are_distinct_and_reproducible():
     pytest.importorskip("timm")
     from anyup.train.trainer import build_encoder, choose_instance
 
-    spec = C.EncoderSpec("resnet50", layer="layer1", pretrained=False, pool=3)
+    spec = C.TrainEncoderSpec("resnet50", layer="layer1", pretrained=False, pool=3)
     a0, a1 = build_encoder(spec, torch.device("cpu"), 0), build_encoder(spec, torch.device("cpu"), 0, instance=1)
     b1 = build_encoder(spec, torch.device("cpu"), 0, instance=1)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a1(x)[0], b1(x)[0]) and not torch.allclose(a0(x)[0], a1(x)[0])
     drawn = {choose_instance(spec, 0, t) for t in range(40)}
     assert drawn == {0, 1, 2}
-    assert choose_instance(C.EncoderSpec("vgg16_hed"), 0, 5) == 0
+    assert choose_instance(C.TrainEncoderSpec("vgg16_hed"), 0, 5) == 0
 
 
 def test_gpu_preset_builds_on_cpu():

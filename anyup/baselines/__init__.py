@@ -5,7 +5,7 @@
 >>> up(torch.zeros(1, 3, 64, 48), torch.randn(1, 8, 4, 3), (64, 48)).shape
 torch.Size([1, 8, 64, 48])
 
-Every method is an :class:`~anyup.baselines.base.Upsampler` (an ``nn.Module``) called as
+Every method is a :class:`~anyup.baselines.base.BaselineUpsampler` (an ``nn.Module``) called as
 ``up(image, features, output_size)`` with ``image`` ``(B, 3, H, W)`` ImageNet-normalised,
 ``features`` ``(B, C, h, w)`` and ``output_size`` ``(H', W')``; it returns ``(B, C, H', W')`` in
 the features' dtype. Each method has a dataclass config; ``create(name, config)`` accepts that
@@ -22,15 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from anyup._deprecation import deprecated_aliases
 from anyup._registry import ConfigRegistry
-from anyup.baselines.base import MethodUnavailable, OutputSize, Upsampler, check_inputs, parse_output_size
+from anyup.baselines.base import BaselineUpsampler, MethodUnavailable, OutputSize, check_inputs, parse_output_size
 
 __all__ = [
     "METHODS",
+    "BaselineUpsampler",
     "MethodSpec",
     "MethodUnavailable",
     "OutputSize",
-    "Upsampler",
     "available",
     "check_inputs",
     "create",
@@ -48,7 +49,7 @@ class MethodSpec:
     name: str
     description: str  # one line, shown by ``anyup eval`` listings and the README table
     config_cls: type  # dataclass; ``config_cls()`` must give usable defaults
-    build: Callable[[Any], Upsampler]  # config instance -> Upsampler
+    build: Callable[[Any], BaselineUpsampler]  # config instance -> BaselineUpsampler
     convex: bool = False  # every output vector is a convex combination of input vectors
     guided: bool = True  # uses the image (False: image only checked for batch size)
     offline: bool = True  # False: needs downloads (weights / hub code) unless files are supplied
@@ -66,7 +67,7 @@ get_spec = METHODS.get  # the MethodSpec of a name (ValueError listing the valid
 make_config = METHODS.config  # None / dict of overrides / config instance -> the method's config dataclass
 
 
-def create(name: str, config: Any = None) -> Upsampler:
+def create(name: str, config: Any = None) -> BaselineUpsampler:
     """Build method ``name`` (see :func:`list_methods`) with ``config`` (dataclass, dict or None).
 
     Raises ``ValueError`` for an unknown name or config field and :class:`MethodUnavailable`
@@ -91,3 +92,7 @@ def available(name: str, config: Any = None) -> tuple[bool, str]:
     except (MethodUnavailable, ValueError, FileNotFoundError) as err:
         return False, str(err)
     return True, ""
+
+
+# Renamed in 0.2.0 (it clashed with anyup.Upsampler); the old name warns for one release.
+__getattr__ = deprecated_aliases(__name__, {"Upsampler": ("BaselineUpsampler", BaselineUpsampler)})

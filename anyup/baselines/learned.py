@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from anyup.baselines.base import MethodUnavailable, Upsampler
+from anyup.baselines.base import BaselineUpsampler, MethodUnavailable
 from anyup.baselines.guidance import resize
 from anyup.weights import DEFAULT_WEIGHTS
 
@@ -39,7 +39,7 @@ class AnyUpCheckpointConfig:
     device: str = "cpu"
 
 
-class AnyUpUpsampler(Upsampler):
+class AnyUpUpsampler(BaselineUpsampler):
     """Wraps an :class:`anyup.AnyUp` model behind the common call signature."""
 
     def __init__(self, model: nn.Module, max_memory: int | None = None) -> None:
@@ -95,7 +95,7 @@ class HighResConfig:
     device: str = "cpu"
 
 
-class HighResBackbone(Upsampler):
+class HighResBackbone(BaselineUpsampler):
     """Run the encoder itself at ``factor`` x its input size, then resize its features to the output.
 
     The encoder input is the guidance image denormalised to ``[0, 1]`` and resized (antialiased

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from anyup.baselines.base import MethodUnavailable, Upsampler
+from anyup.baselines.base import BaselineUpsampler, MethodUnavailable
 from anyup.baselines.guidance import resize
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def hub_load(method: str, config: PeerConfig) -> Any:
         ) from err
 
 
-class PeerUpsampler(Upsampler):
+class PeerUpsampler(BaselineUpsampler):
     """Adapts a peer's calling convention to ``up(image, features, output_size)``.
 
     ``call(model, image, features, size)`` runs the peer and may return any spatial size; the

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 from collections.abc import Sequence
 from typing import Any
+
+from anyup._deprecation import warn_renamed
 
 logger = logging.getLogger("anyup.cli")
 
@@ -26,9 +27,7 @@ DEFAULT_ENCODER = "efficientnet_lite0"
 
 def deprecated(old: str, new: str) -> None:
     """Warn (DeprecationWarning + log) that flag ``old`` is now spelled ``new``."""
-    msg = f"{old} is deprecated and will be removed in the next release; use {new}"
-    warnings.warn(msg, DeprecationWarning, stacklevel=3)
-    logger.warning(msg)
+    warn_renamed(old, new, stacklevel=4, log=logger)
 
 
 def split_list(values: Sequence[str] | str | None) -> list[str]:

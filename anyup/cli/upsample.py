@@ -280,7 +280,7 @@ def _edge_stats(stem: str, results) -> list[tuple[str, str, float, float]]:
 
 def _cmd_upsample_signal(args: argparse.Namespace) -> int:
     from anyup._atomic import ensure_writable_dir
-    from anyup.guided import read_signal, upsample_signal, write_signal
+    from anyup.signals import read_signal, upsample_signal, write_signal
 
     if Path(args.out).suffix.lower() not in (".npy", ".safetensors", ".png"):
         raise ValueError(f"--out must end in .npy, .safetensors or .png, got {args.out!r}")

@@ -10,16 +10,17 @@ Command line: ``anyup train --preset cpu_offline --data DIR --out RUN_DIR --step
 
 from __future__ import annotations
 
+from anyup._deprecation import deprecated_aliases
 from anyup.train.config import (
     PRESETS,
     AugmentConfig,
     CheckpointConfig,
     DataConfig,
-    EncoderSpec,
     LogConfig,
     LossConfig,
     OptimConfig,
     TrainConfig,
+    TrainEncoderSpec,
     ValConfig,
     config_from_dict,
     get_preset,
@@ -34,11 +35,11 @@ __all__ = [
     "AugmentConfig",
     "CheckpointConfig",
     "DataConfig",
-    "EncoderSpec",
     "LogConfig",
     "LossConfig",
     "OptimConfig",
     "TrainConfig",
+    "TrainEncoderSpec",
     "ValConfig",
     "config_from_dict",
     "cos_mse",
@@ -47,3 +48,6 @@ __all__ = [
     "save_yaml",
     "train",
 ]
+
+# Renamed in 0.2.0 (``anyup.encoders.EncoderSpec`` is the registry entry); the old name warns for one release.
+__getattr__ = deprecated_aliases(__name__, {"EncoderSpec": ("TrainEncoderSpec", TrainEncoderSpec)})

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from anyup.predictor import guide_from_rgb, run_anyup
-from anyup.train.config import EncoderSpec
+from anyup.train.config import TrainEncoderSpec
 from anyup.train.data import collect_images, downsample, load_eval_images
 from anyup.train.validate import _features, pca_basis, pca_image
 
@@ -68,7 +68,7 @@ def build(label: str) -> torch.nn.Module:
 
     random = label.startswith("random:")
     name, _, layer = label.removeprefix("random:").partition("@")
-    spec = EncoderSpec(name, layer=layer or None, pretrained=not random)
+    spec = TrainEncoderSpec(name, layer=layer or None, pretrained=not random)
     return build_encoder(spec, torch.device("cpu"), seed=UNSEEN_SEED if random else 0)
 
 

@@ -48,7 +48,7 @@ from anyup.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from anyup.train.config import EncoderSpec, TrainConfig, config_from_dict, load_yaml, save_yaml
+from anyup.train.config import TrainConfig, TrainEncoderSpec, config_from_dict, load_yaml, save_yaml
 from anyup.train.data import (
     DataPosition,
     RecipeDataset,
@@ -143,8 +143,8 @@ class DistContext:
 # building blocks
 
 
-def build_encoder(spec: EncoderSpec, device: torch.device, seed: int = 0, instance: int = 0) -> nn.Module:
-    """``anyup.encoders.create`` for one :class:`EncoderSpec`, frozen, on ``device``.
+def build_encoder(spec: TrainEncoderSpec, device: torch.device, seed: int = 0, instance: int = 0) -> nn.Module:
+    """``anyup.encoders.create`` for one :class:`TrainEncoderSpec`, frozen, on ``device``.
 
     Random-init encoders (``pretrained: false``) are seeded by ``seed``, the spec and ``instance``
     (the index in the spec's pool), so every rank (and a later evaluation) builds the same one.
@@ -200,7 +200,7 @@ def freeze_unused_parameters(model: nn.Module) -> list[str]:
     return frozen
 
 
-def choose_encoder(specs: list[EncoderSpec], seed: int, step: int) -> int:
+def choose_encoder(specs: list[TrainEncoderSpec], seed: int, step: int) -> int:
     """Index of the encoder used at ``step`` (weighted draw; identical on every rank)."""
     if len(specs) == 1:
         return 0
@@ -208,7 +208,7 @@ def choose_encoder(specs: list[EncoderSpec], seed: int, step: int) -> int:
     return int(torch.multinomial(w, 1, generator=generator_for(seed, 0xE2C, step)).item())
 
 
-def choose_instance(spec: EncoderSpec, seed: int, step: int) -> int:
+def choose_instance(spec: TrainEncoderSpec, seed: int, step: int) -> int:
     """Index in ``spec``'s pool of random initialisations used at ``step`` (0 when there is no pool)."""
     if spec.pool <= 1:
         return 0
@@ -278,7 +278,7 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractCont
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _metric_columns(specs: list[EncoderSpec]) -> list[str]:
+def _metric_columns(specs: list[TrainEncoderSpec]) -> list[str]:
     cols = [
         "epoch",
         "loss",
@@ -691,7 +691,7 @@ def train(
         config: a :class:`TrainConfig`, a (partial) nested dict, or a YAML file path.
         on_step: optional ``callback(step, metrics)`` called on every rank after each optimiser step
             (after any checkpoint of that step); raising from it stops the run (it stays resumable).
-        encoders: optional ready-made encoders by label (``EncoderSpec.label``) used instead of
+        encoders: optional ready-made encoders by label (``TrainEncoderSpec.label``) used instead of
             ``anyup.encoders.create``; each maps RGB ``(B, 3, H, W)`` in [0, 1] to ``(B, C, H/s, W/s)``
             and has ``.info.stride`` and ``.info.multiple``.
 
