@@ -185,7 +185,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     def announce(path: Path, image) -> None:
         """Warn about aspect-ratio changes and enlargements; estimate time and memory of large outputs."""
         h0, w0 = image.shape[-2:]
-        in_hw = tuple(up.prepare(image)[1].shape[-2:])
+        enc_in = up.prepare(image)[1]  # (3, H, W)
+        in_hw = (int(enc_in.shape[-2]), int(enc_in.shape[-1]))
         out_hw = output_size_for(in_hw, requested(image), args.scale)
         if size is not None and abs((out_hw[1] / out_hw[0]) / (w0 / h0) - 1) > ASPECT_TOLERANCE:
             logger.warning(

@@ -221,10 +221,10 @@ class TrainConfig:
         for name in ("jitter_p", "grayscale_p", "blur_p", "jpeg_p", "noise_p"):
             p = getattr(self.augment, name)
             _check(0.0 <= p <= 1.0, f"augment.{name} must be in [0, 1], got {p}")
-        lo, hi = self.augment.jpeg_quality
-        _check(1 <= lo <= hi <= 100, f"augment.jpeg_quality must satisfy 1 <= lo <= hi <= 100, got {(lo, hi)}")
-        lo, hi = self.augment.crop_scale
-        _check(0.0 < lo <= hi <= 1.0, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {(lo, hi)}")
+        q_lo, q_hi = self.augment.jpeg_quality
+        _check(1 <= q_lo <= q_hi <= 100, f"augment.jpeg_quality must satisfy 1 <= lo <= hi <= 100, got {(q_lo, q_hi)}")
+        s_lo, s_hi = self.augment.crop_scale
+        _check(0.0 < s_lo <= s_hi <= 1.0, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {(s_lo, s_hi)}")
         _check(0.0 <= self.augment.flip_p <= 1.0, f"augment.flip_p must be in [0, 1], got {self.augment.flip_p}")
         for f in d.hr_factors:
             _check(f >= 2, f"every data.hr_factors entry must be >= 2, got {d.hr_factors}")

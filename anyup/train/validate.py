@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from torch import nn
 from anyup.encoders.base import feature_map
 from anyup.predictor import run_anyup
 from anyup.train.data import downsample, fit_to_multiple
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +147,7 @@ def save_pca_samples(
 _COLUMNS = ("image", "low-res", "bilinear", "AnyUp", "encoder, full size", "AnyUp per pixel")
 
 
-def _with_header(picture: PIL.Image.Image, tile: int, title: str) -> PIL.Image.Image:  # noqa: F821
+def _with_header(picture: PIL.Image.Image, tile: int, title: str) -> PIL.Image.Image:
     """Add a white strip with the column names (and ``title``) above the grid."""
     from PIL import Image, ImageDraw
 
