@@ -30,6 +30,14 @@ def deprecated(old: str, new: str) -> None:
     warn_renamed(old, new, stacklevel=4, log=logger)
 
 
+def add_command(subparsers: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A sub-command: ``help`` in the command list, ``description`` (default ``help``) atop its ``--help``.
+
+    The description may be a triple-quoted block: argparse re-wraps it (whitespace collapsed).
+    """
+    return subparsers.add_parser(name, help=help, description=" ".join((description or help).split()))
+
+
 def split_list(values: Sequence[str] | str | None) -> list[str]:
     """``["a,b", "c"]`` or ``"a,b,c"`` -> ``["a", "b", "c"]`` (blanks dropped)."""
     if values is None:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anyup.cli._flags import add_device, add_encoder, add_list, add_model, split_list
+from anyup.cli._flags import add_command, add_device, add_encoder, add_list, add_model, split_list
 from anyup.weights import DEFAULT_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -21,17 +21,21 @@ ESTIMATE_MIN_PIXELS = 2 << 20  # outputs from ~2 megapixels get a time/memory es
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio change that --size may make without a warning
 
 
+UPSAMPLE_HELP = "upsample an encoder's features of images (files or folders) with AnyUp"
+UPSAMPLE_DESCRIPTION = """For each image: encoder features, AnyUp upsampling, and DIR/<stem>.safetensors
+(tensors 'features' (C,H,W) and 'lowres' (C,h,w) + metadata), written first, then DIR/<stem>_pca.png
+(image | low-res | bilinear | AnyUp in one shared PCA colour basis, drawn at most 1024 px per panel).
+The output size is the encoder input size (short side --input-size, default 448) unless --size/--scale
+say otherwise; --size image keeps the image's own resolution."""
+SIGNAL_HELP = "upsample a mask, logits or depth map guided by an image"
+SIGNAL_DESCRIPTION = """Upsample a low-res signal to the image size (or --size) with AnyUp, guided by the image.
+SIGNAL: .npy, .safetensors (tensor 'signal' or the only one), or a single-channel image for masks/depth.
+OUT: .npy, .safetensors or .png (masks and logits: a palette PNG whose pixel values are the labels,
+coloured so a viewer shows them)."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "upsample",
-        help="upsample an encoder's features of images (files or folders) with AnyUp",
-        description="For each image: encoder features, AnyUp upsampling, and DIR/<stem>.safetensors "
-        "(tensors 'features' (C,H,W) and 'lowres' (C,h,w) + metadata), written first, then "
-        "DIR/<stem>_pca.png (image | low-res | bilinear | AnyUp in one shared PCA colour basis, "
-        "drawn at most 1024 px per panel). The output size is the encoder input size (short side "
-        "--input-size, default 448) unless --size/--scale say otherwise; --size image keeps the "
-        "image's own resolution.",
-    )
+    p = add_command(subparsers, "upsample", UPSAMPLE_HELP, UPSAMPLE_DESCRIPTION)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     add_encoder(p)
     add_model(p, DEFAULT_WEIGHTS)
@@ -69,14 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_cmd_upsample)
 
-    p = subparsers.add_parser(
-        "upsample-signal",
-        help="upsample a mask, logits or depth map guided by an image",
-        description="Upsample a low-res signal to the image size (or --size) with AnyUp, guided by the image. "
-        "SIGNAL: .npy, .safetensors (tensor 'signal' or the only one), or a single-channel image for "
-        "masks/depth. OUT: .npy, .safetensors or .png (masks and logits: a palette PNG whose pixel "
-        "values are the labels, coloured so a viewer shows them).",
-    )
+    p = add_command(subparsers, "upsample-signal", SIGNAL_HELP, SIGNAL_DESCRIPTION)
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("signal", metavar="SIGNAL")
     p.add_argument("--kind", required=True, choices=("mask", "logits", "depth"))
@@ -86,10 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=_cmd_upsample_signal)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "sample-image",
-        help="write a sample photo (from scikit-image) to try the other commands on",
-        description=f"Write one of scikit-image's sample photos ({', '.join(SAMPLE_IMAGES)}) as PNG.",
+        "write a sample photo (from scikit-image) to try the other commands on",
+        f"Write one of scikit-image's sample photos ({', '.join(SAMPLE_IMAGES)}) as PNG.",
     )
     p.add_argument("name", choices=SAMPLE_IMAGES)
     p.add_argument("out", metavar="OUT.png")
