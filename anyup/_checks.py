@@ -33,6 +33,16 @@ UNIT_TOLERANCE = 0.5
 OutputSize = int | Sequence[int] | None
 
 
+def error_summary(err: BaseException, with_type: bool = True) -> str:
+    """One line for an error inside another message: ``"OSError: first line"`` (or the first line only);
+    the type name alone when the error has no text."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    first = text.splitlines()[0]
+    return f"{type(err).__name__}: {first}" if with_type else first
+
+
 def _shape(t: object) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 

@@ -187,7 +187,7 @@ def test_open_clip_from_model_config(tmp_path, monkeypatch):
     torch.testing.assert_close(from_file(x), [_grid(ref, 4, 4, 0)], rtol=1e-5, atol=1e-5)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match=r"--weights FILE"):
+    with pytest.raises(RuntimeError, match=r"--encoder-weights PATH"):
         create("open_clip:ViT-B-32/openai")
     with pytest.raises(ValueError, match="unknown open_clip model"):
         create("open_clip:no-such-model", pretrained=False)
@@ -236,7 +236,7 @@ def test_torch_hub_dinov2_local_clone(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    with pytest.raises(RuntimeError, match=r"torchhub:DIR:dinov2_vits14 --weights FILE"):
+    with pytest.raises(RuntimeError, match=r"torchhub:DIR:dinov2_vits14 --encoder-weights PATH"):
         create("torchhub:dinov2_vits14")
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from anyup._checks import error_summary
 from anyup.baselines.base import BaselineUpsampler, MethodUnavailable
 from anyup.baselines.guidance import resize
 from anyup.weights import DEFAULT_WEIGHTS
@@ -69,7 +70,7 @@ def build_anyup(config: AnyUpMethodConfig) -> AnyUpUpsampler:
     try:
         model = _load_anyup(config.weights, config.device, config.window_ratio)
     except (RuntimeError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = error_summary(err, with_type=False)
         raise MethodUnavailable(f"anyup: weights {config.weights!r} unavailable: {reason}") from err
     return AnyUpUpsampler(model, config.max_memory)
 
@@ -154,7 +155,7 @@ def build_highres(config: HighResConfig) -> HighResBackbone:
         except (RuntimeError, OSError, ImportError) as err:
             if isinstance(err, FileNotFoundError) and config.weights:
                 raise
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = error_summary(err, with_type=False)
             raise MethodUnavailable(f"highres: encoder {config.encoder!r} unavailable: {reason}") from err
     elif not (isinstance(enc, nn.Module) and hasattr(enc, "info")):
         raise TypeError(f"HighResConfig.encoder must be an encoder name or an anyup Encoder, got {type(enc).__name__}")

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anyup.cli._flags import add_command, add_device, add_encoder, add_list, add_model, split_list
+from anyup.cli._flags import add_command, add_device, add_encoder, add_list, add_model, build_upsampler
 from anyup.weights import DEFAULT_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -112,14 +112,6 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return values[0], values[1]
 
 
-def parse_layers(values: Sequence[str] | None) -> str | list[str] | None:
-    """``--layer a --layer b,c`` -> ["a", "b", "c"]; one layer -> that name; none -> None."""
-    names = split_list(values)
-    if not names:
-        return None
-    return names[0] if len(names) == 1 else names
-
-
 def unique_stems(paths: Sequence[Path]) -> list[str]:
     """Output names per image: the file stem, prefixed by parent folders only where stems collide."""
     stems = [p.stem for p in paths]
@@ -142,7 +134,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
 
     from anyup._atomic import ensure_writable_dir
     from anyup.image import image_size, list_images
-    from anyup.predictor import Upsampler, output_size_for, pending_jobs, save_result
+    from anyup.predictor import output_size_for, pending_jobs, save_result
     from anyup.viz import pca_comparison, save_png
 
     if args.batch_size < 1:
@@ -152,17 +144,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no image files found in {args.inputs}")
     keep_size = args.size is not None and args.size.strip().lower() == "image"
     size = None if keep_size else parse_size(args.size)
-    up = Upsampler(
-        args.encoder,
-        args.model,
-        weights=args.encoder_weights,
-        layers=parse_layers(args.layer),
-        input_size=args.input_size,
-        device=args.device,
-        dtype=args.dtype,
-        max_memory=args.max_memory,
-        progress=True,
-    )
+    up = build_upsampler(args, dtype=args.dtype, max_memory=args.max_memory, progress=True)
     out_dir = ensure_writable_dir(args.out)  # before any work; removes temp files of killed runs
     jobs = list(zip(paths, unique_stems(paths)))
     skipped = 0

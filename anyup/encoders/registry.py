@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from anyup._checks import error_summary
 from anyup._registry import Registry
 from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
 
@@ -197,12 +198,26 @@ def create(
     return encoder.freeze().to(device)
 
 
+def fetch_error(
+    what: str, err: BaseException, get: str, encoder: str, weights: bool = True, also: str = ""
+) -> RuntimeError:
+    """The one shape of "could not fetch" errors: what failed and why, then how to do it offline.
+
+    Args:
+        what: what could not be done ("fetch the pretrained weights of encoder 'x' from hub:...").
+        get: how to get the files on another machine ("Download the weights file elsewhere").
+        encoder: the ``--encoder`` value that uses the local copy; ``weights``: it also needs a weights file.
+        also: a last alternative (", or use pretrained=False for a random-init encoder").
+    """
+    file_flag, file_arg = (" --encoder-weights PATH", ", weights=PATH") if weights else ("", "")
+    return RuntimeError(
+        f"could not {what} ({error_summary(err)}). Offline? {get}, copy it here and pass it: on the command line "
+        f"`--encoder {encoder}{file_flag}`, in Python `anyup.encoders.create({encoder!r}{file_arg})`{also}."
+    )
+
+
 def offline_error(name: str, source: str, err: BaseException) -> RuntimeError:
     """The error raised when pretrained weights cannot be fetched: says exactly how to pass a file."""
-    return RuntimeError(
-        f"could not fetch the pretrained weights of encoder {name!r} from {source} "
-        f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-        f"Offline? Download the weights file elsewhere and pass it: on the command line "
-        f"`--encoder {name} --encoder-weights PATH`, in Python `anyup.encoders.create({name!r}, weights=PATH)`; "
-        f"or use pretrained=False for a random-init encoder."
-    )
+    what = f"fetch the pretrained weights of encoder {name!r} from {source}"
+    also = "; or use pretrained=False for a random-init encoder"
+    return fetch_error(what, err, "Download the weights file elsewhere", name, also=also)

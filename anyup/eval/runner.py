@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from anyup._atomic import ensure_writable_dir
+from anyup._checks import error_summary
 from anyup.eval.features import FeatureCache, default_cache_dir, prepare_fidelity, prepare_samples
 from anyup.eval.metrics import FidelityMeter, feature_edges
 from anyup.eval.probes import ProbeSample, UpsampledFeatures, _normalize, evaluate_probes, image_float, train_probes
@@ -343,8 +344,10 @@ def _build_upsamplers(
             ups[m] = make_upsampler(m, encoder, configs.get(m))
         except (MethodUnavailable, ValueError, FileNotFoundError) as err:
             if explicit:
-                raise RuntimeError(f"requested method {m!r} cannot run here: {str(err).splitlines()[0]}") from err
-            reason = str(err).splitlines()[0]
+                raise RuntimeError(
+                    f"requested method {m!r} cannot run here: {error_summary(err, with_type=False)}"
+                ) from err
+            reason = error_summary(err, with_type=False)
             if (f"method {m}", reason) not in skipped:
                 skipped.append((f"method {m}", reason))
             logger.warning("skipping method %s: %s", m, reason)
@@ -421,9 +424,9 @@ def run(options: RunOptions) -> list[ResultRow]:
         except UNAVAILABLE_ERRORS as err:
             if options.encoders:  # asked for by name: an error, not a skip
                 raise RuntimeError(
-                    f"requested encoder {enc_name!r} cannot run here: {str(err).splitlines()[0]}"
+                    f"requested encoder {enc_name!r} cannot run here: {error_summary(err, with_type=False)}"
                 ) from err
-            reason = str(err).splitlines()[0]
+            reason = error_summary(err, with_type=False)
             skipped.append((f"encoder {enc_name}", reason))
             logger.warning("skipping encoder %s: %s", enc_name, reason)
             if needs_hub:
@@ -442,12 +445,12 @@ def run(options: RunOptions) -> list[ResultRow]:
             except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
                 if options.datasets:  # asked for by name: an error, not a skip
                     raise RuntimeError(
-                        f"requested dataset {ds_name!r} cannot be loaded: {str(err).splitlines()[0]}"
+                        f"requested dataset {ds_name!r} cannot be loaded: {error_summary(err, with_type=False)}"
                     ) from err
                 if spec.needs_root and _root_for(ds_name, options.roots) is None:
                     skipped.append((f"dataset {ds_name}", f"needs --root {ds_name}=FOLDER ({spec.layout})"))
                 else:
-                    skipped.append((f"dataset {ds_name}", str(err).splitlines()[0]))
+                    skipped.append((f"dataset {ds_name}", error_summary(err, with_type=False)))
                 logger.warning("skipping dataset %s: %s", ds_name, err)
                 continue
             if note and note not in notes:
