@@ -29,12 +29,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from anyup.eval.features import FeatureCache, default_cache_dir, prepare_fidelity, prepare_samples
+from anyup.eval.features import FeatureCache, default_cache_dir, prepare_samples
 from anyup.eval.metrics import bilinear_weights, boundary_band
 from anyup.eval.probes import UpsampledFeatures, _normalize, _present, evaluate_probe, image_float, train_probe
 from anyup.eval.protocols import Protocol, get_protocol
 from anyup.eval.report import ResultRow, versions, write_csv, write_line_plot, write_markdown, write_plots
-from anyup.eval.runner import RunOptions, create_encoder, fidelity_metrics, load_splits, make_upsampler, run
+from anyup.eval.runner import (
+    RunOptions,
+    create_encoder,
+    fidelity_metrics,
+    fidelity_samples,
+    load_splits,
+    make_upsampler,
+    run,
+)
 
 if TYPE_CHECKING:
     from anyup.model import AnyUp
@@ -236,15 +244,7 @@ def window_sensitivity(
     fid_ds = D.create(
         options.fidelity_dataset, root=options.roots.get(options.fidelity_dataset) or options.roots.get("*")
     )
-    fsamples = prepare_fidelity(
-        fid_ds,
-        encoder,
-        protocol.fidelity_image_size,
-        protocol.fidelity_scale,
-        cache,
-        max_images=protocol.fidelity_max_images,
-        progress=options.progress,
-    )
+    fsamples = fidelity_samples(fid_ds, encoder, protocol, cache, options.progress)
     train = evals = None
     kw: dict[str, int] = {}
     if probe:

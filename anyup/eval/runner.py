@@ -297,6 +297,22 @@ def fidelity_metrics(samples: Sequence[Any], up: Callable, edge_quantile: float)
     return meter.compute()
 
 
+def fidelity_samples(
+    dataset: Any, encoder: Any, protocol: Protocol, cache: FeatureCache, progress: bool = False, desc: str = "fidelity"
+) -> list[Any]:
+    """The fidelity pairs of ``dataset`` at the sizes of ``protocol`` (:func:`prepare_fidelity`, cached)."""
+    return prepare_fidelity(
+        dataset,
+        encoder,
+        protocol.fidelity_image_size,
+        protocol.fidelity_scale,
+        cache,
+        max_images=protocol.fidelity_max_images,
+        progress=progress,
+        desc=desc,
+    )
+
+
 def run_fidelity(
     *,
     dataset_name: str,
@@ -455,6 +471,7 @@ def run(options: RunOptions) -> list[ResultRow]:
                 continue
             if note and note not in notes:
                 notes.append(note)
+            where = {"dataset_name": ds_name, "encoder_name": enc_name}  # names of the rows
             if do_probe:
                 # tasks sharing a protocol share the prepared samples and the upsampled features
                 by_protocol: dict[Protocol, list[str]] = {}
@@ -488,8 +505,7 @@ def run(options: RunOptions) -> list[ResultRow]:
                             desc=f"{tag} eval",
                         )
                     rows += run_probes(
-                        dataset_name=ds_name,
-                        encoder_name=enc_name,
+                        **where,
                         train=train,
                         evals=evals,
                         tasks=ptasks,
@@ -503,30 +519,14 @@ def run(options: RunOptions) -> list[ResultRow]:
                     flush()
             if do_fid:
                 proto = protocols["fidelity"]
-                fs = prepare_fidelity(
-                    eval_ds,
-                    encoder,
-                    proto.fidelity_image_size,
-                    proto.fidelity_scale,
-                    cache,
-                    max_images=proto.fidelity_max_images,
-                    progress=options.progress,
-                    desc=f"{ds_name}/{enc_name}",
-                )
+                fs = fidelity_samples(eval_ds, encoder, proto, cache, options.progress, f"{ds_name}/{enc_name}")
                 # "highres" runs the encoder on the full image: the fidelity reference itself
                 fid_ups = {m: u for m, u in ups.items() if m not in FIDELITY_EXCLUDED}
                 for m in sorted(set(ups) - set(fid_ups)):
                     note = f"{m}: left out of fidelity (it encodes the full image, i.e. computes the reference itself)"
                     if note not in notes:
                         notes.append(note)
-                rows += run_fidelity(
-                    dataset_name=ds_name,
-                    encoder_name=enc_name,
-                    samples=fs,
-                    upsamplers=fid_ups,
-                    protocol=proto,
-                    progress=options.progress,
-                )
+                rows += run_fidelity(**where, samples=fs, upsamplers=fid_ups, protocol=proto, progress=options.progress)
                 flush()
         del encoder
     flush()
