@@ -19,6 +19,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from numbers import Integral
+from typing import Any
 
 import torch
 
@@ -31,6 +32,28 @@ GUIDE_MAX = 25.0
 UNIT_TOLERANCE = 0.5
 
 OutputSize = int | Sequence[int] | None
+
+
+def error_summary(err: BaseException, with_type: bool = True) -> str:
+    """One line for an error inside another message: ``"OSError: first line"`` (or the first line only);
+    the type name alone when the error has no text."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    first = text.splitlines()[0]
+    return f"{type(err).__name__}: {first}" if with_type else first
+
+
+def one_map(x: Any, what: str = "features") -> torch.Tensor:
+    """A single map ``(C, H, W)`` (detached tensor) from ``(C, H, W)`` or ``(1, C, H, W)`` (tensor or numpy)."""
+    x = torch.as_tensor(x).detach()
+    if x.ndim == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f"{what} must be one map (1, C, H, W) or (C, H, W), got {tuple(x.shape)}")
+        x = x[0]
+    if x.ndim != 3:
+        raise ValueError(f"{what} must be (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
+    return x
 
 
 def _shape(t: object) -> str:

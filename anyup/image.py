@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+HALF: tuple[float, float, float] = (0.5, 0.5, 0.5)  # SigLIP, plain ViTs: [0, 1] -> [-1, 1]
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MAX_IMAGE_PIXELS = 178_956_970  # ~13400 x 13400 (PIL's own hard limit): larger files are refused before decoding
 REDUCE_ABOVE_PIXELS = 1 << 24  # with min_size, files above 16.7 M pixels are decoded/shrunk in uint8 first

@@ -141,6 +141,39 @@ def load_model(model: str | os.PathLike | torch.nn.Module, device: str | torch.d
     return load(model, device=device), str(model)
 
 
+def guide_from_rgb(rgb: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The guidance image AnyUp takes, from RGB ``(B, 3, H, W)`` in ``[0, 1]``: ImageNet-normalised.
+
+    The one place the guide is normalised: callers hold ``[0, 1]`` RGB and go through this (or
+    :func:`run_anyup`); the model itself keeps the published signature (a normalised guide).
+    ``dtype``: cast the result (the model's compute dtype); ``None`` keeps the input's.
+    """
+    guide = imagenet_normalize(rgb)  # (B, 3, H, W)
+    return guide if dtype is None else guide.to(dtype)
+
+
+def run_anyup(
+    model: torch.nn.Module,
+    rgb: torch.Tensor,
+    features: torch.Tensor,
+    output_size: Sequence[int] | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """``model`` (AnyUp, or anything with its call signature) guided by RGB ``(B, 3, H, W)`` in ``[0, 1]``.
+
+    Args:
+        rgb: the guidance image, RGB in [0, 1] (normalised here, cast to the features' dtype).
+        features: low-res features (B, C, h, w).
+        output_size: (H', W'); None: the guide's size.
+        kwargs: passed on (``attention=``, ``max_memory=``, ...).
+
+    Returns:
+        (B, C, H', W') upsampled features.
+    """
+    size = None if output_size is None else tuple(output_size)
+    return model(guide_from_rgb(rgb, features.dtype), features, output_size=size, **kwargs)
+
+
 def output_size_for(
     input_hw: tuple[int, int], output_size: Sequence[int] | int | None = None, scale: float | None = None
 ) -> tuple[int, int]:
@@ -320,13 +353,12 @@ class Upsampler:
     def _run(
         self, enc_in: torch.Tensor, out_hw: tuple[int, int], originals: list[torch.Tensor]
     ) -> list[list[UpsampleResult]]:
-        feats = self.encoder(enc_in.to(self.dtype))
-        maps = feats if isinstance(feats, list) else [feats]  # per layer: (B, C, h, w)
+        maps = self.encoder(enc_in.to(self.dtype))  # per layer: (B, C, h, w)
         if out_hw == (enc_in.shape[-2], enc_in.shape[-1]):
             guide01 = enc_in.float()
         else:  # resize from the original image: it has the most detail
             guide01 = torch.stack([resize_image(o[None].to(self.device), out_hw)[0] for o in originals])
-        guide = imagenet_normalize(guide01).to(self.dtype)  # (B, 3, H', W')
+        guide = guide_from_rgb(guide01, self.dtype)  # (B, 3, H', W')
         out: list[list[UpsampleResult]] = [[] for _ in originals]
         for layer, low in zip(self.encoder.info.layers, maps):
             up = self._upsample(guide, low, out_hw, layer.name)  # (B, C, H', W')
@@ -418,16 +450,13 @@ class Upsampler:
         img, enc_in = self.prepare(image, self.needed_size(image, output_size))
         enc_in = enc_in[None].to(self.device)
         out_hw = output_size_for((enc_in.shape[-2], enc_in.shape[-1]), output_size)
-        feats = self.encoder(enc_in.to(self.dtype))
-        low = (feats if isinstance(feats, list) else [feats])[layer]
+        low = self.encoder(enc_in.to(self.dtype))[layer]  # (1, C, h, w)
         guide01 = (
             enc_in.float()
             if out_hw == (enc_in.shape[-2], enc_in.shape[-1])
             else resize_image(img[None].to(self.device), out_hw)
         )
-        maps = self.model.attention_weights(
-            imagenet_normalize(guide01).to(self.dtype), low, out_hw, pixels=list(pixels)
-        )
+        maps = self.model.attention_weights(guide_from_rgb(guide01, self.dtype), low, out_hw, pixels=list(pixels))
         return maps[0].float(), guide01[0]
 
 

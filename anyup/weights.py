@@ -26,6 +26,7 @@ from anyup._atomic import atomic_write
 from anyup._checks import check_arch_fields
 from anyup._env import ENV_CACHE_DIR, require_network  # noqa: F401  (ENV_CACHE_DIR re-exported)
 from anyup._env import cache_dir as _cache_root
+from anyup._registry import Registry
 from anyup._state import load_strict, read_state_dict
 from anyup.model import ARCH_FIELDS, AnyUp, AnyUpConfig
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_WEIGHTS",
+    "WEIGHTS",
     "WeightSpec",
     "arch_config",
     "available_weights",
@@ -63,36 +65,33 @@ class WeightSpec:
     description: str
 
 
-_REGISTRY: dict[str, WeightSpec] = {}
+WEIGHTS: Registry[WeightSpec] = Registry("weights", hint=" (or pass a file path)")
 
 
-def register_weights(spec: WeightSpec) -> None:
-    _REGISTRY[spec.name] = spec
+def register_weights(spec: WeightSpec) -> WeightSpec:
+    """Add a checkpoint to the registry (names are unique)."""
+    return WEIGHTS.register(spec)
 
 
-register_weights(
+# The registered checkpoints (a declarative table).
+_RELEASES = "https://github.com/wimmerth/anyup/releases/download"
+for _spec in (
     WeightSpec(
         name="anyup_paper",
         filename="anyup_paper.pth",
-        url="https://github.com/wimmerth/anyup/releases/download/checkpoint/anyup_paper.pth",
+        url=f"{_RELEASES}/checkpoint/anyup_paper.pth",
         sha256="9d035c0f27114a6f32bdd3d8ed93b6cd39dad4b8f8bf94e69fddbfbf022901b2",
         licence="CC-BY-4.0 (Wimmer et al.)",
         description="Published AnyUp weights trained on DINOv2 ViT-S/14 features",
-    )
-)
-register_weights(
+    ),
     WeightSpec(
         name="anyup_multi_backbone",
         filename="anyup_multi_backbone.pth",
-        url="https://github.com/wimmerth/anyup/releases/download/checkpoint_v2/anyup_multi_backbone.pth",
+        url=f"{_RELEASES}/checkpoint_v2/anyup_multi_backbone.pth",
         sha256="b6cc407da8986c7e5c9098e61f7531767a9aca8fff20a1bc6c99d488e61aac59",
         licence="CC-BY-4.0 (Wimmer et al.)",
         description="Published AnyUp weights trained on DINOv2-S(+reg), CLIP-B/16, SigLIP-B/16, ViT-B/16",
-    )
-)
-
-
-register_weights(
+    ),
     WeightSpec(
         name="anyup_offline",
         filename="anyup_offline.safetensors",
@@ -101,15 +100,16 @@ register_weights(
         licence="MIT (trained by the anyup project)",
         description="Our AnyUp weights, trained on CPU over EfficientNet-Lite0 / CRAFT VGG16-BN / HED VGG16 "
         "features of offline photos (see the model card in the README)",
-    )
-)
+    ),
+):
+    register_weights(_spec)
 
 DEFAULT_WEIGHTS = "anyup_offline"  # what the CLI and one-call API use when no model is given
 
 
 def available_weights() -> dict[str, WeightSpec]:
     """All registered checkpoint names and their specs."""
-    return dict(_REGISTRY)
+    return dict(WEIGHTS.items())
 
 
 def cache_dir() -> Path:
@@ -160,9 +160,7 @@ def _check_sha256(name: str, spec: WeightSpec, path: Path) -> Path:
 def resolve_weights(name: str, download: bool = True) -> Path:
     """Local file of a registered checkpoint (sha256-checked): package, ``$ANYUP_WEIGHTS_DIR``, cache,
     torch.hub's checkpoints, then a download."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown weights {name!r}; registered names: {sorted(_REGISTRY)} (or pass a file path)")
-    spec = _REGISTRY[name]
+    spec = WEIGHTS.get(name)
     candidates = _candidates(spec)
     for path in candidates:
         if path.is_file():
@@ -207,7 +205,7 @@ def _download(url: str, dest: Path, sha256: str) -> None:
 def verify_weights(names: list[str] | None = None, download: bool = False) -> list[tuple[str, str, bool]]:
     """``(name, message, ok)`` for every registered name (or ``names``): never stops at the first problem."""
     rows = []
-    for n in names or sorted(_REGISTRY):
+    for n in names or sorted(WEIGHTS):
         try:
             path = resolve_weights(n, download=download)
             rows.append((n, f"{path} sha256 OK", True))
@@ -238,13 +236,13 @@ def load(
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(
-            f"weights must be a registered name {sorted(_REGISTRY)} or a file path, got "
+            f"weights must be a registered name {WEIGHTS.names()} or a file path, got "
             f"{name_or_path!r} ({type(name_or_path).__name__})"
         )
     if config is not None and not isinstance(config, AnyUpConfig):
         raise TypeError(f"config must be an AnyUpConfig or None, got {type(config).__name__}")
     p = Path(name_or_path)
-    if isinstance(name_or_path, str) and name_or_path in _REGISTRY:
+    if isinstance(name_or_path, str) and name_or_path in WEIGHTS:
         path = resolve_weights(name_or_path)
     elif p.is_dir():
         raise ValueError(f"{str(p)!r} is a folder; pass a weights file, or use AnyUp.from_pretrained for a folder")
@@ -252,7 +250,7 @@ def load(
         path = p
     else:
         raise ValueError(
-            f"{str(name_or_path)!r} is neither a registered weights name {sorted(_REGISTRY)} nor an existing file"
+            f"{str(name_or_path)!r} is neither a registered weights name {WEIGHTS.names()} nor an existing file"
         )
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {str(path)!r}")

@@ -30,42 +30,51 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _offline_configs(checkpoint: Path) -> dict[str, tuple[str, dict]]:
-    return {
-        "nearest": ("nearest", {}),
-        "bilinear": ("bilinear", {}),
-        "bicubic": ("bicubic", {}),
-        "jbu": ("jbu", {}),
-        "jbu_lab": ("jbu", {"guidance": "lab", "sigma_range": 0.2}),
-        "guided_filter": ("guided_filter", {"subsample": 1}),
-        "guided_filter_rgb": ("guided_filter", {"guide": "rgb", "subsample": 2}),
-        "guided_filter_default": ("guided_filter", {}),
-        "anyup_checkpoint": ("anyup_checkpoint", {"checkpoint": str(checkpoint)}),
-    }
+# The standard battery (TestBattery) runs on every registered method, driven by the registry: a method
+# with offline=True is built with its defaults (or the config it cannot do without, below); one that
+# needs downloads (offline=False) is skipped with that reason. A new method is covered the moment it
+# is registered.
+REQUIRED_CONFIG = {"anyup_checkpoint": lambda ckpt: {"checkpoint": str(ckpt)}}  # cannot be built without it
+VARIANTS = {  # extra configurations of registered methods that get the battery too
+    "jbu_lab": ("jbu", {"guidance": "lab", "sigma_range": 0.2}),
+    "guided_filter_sub1": ("guided_filter", {"subsample": 1}),
+    "guided_filter_rgb": ("guided_filter", {"guide": "rgb", "subsample": 2}),
+}
 
 
-OFFLINE = [
-    "nearest",
-    "bilinear",
-    "bicubic",
-    "jbu",
-    "jbu_lab",
-    "guided_filter",
-    "guided_filter_rgb",
-    "guided_filter_default",
-    "anyup_checkpoint",
-]
+def _battery_params() -> list:
+    params = []
+    for name in B.list_methods():
+        if B.get_spec(name).offline:
+            params.append(name)
+        else:
+            reason = f"{name}: offline=False (needs downloaded weights / torch.hub code); not run offline"
+            params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason)))
+    return params + list(VARIANTS)
 
 
-def _battery(slow: set[str]) -> list:
-    """OFFLINE as parameters of the ``method`` fixture, the ``slow`` ones marked slow (for one test)."""
-    return [pytest.param(m, marks=pytest.mark.slow) if m in slow else m for m in OFFLINE]
+BATTERY = _battery_params()
 
 
-@pytest.fixture(params=OFFLINE)
+def _battery_config(key: str, checkpoint: Path) -> tuple[str, dict]:
+    if key in VARIANTS:
+        return VARIANTS[key]
+    return key, REQUIRED_CONFIG[key](checkpoint) if key in REQUIRED_CONFIG else {}
+
+
+@pytest.fixture(params=BATTERY)
 def method(request, checkpoint):
-    name, cfg = _offline_configs(checkpoint)[request.param]
+    name, cfg = _battery_config(request.param, checkpoint)
     return B.create(name, cfg)
+
+
+def test_battery_covers_every_registered_method():
+    ids = [p if isinstance(p, str) else p.values[0] for p in BATTERY]
+    assert set(B.list_methods()) <= set(ids)
+    assert {"nearest", "jbu", "guided_filter", "anyup", "anyup_checkpoint"} <= {
+        p for p in BATTERY if isinstance(p, str)
+    }  # offline ones really run
+    assert all(VARIANTS[v][0] in B.list_methods() for v in VARIANTS)
 
 
 def _inputs(b=2, c=5, hw=(6, 7), image_hw=(30, 35), seed=0, dtype=torch.float32):
@@ -157,14 +166,12 @@ class TestBattery:
         expected = feats[:, :, :1, :1].expand_as(y)
         torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-4)
 
-    @pytest.mark.parametrize("method", _battery({"anyup_checkpoint"}), indirect=True)  # 15 s measured
     def test_batch_items_independent(self, method):
         image, feats = _inputs(b=2)
         y = method(image, feats, (14, 16))
         y1 = method(image[1:], feats[1:], (14, 16))
         torch.testing.assert_close(y[1:], y1, atol=1e-5, rtol=1e-5)
 
-    @pytest.mark.parametrize("method", _battery({"anyup_checkpoint"}), indirect=True)  # 14 s measured
     def test_non_contiguous_input(self, method):
         image, feats = _inputs(b=1)
         feats_nc = feats.transpose(2, 3).contiguous().transpose(2, 3)
@@ -455,7 +462,7 @@ class TestHighRes:
         x = F.interpolate(
             imagenet_denormalize(image).clamp(0, 1), size=(6 * s, 8 * s), mode="bilinear", align_corners=False
         ).clamp(0, 1)
-        ref = F.interpolate(encoder(x), size=(40, 50), mode="bilinear", align_corners=False)
+        ref = F.interpolate(encoder(x)[0], size=(40, 50), mode="bilinear", align_corners=False)
         torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-4)
 
     def test_channel_mismatch_names_both(self, encoder):

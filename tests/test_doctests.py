@@ -17,11 +17,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "anyup"
 
 # Modules whose examples cannot be collected yet (strict xfail: the test fails once they are fixed, so
-# the entry gets removed). TODO(issue 11): fix after the issue-14 merge (anyup/train/ is that branch's).
-KNOWN_BROKEN = {
-    "anyup.train": "'# doctest: +SKIP   (runs/demo/model.safetensors)': doctest parses the text after "
-    "+SKIP as more options (ValueError); move the parenthesis into a comment of its own",
-}
+# the entry gets removed). Empty: keep it so.
+KNOWN_BROKEN: dict[str, str] = {}
 
 # Modules with at least one example that must run (not all +SKIP): guards against skipping everything.
 MUST_RUN = {
@@ -33,7 +30,9 @@ MUST_RUN = {
     "anyup.viz",
     "anyup.viz.pca",
     "anyup.eval.datasets",
+    "anyup.train",
     "anyup.train.config",
+    "anyup._registry",
 }
 
 

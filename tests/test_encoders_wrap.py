@@ -76,7 +76,7 @@ def test_dinov2_info_and_blocks_non_square(dinov2):
     torch.testing.assert_close(maps[1], _grid(out.hidden_states[2], 3, 6, 1), rtol=0, atol=0)
     torch.testing.assert_close(maps[2], _grid(out.hidden_states[3], 3, 6, 1), rtol=0, atol=1e-6)
     # a submodule by name gives the same as its block index
-    torch.testing.assert_close(wrap(dinov2, layer="encoder.layer.1")(x), maps[1], rtol=0, atol=0)
+    torch.testing.assert_close(wrap(dinov2, layer="encoder.layer.1")(x), maps[1:2], rtol=0, atol=0)
 
 
 def test_register_tokens_dropped():
@@ -90,7 +90,7 @@ def test_register_tokens_dropped():
     with torch.no_grad():
         tokens = model(pixel_values=_norm(x, IMAGENET_MEAN, IMAGENET_STD)).last_hidden_state
     assert tokens.shape[1] == 1 + 4 + 8
-    torch.testing.assert_close(enc(x), _grid(tokens, 4, 2, prefix=5), rtol=0, atol=0)
+    torch.testing.assert_close(enc(x), [_grid(tokens, 4, 2, prefix=5)], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
@@ -108,7 +108,7 @@ def test_clip_and_siglip_non_square(kind):
     x = torch.rand(1, 3, 48, 96)  # 3 x 6 patches, not the config's 4 x 4
     with torch.no_grad():
         tokens = model(pixel_values=_norm(x, mean, std), interpolate_pos_encoding=True).last_hidden_state
-    torch.testing.assert_close(enc(x), _grid(tokens, 3, 6, prefix), rtol=0, atol=0)
+    torch.testing.assert_close(enc(x), [_grid(tokens, 3, 6, prefix)], rtol=0, atol=0)
 
 
 def test_full_clip_model_uses_its_image_tower():
@@ -184,10 +184,10 @@ def test_open_clip_from_model_config(tmp_path, monkeypatch):
     full.visual.output_tokens = True
     with torch.no_grad():
         _, ref = full.visual(_norm(x, CLIP_MEAN, CLIP_STD))
-    torch.testing.assert_close(from_file(x), _grid(ref, 4, 4, 0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_file(x), [_grid(ref, 4, 4, 0)], rtol=1e-5, atol=1e-5)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match=r"--weights FILE"):
+    with pytest.raises(RuntimeError, match=r"--encoder-weights PATH"):
         create("open_clip:ViT-B-32/openai")
     with pytest.raises(ValueError, match="unknown open_clip model"):
         create("open_clip:no-such-model", pretrained=False)
@@ -232,11 +232,11 @@ def test_torch_hub_dinov2_local_clone(tmp_path, monkeypatch):
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
     from_file = create(f"torchhub:{repo}:dinov2_vits14", weights=path)
     assert from_file.info.weights == str(path)
-    torch.testing.assert_close(from_file(x), final, rtol=0, atol=0)
+    torch.testing.assert_close(from_file(x), [final], rtol=0, atol=0)
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    with pytest.raises(RuntimeError, match=r"torchhub:DIR:dinov2_vits14 --weights FILE"):
+    with pytest.raises(RuntimeError, match=r"torchhub:DIR:dinov2_vits14 --encoder-weights PATH"):
         create("torchhub:dinov2_vits14")
 
 
@@ -271,4 +271,4 @@ def test_plain_module_cnn_and_errors():
 
     with pytest.raises(ValueError, match="patch_size="):
         wrap(Tokens())
-    assert wrap(Tokens(), patch_size=1, normalize="none")(x).shape == (1, 3, 32, 48)
+    assert wrap(Tokens(), patch_size=1, normalize="none")(x)[0].shape == (1, 3, 32, 48)

@@ -380,6 +380,6 @@ def test_encoder_name_with_layer():
     assert [layer.name for layer in stage5.info.layers] == ["stage5"] and stage5.info.stride == 32
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        assert default(x).shape == (1, 112, 4, 4) and stage5(x).shape == (1, 192, 2, 2)
+        assert default(x)[0].shape == (1, 112, 4, 4) and stage5(x)[0].shape == (1, 192, 2, 2)
     with pytest.raises(ValueError, match="stage9"):
         create_encoder("efficientnet_lite0@stage9", pretrained=False)

@@ -502,13 +502,13 @@ def registered(monkeypatch, tmp_path, tiny_file):
         "test",
         "test weights",
     )
-    monkeypatch.setitem(W._REGISTRY, spec.name, spec)
     monkeypatch.delenv("ANYUP_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("ANYUP_CACHE", raising=False)
     monkeypatch.setenv("ANYUP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return spec
+    with W.WEIGHTS.temporary(spec):
+        yield spec
 
 
 def test_torch_hub_checkpoint_cache_is_used(registered, tmp_path, tiny_file, limits):
@@ -545,8 +545,8 @@ def test_weights_verify_reports_every_file(registered, monkeypatch, capsys, limi
     from anyup import weights as W
 
     spec2 = W.WeightSpec("fuzz_tiny2", "fuzz_tiny2.safetensors", "https://example.invalid/2", "0" * 64, "t", "t")
-    monkeypatch.setitem(W._REGISTRY, spec2.name, spec2)
-    assert main(["weights", "verify", "fuzz_tiny", "fuzz_tiny2"]) == 1
+    with W.WEIGHTS.temporary(spec2):
+        assert main(["weights", "verify", "fuzz_tiny", "fuzz_tiny2"]) == 1
     out = capsys.readouterr()
     assert "fuzz_tiny: MISSING" in out.out and "fuzz_tiny2: MISSING" in out.out and "2 of 2" in out.err
 
@@ -599,7 +599,7 @@ def test_upsampler_refuses_a_huge_own_size_input(tiny_model, limits):
 
 
 def test_upsample_signal_checks_before_work(tiny_file, photo, limits):
-    from anyup.guided import upsample_signal
+    from anyup.signals import upsample_signal
 
     with pytest.raises(ValueError, match="upsampled signal .* needs"):
         upsample_signal(photo, np.zeros((4, 4), np.float32), (65536, 65536), model=tiny_file, kind="depth")

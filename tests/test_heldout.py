@@ -47,7 +47,7 @@ def test_feathered_window_removes_grid_locked_steps_on_a_real_photo():
     enc = encoders.create("efficientnet_lite0", layers="stage4")
     model = anyup.load("anyup_offline")
     with torch.no_grad():
-        low = enc(img).float()  # (1, 112, 14, 14)
+        low = enc(img)[0].float()  # (1, 112, 14, 14)
         hard = model(imagenet_normalize(img), low, output_size=(224, 224))
     soft = feathered_forward(model, imagenet_normalize(img), low, (224, 224))
     r_hard = cell_border_energy(hard[0], (14, 14), img[0])

@@ -28,8 +28,8 @@ def _fidelity(model, enc, image01: torch.Tensor) -> tuple[float, float]:
     full = anyup.image.resize_to_multiple(image01, 2 * enc.info.multiple, short_side=224)[None]  # (1, 3, H, W)
     small = F.interpolate(full, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
-        target = enc(full)  # (1, C, h, w)
-        low = enc(small)  # (1, C, h/2, w/2)
+        (target,) = enc(full)  # (1, C, h, w)
+        (low,) = enc(small)  # (1, C, h/2, w/2)
         guide = anyup.imagenet_normalize(F.interpolate(full, size=small.shape[-2:], mode="bilinear", antialias=True))
         # upsample to the target grid, guided by the small image, then compare cell by cell
         ours = model(guide, low, target.shape[-2:])

@@ -89,7 +89,7 @@ def test_guidance_is_imagenet_normalised_and_encoder_gets_raw_rgb(upsampler):
     image, feats, out_size = upsampler.model.calls[0]
     _, enc_in = upsampler.prepare(_photo(64, 96))
     torch.testing.assert_close(image[0], imagenet_normalize(enc_in))
-    torch.testing.assert_close(feats, upsampler.encoder(enc_in[None]))
+    torch.testing.assert_close(feats, upsampler.encoder(enc_in[None])[0])
     assert out_size == (64, 96) and tuple(res.features.shape) == (1, 112, 64, 96)
     assert tuple(res.lowres.shape) == (1, 112, 4, 6)
     torch.testing.assert_close(res.image[0], enc_in)

@@ -237,7 +237,7 @@ class _TinyEncoder(torch.nn.Module):
 
     def forward(self, x):
         self.calls += x.shape[0]
-        return self.conv(x)
+        return [self.conv(x)]  # the encoder contract: one map per layer
 
 
 def test_feature_cache_roundtrip(tmp_path):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _toy import ConvEncoder, PoolEncoder
 from torch import nn
 
 from anyup.train import config as C
@@ -33,7 +34,6 @@ from anyup.train.data import (
     split_holdout,
 )
 from anyup.train.losses import RecipeLoss, cos_mse, crop_boxes, extract_crops
-from anyup.train.toy import ConvEncoder, PoolEncoder
 from anyup.train.trainer import choose_encoder, recipe_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +259,7 @@ class TestCrops:
         image = F.interpolate(image_hr, size=(s, s), mode="area")
         crop_u = torch.rand(2, 3, 2)
         lowres, targets, cells = recipe_targets(enc, image, image_hr, crop_u, stride)
-        full = enc(image_hr)  # (2, 5, 16, 16): the grid the model predicts on
+        (full,) = enc(image_hr)  # (2, 5, 16, 16): the grid the model predicts on
         assert lowres.shape == (2, 5, 8, 8) and targets.shape == (6, 5, 8, 8) and full.shape[-1] == 16
         windows = extract_crops(full, cells, 8)
         torch.testing.assert_close(windows, targets, atol=1e-6, rtol=0)
@@ -273,7 +273,7 @@ class TestCrops:
         image_hr = torch.rand(1, 3, 64, 64)
         image = F.interpolate(image_hr, size=(32, 32), mode="area")
         lowres, targets, cells = recipe_targets(enc, image, image_hr, torch.rand(1, 4, 2), 4)
-        full = enc(image_hr)
+        (full,) = enc(image_hr)
 
         class Oracle(nn.Module):
             def forward(self, img, feats, output_size):
@@ -291,7 +291,7 @@ class TestCrops:
         image = F.interpolate(image_hr, size=(32, 32), mode="area")
         lowres, targets, cells = recipe_targets(enc, image, image_hr, torch.rand(2, 4, 2), 4, target="full")
         assert cells is None and lowres.shape == (2, 3, 8, 8)
-        torch.testing.assert_close(targets, enc(image_hr))  # (2, 3, 16, 16)
+        torch.testing.assert_close(targets, enc(image_hr)[0])  # (2, 3, 16, 16)
 
         class Oracle(nn.Module):
             def forward(self, img, feats, output_size):
@@ -418,7 +418,7 @@ class TestData:
             split_holdout(files[:1], 1, seed=0)
 
     def test_choose_encoder_is_weighted_and_deterministic(self):
-        specs = [C.EncoderSpec("a", weight=1.0), C.EncoderSpec("b", weight=3.0)]
+        specs = [C.TrainEncoderSpec("a", weight=1.0), C.TrainEncoderSpec("b", weight=3.0)]
         picks = [choose_encoder(specs, 0, s) for s in range(400)]
         assert picks == [choose_encoder(specs, 0, s) for s in range(400)]
         assert 0.65 < sum(picks) / 400 < 0.85
@@ -504,7 +504,7 @@ class TestCheckpoint:
 
 def test_toy_conv_encoder_contract():
     enc = ConvEncoder(stride=4, channels=6)
-    out = enc(torch.rand(2, 3, 16, 24))
+    (out,) = enc(torch.rand(2, 3, 16, 24))
     assert out.shape == (2, 6, 4, 6) and not out.requires_grad
     with pytest.raises(ValueError, match="even"):
         ConvEncoder(stride=3)
@@ -520,7 +520,7 @@ def test_preset_encoders_exist_and_fit_the_geometry(name):
     cfg = C.get_preset(name)
     for spec in cfg.encoders:
         reg = encoders.get_spec(spec.name)
-        (layer,), _ = reg.resolve_layers(spec.layer)
+        (layer,) = reg.resolve_layers(spec.layer)
         multiple = reg.multiple_for([layer])
         if cfg.data.target == "full" and cfg.data.input_size % multiple:
             # whole-image targets: inputs are resized to the nearest multiple (ViT patch 14 at 128 px)
@@ -684,14 +684,14 @@ def test_random_pool_instances_are_distinct_and_reproducible():
     pytest.importorskip("timm")
     from anyup.train.trainer import build_encoder, choose_instance
 
-    spec = C.EncoderSpec("resnet50", layer="layer1", pretrained=False, pool=3)
+    spec = C.TrainEncoderSpec("resnet50", layer="layer1", pretrained=False, pool=3)
     a0, a1 = build_encoder(spec, torch.device("cpu"), 0), build_encoder(spec, torch.device("cpu"), 0, instance=1)
     b1 = build_encoder(spec, torch.device("cpu"), 0, instance=1)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a1(x), b1(x)) and not torch.allclose(a0(x), a1(x))
+    assert torch.equal(a1(x)[0], b1(x)[0]) and not torch.allclose(a0(x)[0], a1(x)[0])
     drawn = {choose_instance(spec, 0, t) for t in range(40)}
     assert drawn == {0, 1, 2}
-    assert choose_instance(C.EncoderSpec("vgg16_hed"), 0, 5) == 0
+    assert choose_instance(C.TrainEncoderSpec("vgg16_hed"), 0, 5) == 0
 
 
 def test_gpu_preset_builds_on_cpu():

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _toy import ConvEncoder
 
 import anyup
 from anyup.train import resolve_config, train
 from anyup.train.checkpoint import load_checkpoint
 from anyup.train.metrics import read_metrics
-from anyup.train.toy import ConvEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_WEIGHTS = REPO.parent / "shared" / "weights"

@@ -1,4 +1,4 @@
-"""Image-guided upsampling of masks, logits and depth: `anyup.guided` and `anyup upsample-signal`."""
+"""Image-guided upsampling of masks, logits and depth: `anyup.signals` and `anyup upsample-signal`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from anyup.cli import main
-from anyup.guided import read_signal, upsample_signal, write_signal
 from anyup.model import AnyUp
+from anyup.signals import read_signal, upsample_signal, write_signal
 
 H, W = 64, 64
 EDGE = 27  # the object's left edge, not on a 16-px cell border

@@ -5,7 +5,7 @@
 >>> up(torch.zeros(1, 3, 64, 48), torch.randn(1, 8, 4, 3), (64, 48)).shape
 torch.Size([1, 8, 64, 48])
 
-Every method is an :class:`~anyup.baselines.base.Upsampler` (an ``nn.Module``) called as
+Every method is a :class:`~anyup.baselines.base.BaselineUpsampler` (an ``nn.Module``) called as
 ``up(image, features, output_size)`` with ``image`` ``(B, 3, H, W)`` ImageNet-normalised,
 ``features`` ``(B, C, h, w)`` and ``output_size`` ``(H', W')``; it returns ``(B, C, H', W')`` in
 the features' dtype. Each method has a dataclass config; ``create(name, config)`` accepts that
@@ -18,19 +18,20 @@ with a one-line reason; :func:`available` returns ``(ok, reason)`` without raisi
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anyup._config import build_config
-from anyup.baselines.base import MethodUnavailable, OutputSize, Upsampler, check_inputs, parse_output_size
+from anyup._deprecation import deprecated_aliases
+from anyup._registry import ConfigRegistry
+from anyup.baselines.base import BaselineUpsampler, MethodUnavailable, OutputSize, check_inputs, parse_output_size
 
 __all__ = [
+    "METHODS",
+    "BaselineUpsampler",
     "MethodSpec",
     "MethodUnavailable",
     "OutputSize",
-    "Upsampler",
     "available",
     "check_inputs",
     "create",
@@ -48,45 +49,25 @@ class MethodSpec:
     name: str
     description: str  # one line, shown by ``anyup eval`` listings and the README table
     config_cls: type  # dataclass; ``config_cls()`` must give usable defaults
-    build: Callable[[Any], Upsampler]  # config instance -> Upsampler
+    build: Callable[[Any], BaselineUpsampler]  # config instance -> BaselineUpsampler
     convex: bool = False  # every output vector is a convex combination of input vectors
     guided: bool = True  # uses the image (False: image only checked for batch size)
     offline: bool = True  # False: needs downloads (weights / hub code) unless files are supplied
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
+def _populate() -> None:
+    from anyup.baselines import registrations  # noqa: F401  (registers the built-in methods on import)
 
 
-def register(spec: MethodSpec) -> MethodSpec:
-    """Add a method to the registry (names are unique)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"method {spec.name!r} is already registered")
-    if not dataclasses.is_dataclass(spec.config_cls):
-        raise TypeError(f"config_cls of {spec.name!r} must be a dataclass, got {spec.config_cls!r}")
-    _REGISTRY[spec.name] = spec
-    return spec
+# name -> MethodSpec, in registration order (simple -> learned -> peers); filled on first use
+METHODS: ConfigRegistry[MethodSpec] = ConfigRegistry("upsampling method", populate=_populate, label="method")
+register = METHODS.register  # add a MethodSpec (names are unique; config_cls must be a dataclass)
+list_methods = METHODS.names  # names accepted by create()
+get_spec = METHODS.get  # the MethodSpec of a name (ValueError listing the valid names if unknown)
+make_config = METHODS.config  # None / dict of overrides / config instance -> the method's config dataclass
 
 
-def list_methods() -> list[str]:
-    """Names accepted by :func:`create`, in registry order (simple -> learned -> peers)."""
-    _populate()
-    return list(_REGISTRY)
-
-
-def get_spec(name: str) -> MethodSpec:
-    """The :class:`MethodSpec` of ``name`` (ValueError listing valid names if unknown)."""
-    _populate()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown upsampling method {name!r}; choose one of {list(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def make_config(name: str, config: Any = None) -> Any:
-    """Turn ``None`` / a dict of overrides / a config instance into ``name``'s config dataclass."""
-    return build_config(get_spec(name).config_cls, config, f"method {name!r}")
-
-
-def create(name: str, config: Any = None) -> Upsampler:
+def create(name: str, config: Any = None) -> BaselineUpsampler:
     """Build method ``name`` (see :func:`list_methods`) with ``config`` (dataclass, dict or None).
 
     Raises ``ValueError`` for an unknown name or config field and :class:`MethodUnavailable`
@@ -113,13 +94,5 @@ def available(name: str, config: Any = None) -> tuple[bool, str]:
     return True, ""
 
 
-_POPULATED = False
-
-
-def _populate() -> None:
-    """Import the modules that register the built-in methods (once)."""
-    global _POPULATED
-    if _POPULATED:
-        return
-    _POPULATED = True
-    from anyup.baselines import registry  # noqa: F401  (registers on import)
+# Renamed in 0.2.0 (it clashed with anyup.Upsampler); the old name warns for one release.
+__getattr__ = deprecated_aliases(__name__, {"Upsampler": ("BaselineUpsampler", BaselineUpsampler)})

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from anyup._checks import OutputSize, check_image_and_features, check_output_memory, parse_output_size
+from anyup._deprecation import deprecated_aliases
 
-__all__ = ["MethodUnavailable", "OutputSize", "Upsampler", "check_inputs", "parse_output_size"]
+__all__ = ["BaselineUpsampler", "MethodUnavailable", "OutputSize", "check_inputs", "parse_output_size"]
 
 
 class MethodUnavailable(RuntimeError):
@@ -30,8 +31,9 @@ def check_inputs(image: torch.Tensor, features: torch.Tensor, output_size: Outpu
     return size
 
 
-class Upsampler(nn.Module):
-    """Base class: validates inputs, then calls :meth:`upsample` with a parsed ``(H', W')``.
+class BaselineUpsampler(nn.Module):
+    """Base class of every upsampling method (not :class:`anyup.Upsampler`, the image-in wrapper):
+    validates inputs, then calls :meth:`upsample` with a parsed ``(H', W')``.
 
     Subclasses implement ``upsample(image, features, size) -> (B, C, H', W')``; the base casts
     the result back to the features' dtype. ``name`` is the registry name the method was built as.
@@ -50,3 +52,7 @@ class Upsampler(nn.Module):
     def extra_repr(self) -> str:
         cfg = getattr(self, "config", None)
         return f"name={self.name!r}, config={cfg!r}" if cfg is not None else f"name={self.name!r}"
+
+
+# Renamed in 0.2.0 (it clashed with anyup.Upsampler, the image-in wrapper); the old name warns for one release.
+__getattr__ = deprecated_aliases(__name__, {"Upsampler": ("BaselineUpsampler", BaselineUpsampler)})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anyup.baselines.base import Upsampler
+from anyup.baselines.base import BaselineUpsampler
 from anyup.baselines.guidance import make_guide, resize
 from anyup.baselines.interpolate import interpolate_features
 
@@ -130,7 +130,7 @@ def fast_guided_filter(
     return out
 
 
-class GuidedFilterUpsampler(Upsampler):
+class GuidedFilterUpsampler(BaselineUpsampler):
     """Bilinear upsampling of the features, then a guided filter with the (grey or colour) image."""
 
     def __init__(self, config: GuidedFilterConfig | None = None) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anyup.baselines.base import Upsampler
+from anyup.baselines.base import BaselineUpsampler
 
 _MODES = ("nearest", "bilinear", "bicubic")
 
@@ -39,7 +39,7 @@ def interpolate_features(
     return out.to(features.dtype)  # (B, C, H', W')
 
 
-class Interpolate(Upsampler):
+class Interpolate(BaselineUpsampler):
     """Plain interpolation of the features; the image is ignored (only its batch is checked)."""
 
     def __init__(self, mode: str = "bilinear", config: InterpolateConfig | None = None) -> None:

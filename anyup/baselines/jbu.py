@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anyup.baselines.base import Upsampler
+from anyup.baselines.base import BaselineUpsampler
 from anyup.baselines.guidance import make_guide, resize
 
 
@@ -135,7 +135,7 @@ def joint_bilateral_upsample(
     return out
 
 
-class JointBilateralUpsampler(Upsampler):
+class JointBilateralUpsampler(BaselineUpsampler):
     """Classic JBU guided by the image (see module docstring)."""
 
     def __init__(self, config: JBUConfig | None = None) -> None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from anyup.baselines.base import MethodUnavailable, Upsampler
+from anyup._checks import error_summary
+from anyup.baselines.base import BaselineUpsampler, MethodUnavailable
 from anyup.baselines.guidance import resize
 from anyup.weights import DEFAULT_WEIGHTS
 
@@ -39,7 +40,7 @@ class AnyUpCheckpointConfig:
     device: str = "cpu"
 
 
-class AnyUpUpsampler(Upsampler):
+class AnyUpUpsampler(BaselineUpsampler):
     """Wraps an :class:`anyup.AnyUp` model behind the common call signature."""
 
     def __init__(self, model: nn.Module, max_memory: int | None = None) -> None:
@@ -69,7 +70,7 @@ def build_anyup(config: AnyUpMethodConfig) -> AnyUpUpsampler:
     try:
         model = _load_anyup(config.weights, config.device, config.window_ratio)
     except (RuntimeError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = error_summary(err, with_type=False)
         raise MethodUnavailable(f"anyup: weights {config.weights!r} unavailable: {reason}") from err
     return AnyUpUpsampler(model, config.max_memory)
 
@@ -95,7 +96,7 @@ class HighResConfig:
     device: str = "cpu"
 
 
-class HighResBackbone(Upsampler):
+class HighResBackbone(BaselineUpsampler):
     """Run the encoder itself at ``factor`` x its input size, then resize its features to the output.
 
     The encoder input is the guidance image denormalised to ``[0, 1]`` and resized (antialiased
@@ -138,9 +139,7 @@ class HighResBackbone(Upsampler):
             resize(rgb, self.input_size((features.shape[-2], features.shape[-1]))).clamp(0, 1).to(dev)
         )  # (B, 3, H_in, W_in)
         with torch.no_grad():
-            feats = self.encoder(x)
-        if isinstance(feats, (list, tuple)):
-            feats = feats[0]
+            feats = self.encoder(x)[0]  # (B, C, h, w)
         return resize(feats.float(), size).to(features.device)  # (B, C, H', W')
 
 
@@ -156,7 +155,7 @@ def build_highres(config: HighResConfig) -> HighResBackbone:
         except (RuntimeError, OSError, ImportError) as err:
             if isinstance(err, FileNotFoundError) and config.weights:
                 raise
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            reason = error_summary(err, with_type=False)
             raise MethodUnavailable(f"highres: encoder {config.encoder!r} unavailable: {reason}") from err
     elif not (isinstance(enc, nn.Module) and hasattr(enc, "info")):
         raise TypeError(f"HighResConfig.encoder must be an encoder name or an anyup Encoder, got {type(enc).__name__}")

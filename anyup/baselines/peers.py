@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from anyup.baselines.base import MethodUnavailable, Upsampler
+from anyup._checks import error_summary
+from anyup.baselines.base import BaselineUpsampler, MethodUnavailable
 from anyup.baselines.guidance import resize
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,6 @@ class NAFConfig(PeerConfig):
     kwargs: dict = field(default_factory=lambda: {"pretrained": True, "device": "cpu"})
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
 def github_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     """Whether a TCP connection to github.com:443 opens within ``timeout`` seconds (DNS included)."""
     result: list[tuple[bool, str]] = []
@@ -90,7 +86,7 @@ def github_reachable(timeout: float = 3.0) -> tuple[bool, str]:
             with socket.create_connection(("github.com", 443), timeout=timeout):
                 result.append((True, ""))
         except OSError as err:
-            result.append((False, _first_line(err)))
+            result.append((False, error_summary(err)))
 
     t = threading.Thread(target=probe, daemon=True)
     t.start()
@@ -135,11 +131,11 @@ def hub_load(method: str, config: PeerConfig) -> Any:
         return torch.hub.load(where, config.entry, trust_repo=True, **config.kwargs)
     except Exception as err:  # third-party code: any failure (missing deps, weights download) = unavailable
         raise MethodUnavailable(
-            f"{method}: torch.hub.load({where!r}, {config.entry!r}) failed: {_first_line(err)}"
+            f"{method}: torch.hub.load({where!r}, {config.entry!r}) failed: {error_summary(err)}"
         ) from err
 
 
-class PeerUpsampler(Upsampler):
+class PeerUpsampler(BaselineUpsampler):
     """Adapts a peer's calling convention to ``up(image, features, output_size)``.
 
     ``call(model, image, features, size)`` runs the peer and may return any spatial size; the

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from anyup._deprecation import warn_renamed
+
+if TYPE_CHECKING:
+    from anyup.predictor import Upsampler
 
 logger = logging.getLogger("anyup.cli")
 
@@ -26,9 +30,39 @@ DEFAULT_ENCODER = "efficientnet_lite0"
 
 def deprecated(old: str, new: str) -> None:
     """Warn (DeprecationWarning + log) that flag ``old`` is now spelled ``new``."""
-    msg = f"{old} is deprecated and will be removed in the next release; use {new}"
-    warnings.warn(msg, DeprecationWarning, stacklevel=3)
-    logger.warning(msg)
+    warn_renamed(old, new, stacklevel=4, log=logger)
+
+
+def add_command(subparsers: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A sub-command: ``help`` in the command list, ``description`` (default ``help``) atop its ``--help``.
+
+    The description may be a triple-quoted block: argparse re-wraps it (whitespace collapsed).
+    """
+    return subparsers.add_parser(name, help=help, description=" ".join((description or help).split()))
+
+
+def parse_layers(values: Sequence[str] | str | None) -> str | list[str] | None:
+    """``--layer a --layer b,c`` -> ["a", "b", "c"]; one layer -> that name; none -> None."""
+    names = split_list(values)
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
+
+
+def build_upsampler(args: argparse.Namespace, **kwargs: Any) -> Upsampler:
+    """The :class:`anyup.Upsampler` of the shared flags: ``--encoder``/``--encoder-weights`` (:func:`add_encoder`),
+    ``--model`` (:func:`add_model`), ``--layer``, ``--input-size`` and ``--device``; ``kwargs`` add the rest."""
+    from anyup.predictor import Upsampler
+
+    return Upsampler(
+        args.encoder,
+        args.model,
+        weights=args.encoder_weights,
+        layers=parse_layers(args.layer),
+        input_size=args.input_size,
+        device=args.device,
+        **kwargs,
+    )
 
 
 def split_list(values: Sequence[str] | str | None) -> list[str]:

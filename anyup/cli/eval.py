@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from anyup.cli._flags import SetAction, add_list, add_model, add_renamed, split_list
+from anyup.cli._flags import SetAction, add_command, add_list, add_model, add_renamed, split_list
 
 __all__ = ["register"]
 
@@ -241,7 +241,7 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def _analysis_parser(sub: Any, name: str, help_: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help_, description=help_)
+    p = add_command(sub, name, help_)
     _common(p)
     p.add_argument("--dataset", default="synthetic", help="labelled dataset (default synthetic)")
     p.add_argument("--fidelity-dataset", default="photos", help="dataset for label-free fidelity (default photos)")

@@ -74,24 +74,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_eval)
 
 
+# flag (argparse dest) -> the config key it sets; given flags become ``key=<JSON value>`` overrides
+_FLAG_KEYS = (
+    ("data", "data.root"),
+    ("val_data", "val.root"),
+    ("out", "run_dir"),
+    ("steps", "steps"),
+    ("encoders", "encoders"),
+    ("init", "init"),
+    ("device", "device"),
+)
+
+
 def _flag_overrides(args: argparse.Namespace) -> list[str]:
     import json
 
     out = []
-    if args.data:
-        out.append(f"data.root={json.dumps([str(x) for x in args.data])}")
-    if args.val_data:
-        out.append(f"val.root={json.dumps([str(x) for x in args.val_data])}")
-    if args.out:
-        out.append(f"run_dir={json.dumps(str(args.out))}")
-    if args.steps is not None:
-        out.append(f"steps={args.steps}")
-    if args.encoders:
-        out.append(f"encoders={json.dumps(args.encoders)}")
-    if args.init:
-        out.append(f"init={json.dumps(args.init)}")
-    if args.device:
-        out.append(f"device={json.dumps(args.device)}")
+    for dest, key in _FLAG_KEYS:
+        value = getattr(args, dest)
+        if value is None or (not value and not isinstance(value, int)):  # not given (--steps 0 is given)
+            continue
+        if isinstance(value, (list, tuple)):
+            value = [str(x) for x in value]
+        elif not isinstance(value, int):
+            value = str(value)
+        out.append(f"{key}={json.dumps(value)}")
     return out
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anyup.cli._flags import add_device, add_encoder, add_list, add_model, split_list
+from anyup.cli._flags import add_command, add_device, add_encoder, add_list, add_model, build_upsampler
 from anyup.weights import DEFAULT_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -21,17 +21,21 @@ ESTIMATE_MIN_PIXELS = 2 << 20  # outputs from ~2 megapixels get a time/memory es
 ASPECT_TOLERANCE = 0.02  # relative aspect-ratio change that --size may make without a warning
 
 
+UPSAMPLE_HELP = "upsample an encoder's features of images (files or folders) with AnyUp"
+UPSAMPLE_DESCRIPTION = """For each image: encoder features, AnyUp upsampling, and DIR/<stem>.safetensors
+(tensors 'features' (C,H,W) and 'lowres' (C,h,w) + metadata), written first, then DIR/<stem>_pca.png
+(image | low-res | bilinear | AnyUp in one shared PCA colour basis, drawn at most 1024 px per panel).
+The output size is the encoder input size (short side --input-size, default 448) unless --size/--scale
+say otherwise; --size image keeps the image's own resolution."""
+SIGNAL_HELP = "upsample a mask, logits or depth map guided by an image"
+SIGNAL_DESCRIPTION = """Upsample a low-res signal to the image size (or --size) with AnyUp, guided by the image.
+SIGNAL: .npy, .safetensors (tensor 'signal' or the only one), or a single-channel image for masks/depth.
+OUT: .npy, .safetensors or .png (masks and logits: a palette PNG whose pixel values are the labels,
+coloured so a viewer shows them)."""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "upsample",
-        help="upsample an encoder's features of images (files or folders) with AnyUp",
-        description="For each image: encoder features, AnyUp upsampling, and DIR/<stem>.safetensors "
-        "(tensors 'features' (C,H,W) and 'lowres' (C,h,w) + metadata), written first, then "
-        "DIR/<stem>_pca.png (image | low-res | bilinear | AnyUp in one shared PCA colour basis, "
-        "drawn at most 1024 px per panel). The output size is the encoder input size (short side "
-        "--input-size, default 448) unless --size/--scale say otherwise; --size image keeps the "
-        "image's own resolution.",
-    )
+    p = add_command(subparsers, "upsample", UPSAMPLE_HELP, UPSAMPLE_DESCRIPTION)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     add_encoder(p)
     add_model(p, DEFAULT_WEIGHTS)
@@ -69,14 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=_cmd_upsample)
 
-    p = subparsers.add_parser(
-        "upsample-signal",
-        help="upsample a mask, logits or depth map guided by an image",
-        description="Upsample a low-res signal to the image size (or --size) with AnyUp, guided by the image. "
-        "SIGNAL: .npy, .safetensors (tensor 'signal' or the only one), or a single-channel image for "
-        "masks/depth. OUT: .npy, .safetensors or .png (masks and logits: a palette PNG whose pixel "
-        "values are the labels, coloured so a viewer shows them).",
-    )
+    p = add_command(subparsers, "upsample-signal", SIGNAL_HELP, SIGNAL_DESCRIPTION)
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("signal", metavar="SIGNAL")
     p.add_argument("--kind", required=True, choices=("mask", "logits", "depth"))
@@ -86,10 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE")
     p.set_defaults(func=_cmd_upsample_signal)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "sample-image",
-        help="write a sample photo (from scikit-image) to try the other commands on",
-        description=f"Write one of scikit-image's sample photos ({', '.join(SAMPLE_IMAGES)}) as PNG.",
+        "write a sample photo (from scikit-image) to try the other commands on",
+        f"Write one of scikit-image's sample photos ({', '.join(SAMPLE_IMAGES)}) as PNG.",
     )
     p.add_argument("name", choices=SAMPLE_IMAGES)
     p.add_argument("out", metavar="OUT.png")
@@ -114,14 +112,6 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return values[0], values[1]
 
 
-def parse_layers(values: Sequence[str] | None) -> str | list[str] | None:
-    """``--layer a --layer b,c`` -> ["a", "b", "c"]; one layer -> that name; none -> None."""
-    names = split_list(values)
-    if not names:
-        return None
-    return names[0] if len(names) == 1 else names
-
-
 def unique_stems(paths: Sequence[Path]) -> list[str]:
     """Output names per image: the file stem, prefixed by parent folders only where stems collide."""
     stems = [p.stem for p in paths]
@@ -144,7 +134,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
 
     from anyup._atomic import ensure_writable_dir
     from anyup.image import image_size, list_images
-    from anyup.predictor import Upsampler, output_size_for, pending_jobs, save_result
+    from anyup.predictor import output_size_for, pending_jobs, save_result
     from anyup.viz import pca_comparison, save_png
 
     if args.batch_size < 1:
@@ -154,17 +144,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no image files found in {args.inputs}")
     keep_size = args.size is not None and args.size.strip().lower() == "image"
     size = None if keep_size else parse_size(args.size)
-    up = Upsampler(
-        args.encoder,
-        args.model,
-        weights=args.encoder_weights,
-        layers=parse_layers(args.layer),
-        input_size=args.input_size,
-        device=args.device,
-        dtype=args.dtype,
-        max_memory=args.max_memory,
-        progress=True,
-    )
+    up = build_upsampler(args, dtype=args.dtype, max_memory=args.max_memory, progress=True)
     out_dir = ensure_writable_dir(args.out)  # before any work; removes temp files of killed runs
     jobs = list(zip(paths, unique_stems(paths)))
     skipped = 0
@@ -185,7 +165,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
     def announce(path: Path, image) -> None:
         """Warn about aspect-ratio changes and enlargements; estimate time and memory of large outputs."""
         h0, w0 = image.shape[-2:]
-        in_hw = tuple(up.prepare(image)[1].shape[-2:])
+        enc_in = up.prepare(image)[1]  # (3, H, W)
+        in_hw = (int(enc_in.shape[-2]), int(enc_in.shape[-1]))
         out_hw = output_size_for(in_hw, requested(image), args.scale)
         if size is not None and abs((out_hw[1] / out_hw[0]) / (w0 / h0) - 1) > ASPECT_TOLERANCE:
             logger.warning(
@@ -280,7 +261,7 @@ def _edge_stats(stem: str, results) -> list[tuple[str, str, float, float]]:
 
 def _cmd_upsample_signal(args: argparse.Namespace) -> int:
     from anyup._atomic import ensure_writable_dir
-    from anyup.guided import read_signal, upsample_signal, write_signal
+    from anyup.signals import read_signal, upsample_signal, write_signal
 
     if Path(args.out).suffix.lower() not in (".npy", ".safetensors", ".png"):
         raise ValueError(f"--out must end in .npy, .safetensors or .png, got {args.out!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anyup.cli._flags import add_device, add_encoder, add_model
+from anyup.cli._flags import add_device, add_encoder, add_model, build_upsampler
 from anyup.weights import DEFAULT_WEIGHTS
 
 TITLE = "Pictures"
@@ -59,7 +59,6 @@ def _cmd_attention(args: argparse.Namespace) -> int:
 
     from anyup._atomic import ensure_writable_dir
     from anyup.image import image_size
-    from anyup.predictor import Upsampler
     from anyup.viz.attention import attention_row
     from anyup.viz.io import save_png
 
@@ -69,14 +68,7 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     for y, x in pixels:
         if not (0 <= y < h0 and 0 <= x < w0):
             raise ValueError(f"--pixel {y},{x} lies outside the image of {h0} rows x {w0} columns")
-    up = Upsampler(
-        args.encoder,
-        args.model,
-        weights=args.encoder_weights,
-        layers=args.layer,
-        input_size=args.input_size,
-        device=args.device,
-    )
+    up = build_upsampler(args)
     img = up.load(args.image)  # a very large file is decoded reduced
     _, enc_in = up.prepare(img)
     h, w = enc_in.shape[-2:]

@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anyup.cli._flags import add_device, add_list
+from anyup.cli._flags import add_command, add_device, add_list
+
+HELP = "a local web page: PCA of low-res | bilinear | AnyUp, click a pixel for its attention"
+DESCRIPTION = """Serve a local Gradio page (offline: the encoders and AnyUp weights on this machine). Pick or
+upload a photo, an encoder, layer and weights; see the PCA panels side by side; click the AnyUp panel
+for the attention of that pixel; download the features."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="a local web page: PCA of low-res | bilinear | AnyUp, click a pixel for its attention",
-        description="Serve a local Gradio page (offline: the encoders and AnyUp weights on this machine). Pick or "
-        "upload a photo, an encoder, layer and weights; see the PCA panels side by side; click the AnyUp panel "
-        "for the attention of that pixel; download the features.",
-    )
+    p = add_command(subparsers, "demo", HELP, DESCRIPTION)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for the local network)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--input-size", type=int, default=224, metavar="N", help="short side of the encoder input")

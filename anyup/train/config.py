@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from anyup._config import coerce, from_dict, parse_value, split_assignment
+from anyup._deprecation import deprecated_aliases
 
 
 @dataclass
-class EncoderSpec:
+class TrainEncoderSpec:
     """One frozen encoder the upsampler is trained on (``anyup.encoders.create`` arguments)."""
 
     name: str = "dinov2_vits14"  # an anyup.encoders name (DINOv2 ViT-S/14 = timm vit_small_patch14_dinov2.lvd142m)
@@ -172,7 +173,7 @@ class TrainConfig:
     # AnyUpConfig fields. max_memory is fixed (not "automatic") so AnyUp's tiling plan, and with it
     # every bit of the result, does not depend on the free memory of the moment (bit-identical resumes).
     model: dict[str, Any] = field(default_factory=lambda: {"max_memory": 8 * 2**30})
-    encoders: list[EncoderSpec] = field(default_factory=lambda: [EncoderSpec()])
+    encoders: list[TrainEncoderSpec] = field(default_factory=lambda: [TrainEncoderSpec()])
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -220,10 +221,10 @@ class TrainConfig:
         for name in ("jitter_p", "grayscale_p", "blur_p", "jpeg_p", "noise_p"):
             p = getattr(self.augment, name)
             _check(0.0 <= p <= 1.0, f"augment.{name} must be in [0, 1], got {p}")
-        lo, hi = self.augment.jpeg_quality
-        _check(1 <= lo <= hi <= 100, f"augment.jpeg_quality must satisfy 1 <= lo <= hi <= 100, got {(lo, hi)}")
-        lo, hi = self.augment.crop_scale
-        _check(0.0 < lo <= hi <= 1.0, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {(lo, hi)}")
+        q_lo, q_hi = self.augment.jpeg_quality
+        _check(1 <= q_lo <= q_hi <= 100, f"augment.jpeg_quality must satisfy 1 <= lo <= hi <= 100, got {(q_lo, q_hi)}")
+        s_lo, s_hi = self.augment.crop_scale
+        _check(0.0 < s_lo <= s_hi <= 1.0, f"augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {(s_lo, s_hi)}")
         _check(0.0 <= self.augment.flip_p <= 1.0, f"augment.flip_p must be in [0, 1], got {self.augment.flip_p}")
         for f in d.hr_factors:
             _check(f >= 2, f"every data.hr_factors entry must be >= 2, got {d.hr_factors}")
@@ -262,7 +263,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_FROM_STR: dict[type, Callable[[str], Any]] = {EncoderSpec: lambda name: {"name": name}}  # "encoders=[x, y]"
+_FROM_STR: dict[type, Callable[[str], Any]] = {TrainEncoderSpec: lambda name: {"name": name}}  # "encoders=[x, y]"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -324,7 +325,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def _paper() -> TrainConfig:
     """The recipe of the published ``anyup_paper`` weights (DINOv2 ViT-S/14, 100k steps)."""
-    return TrainConfig(run_dir="runs/anyup_paper", encoders=[EncoderSpec("dinov2_vits14")])
+    return TrainConfig(run_dir="runs/anyup_paper", encoders=[TrainEncoderSpec("dinov2_vits14")])
 
 
 def _multi_backbone() -> TrainConfig:
@@ -332,7 +333,7 @@ def _multi_backbone() -> TrainConfig:
     # anyup.encoders names of timm's vit_small_patch14_dinov2.lvd142m, vit_small_patch14_reg4_dinov2.lvd142m,
     # vit_base_patch16_clip_224.openai, vit_base_patch16_siglip_224.webli, vit_base_patch16_224.augreg2_in21k_ft_in1k
     names = ["dinov2_vits14", "dinov2_vits14_reg", "clip_vitb16", "siglip_vitb16", "vit_b16"]
-    return TrainConfig(run_dir="runs/anyup_multi_backbone", encoders=[EncoderSpec(n) for n in names])
+    return TrainConfig(run_dir="runs/anyup_multi_backbone", encoders=[TrainEncoderSpec(n) for n in names])
 
 
 def _cpu_offline() -> TrainConfig:
@@ -343,7 +344,7 @@ def _cpu_offline() -> TrainConfig:
     return TrainConfig(
         run_dir="runs/anyup_cpu_offline",
         steps=2000,
-        encoders=[EncoderSpec("efficientnet_lite0")],
+        encoders=[TrainEncoderSpec("efficientnet_lite0")],
         data=DataConfig(input_size=112, crops_per_image=2, batch_size=2, num_workers=1),
         val=ValConfig(num_images=8, every=100, batch_size=4, num_samples=3),
         log=LogConfig(every=5),
@@ -373,7 +374,7 @@ def _cpu_offline_multi() -> TrainConfig:
         "vgg16_bn_craft": ["conv3_3", "conv4_3", "conv5_2"],  # strides 4, 8, 16
         "vgg16_hed": ["conv3_3", "conv4_3", "conv5_3"],  # strides 4, 8, 16
     }
-    cfg.encoders = [EncoderSpec(name, layer=layer) for name, names in layers.items() for layer in names]
+    cfg.encoders = [TrainEncoderSpec(name, layer=layer) for name, names in layers.items() for layer in names]
     return cfg
 
 
@@ -401,10 +402,10 @@ def _cpu_offline_v2() -> TrainConfig:
     cfg.val.every = 0  # only at the end
     cfg.checkpoint.every = 10
     cfg.encoders += [
-        EncoderSpec("vit_s16", pretrained=False, pool=3),  # patch 16
-        EncoderSpec("dinov2_vits14", pretrained=False, pool=3),  # patch 14: inputs resized to multiples of 14
-        EncoderSpec("convnext_tiny", layer="stage1", weight=0.5, pretrained=False, pool=3),  # stride 8
-        EncoderSpec("resnet50", layer="layer2", weight=0.5, pretrained=False, pool=3),  # stride 8
+        TrainEncoderSpec("vit_s16", pretrained=False, pool=3),  # patch 16
+        TrainEncoderSpec("dinov2_vits14", pretrained=False, pool=3),  # patch 14: inputs resized to multiples of 14
+        TrainEncoderSpec("convnext_tiny", layer="stage1", weight=0.5, pretrained=False, pool=3),  # stride 8
+        TrainEncoderSpec("resnet50", layer="layer2", weight=0.5, pretrained=False, pool=3),  # stride 8
     ]
     return cfg
 
@@ -503,3 +504,8 @@ def resolve_config(
     data = _merge(data, file_data)
     data = apply_overrides(data, overrides)
     return config_from_dict(data)
+
+
+# Renamed in 0.2.0 (it clashed with anyup.encoders.EncoderSpec, the registry entry); the old name warns
+# for one release.
+__getattr__ = deprecated_aliases(__name__, {"EncoderSpec": ("TrainEncoderSpec", TrainEncoderSpec)})

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -108,17 +109,17 @@ class SizeIndex:
 
     def sizes(self, files: Sequence[Path], progress: bool = False) -> list[tuple[int, int] | None]:
         """Sizes of ``files`` (``None`` for unreadable ones); new or changed files are (re)read."""
-        stats = []
+        stats: list[tuple[int, int] | None] = []  # (mtime_ns, size) per file, None if unreadable
         todo = []
         for i, f in enumerate(files):
             try:
-                st = f.stat()
-                stats.append((st.st_mtime_ns, st.st_size))
+                stat = f.stat()
             except OSError:
                 stats.append(None)
                 continue
+            stats.append((stat.st_mtime_ns, stat.st_size))
             e = self.entries.get(str(f))
-            if e is None or e[0] != st.st_mtime_ns or e[1] != st.st_size:
+            if e is None or e[0] != stat.st_mtime_ns or e[1] != stat.st_size:
                 todo.append(i)
         if todo:
             from tqdm.auto import tqdm
@@ -135,7 +136,8 @@ class SizeIndex:
                 )
             for i, size in zip(todo, found):
                 w, h = size if size is not None else (-1, -1)
-                self.entries[str(files[i])] = [stats[i][0], stats[i][1], w, h]
+                mtime_ns, nbytes = cast(tuple[int, int], stats[i])  # files in todo were stat()-ed
+                self.entries[str(files[i])] = [mtime_ns, nbytes, w, h]
             self.save()
         out: list[tuple[int, int] | None] = []
         for f, st in zip(files, stats):

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from anyup.image import imagenet_normalize
-from anyup.train.config import EncoderSpec
+from anyup.encoders.base import Encoder
+from anyup.predictor import guide_from_rgb, run_anyup
+from anyup.train.config import TrainEncoderSpec
 from anyup.train.data import collect_images, downsample, load_eval_images
 from anyup.train.validate import _features, pca_basis, pca_image
 
@@ -62,13 +63,13 @@ class HeldoutConfig:
     encoders: list[str] = field(default_factory=lambda: SEEN + UNSEEN + RANDOM)
 
 
-def build(label: str) -> torch.nn.Module:
+def build(label: str) -> Encoder:
     """``name@layer`` (pretrained, offline) or ``random:name[@layer]`` (random init, seed :data:`UNSEEN_SEED`)."""
     from anyup.train.trainer import build_encoder
 
     random = label.startswith("random:")
     name, _, layer = label.removeprefix("random:").partition("@")
-    spec = EncoderSpec(name, layer=layer or None, pretrained=not random)
+    spec = TrainEncoderSpec(name, layer=layer or None, pretrained=not random)
     return build_encoder(spec, torch.device("cpu"), seed=UNSEEN_SEED if random else 0)
 
 
@@ -127,16 +128,25 @@ def methods_from(weights: dict[str, str], feathered: Sequence[str] = ()) -> dict
     jbu = B.create("jbu")
     out: dict[str, Upsample] = {
         "bilinear": lambda img, f, size: F.interpolate(f, size=size, mode="bilinear", align_corners=False),
-        "jbu": lambda img, f, size: jbu(imagenet_normalize(img), f, size),
+        "jbu": lambda img, f, size: jbu(guide_from_rgb(img), f, size),
     }
     for label, w in weights.items():
         model = anyup.load(w)
-        out[label] = lambda img, f, size, m=model: m(imagenet_normalize(img), f, output_size=size)
+        out[label] = _anyup_method(model)
         if label in feathered:
-            out[f"{label} feathered"] = lambda img, f, size, m=model: feathered_forward(
-                m, imagenet_normalize(img), f, size
-            )
+            out[f"{label} feathered"] = _anyup_method(model, feathered=True)
     return out
+
+
+def _anyup_method(model: torch.nn.Module, feathered: bool = False) -> Upsample:
+    """``f(image [0,1], features, size)`` running ``model`` (plain, or :func:`feathered_forward`)."""
+
+    def up(img: torch.Tensor, f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if feathered:
+            return feathered_forward(model, guide_from_rgb(img), f, size)
+        return run_anyup(model, img, f, size)
+
+    return up
 
 
 @torch.no_grad()
@@ -149,7 +159,7 @@ def fidelity(methods: dict[str, Upsample], encoder, images_hr: torch.Tensor, fac
         low = _features(encoder, lr_image).float()  # (b, C, h, w)
         target = _features(encoder, hr).float()  # (b, C, H, W)
         for name, up in methods.items():
-            pred = up(lr_image, low, tuple(target.shape[-2:])).float()
+            pred = up(lr_image, low, (int(target.shape[-2]), int(target.shape[-1]))).float()
             sums[name] += F.cosine_similarity(pred, target, dim=1).mean(dim=(1, 2)).sum().item()
     return {k: v / images_hr.shape[0] for k, v in sums.items()}
 
@@ -166,8 +176,8 @@ def artifact(methods: dict[str, Upsample], encoder, images: torch.Tensor) -> tup
     for img in images:
         low = _features(encoder, img[None]).float()  # (1, C, h, w)
         for name, up in methods.items():
-            pred = up(img[None], low, tuple(img.shape[-2:])).float()  # (1, C, S, S)
-            r = cell_border_energy(pred[0], tuple(low.shape[-2:]), img)
+            pred = up(img[None], low, (int(img.shape[-2]), int(img.shape[-1]))).float()  # (1, C, S, S)
+            r = cell_border_energy(pred[0], (int(low.shape[-2]), int(low.shape[-1])), img)
             border[name] += r.ratio
             peak[name] += r.peak_ratio
     n = images.shape[0]

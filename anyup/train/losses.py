@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyup.image import imagenet_normalize
+from anyup.predictor import run_anyup
 from anyup.train.config import LossConfig
 
 
@@ -105,15 +105,14 @@ class RecipeLoss(nn.Module):
         """
         c, eps = self.cfg, (self.cfg.minmax_eps, self.cfg.cos_eps)
         h, w = lowres.shape[-2:]
-        guide = imagenet_normalize(image)
-        pred = self.model(guide, lowres, output_size=hr_grid)  # (B, C, F*h, F*w)
+        pred = run_anyup(self.model, image, lowres, hr_grid)  # (B, C, F*h, F*w)
         pred_crops = pred if cells is None else extract_crops(pred, cells, (h, w))  # (B*K, C, h, w)
         loss_crop = cos_mse(pred_crops, targets, *eps)
         loss_low = cos_mse(F.adaptive_avg_pool2d(pred.float(), (h, w)), lowres, *eps)
         size = image.shape[-2:]
         with torch.no_grad():
-            ref = self.model(guide, lowres, output_size=size)  # (B, C, S, S)
-        aug = self.model(imagenet_normalize(image_aug), lowres, output_size=size)  # (B, C, S, S)
+            ref = run_anyup(self.model, image, lowres, size)  # (B, C, S, S)
+        aug = run_anyup(self.model, image_aug, lowres, size)  # (B, C, S, S)
         loss_cons = cos_mse(aug, ref.detach(), *eps)
         total = c.crop_weight * loss_crop + c.consistency_weight * loss_cons + c.lowres_weight * loss_low
         return {"loss": total, "crop": loss_crop, "consistency": loss_cons, "lowres": loss_low}

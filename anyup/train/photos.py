@@ -110,7 +110,7 @@ def looks_like_photo(rgb: np.ndarray, min_side: int) -> bool:
 
     if min(rgb.shape[:2]) < min_side:
         return False
-    thumb = np.asarray(Image.fromarray(rgb).resize((64, 64), Image.BILINEAR))
+    thumb = np.asarray(Image.fromarray(rgb).resize((64, 64), Image.Resampling.BILINEAR))
     _, counts = np.unique((thumb // 16).reshape(-1, 3), axis=0, return_counts=True)
     return counts.max() / counts.sum() < 0.2 and len(counts) > 150
 
@@ -158,7 +158,7 @@ def difference_hash(rgb: np.ndarray) -> int:
     """64-bit difference hash: signs of horizontal steps of a 9x8 grey thumbnail."""
     from PIL import Image
 
-    grey = np.asarray(Image.fromarray(rgb).convert("L").resize((9, 8), Image.BILINEAR), dtype=np.int16)
+    grey = np.asarray(Image.fromarray(rgb).convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
     bits = (grey[:, 1:] > grey[:, :-1]).reshape(-1)  # (64,)
     return int(sum(1 << i for i, b in enumerate(bits) if b))
 
@@ -275,7 +275,7 @@ def build_photo_set(
         image = Image.fromarray(e.image)
         scale = max_side / min(e.size)
         if scale < 1:
-            image = image.resize((round(e.size[0] * scale), round(e.size[1] * scale)), Image.LANCZOS)
+            image = image.resize((round(e.size[0] * scale), round(e.size[1] * scale)), Image.Resampling.LANCZOS)
         target = folder / file_name(e.id)
         tmp = target.with_suffix(".tmp.png")
         image.save(tmp, format="PNG")

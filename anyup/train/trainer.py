@@ -37,7 +37,8 @@ import torch.distributed as dist
 from torch import nn
 
 from anyup._atomic import hold_folder_lock
-from anyup.model import ARCH_FIELDS
+from anyup.encoders.base import Encoder, feature_map
+from anyup.model import ARCH_FIELDS, AnyUp
 from anyup.train.checkpoint import (
     RESUME_KEYS,
     atomic_write,
@@ -47,7 +48,7 @@ from anyup.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from anyup.train.config import EncoderSpec, TrainConfig, config_from_dict, load_yaml, save_yaml
+from anyup.train.config import TrainConfig, TrainEncoderSpec, config_from_dict, load_yaml, save_yaml
 from anyup.train.data import (
     DataPosition,
     RecipeDataset,
@@ -142,8 +143,8 @@ class DistContext:
 # building blocks
 
 
-def build_encoder(spec: EncoderSpec, device: torch.device, seed: int = 0, instance: int = 0) -> nn.Module:
-    """``anyup.encoders.create`` for one :class:`EncoderSpec`, frozen, on ``device``.
+def build_encoder(spec: TrainEncoderSpec, device: torch.device, seed: int = 0, instance: int = 0) -> Encoder:
+    """``anyup.encoders.create`` for one :class:`TrainEncoderSpec`, frozen, on ``device``.
 
     Random-init encoders (``pretrained: false``) are seeded by ``seed``, the spec and ``instance``
     (the index in the spec's pool), so every rank (and a later evaluation) builds the same one.
@@ -160,10 +161,10 @@ def build_encoder(spec: EncoderSpec, device: torch.device, seed: int = 0, instan
     return enc.eval()
 
 
-def build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+def build_model(cfg: TrainConfig, device: torch.device) -> AnyUp:
     """AnyUp from scratch (``cfg.model`` fields) or from published weights / a file (``cfg.init``)."""
     import anyup
-    from anyup.model import AnyUp, AnyUpConfig
+    from anyup.model import AnyUpConfig
 
     fields = {"max_memory": DEFAULT_MAX_MEMORY, **cfg.model}  # never "automatic": see TrainConfig.model
     try:
@@ -199,7 +200,7 @@ def freeze_unused_parameters(model: nn.Module) -> list[str]:
     return frozen
 
 
-def choose_encoder(specs: list[EncoderSpec], seed: int, step: int) -> int:
+def choose_encoder(specs: list[TrainEncoderSpec], seed: int, step: int) -> int:
     """Index of the encoder used at ``step`` (weighted draw; identical on every rank)."""
     if len(specs) == 1:
         return 0
@@ -207,7 +208,7 @@ def choose_encoder(specs: list[EncoderSpec], seed: int, step: int) -> int:
     return int(torch.multinomial(w, 1, generator=generator_for(seed, 0xE2C, step)).item())
 
 
-def choose_instance(spec: EncoderSpec, seed: int, step: int) -> int:
+def choose_instance(spec: TrainEncoderSpec, seed: int, step: int) -> int:
     """Index in ``spec``'s pool of random initialisations used at ``step`` (0 when there is no pool)."""
     if spec.pool <= 1:
         return 0
@@ -233,8 +234,7 @@ def choose_factor(cfg: TrainConfig, stride: int, step: int) -> int:
 
 
 def _features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = encoder(x)
-    return out[0] if isinstance(out, (list, tuple)) else out
+    return feature_map(encoder(x), 0, f"encoder {type(encoder).__name__}")
 
 
 @torch.no_grad()
@@ -278,7 +278,7 @@ def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractCont
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def _metric_columns(specs: list[EncoderSpec]) -> list[str]:
+def _metric_columns(specs: list[TrainEncoderSpec]) -> list[str]:
     cols = [
         "epoch",
         "loss",
@@ -363,7 +363,8 @@ class Trainer:
 
     def _prepare_encoders(self) -> None:
         d = self.cfg.data
-        self.encoders = [
+        # anyup Encoders, or the caller's modules: anything with .info (stride, multiple) -> typed Any where stored
+        self.encoders: list[Any] = [
             self.custom_encoders[s.label].to(self.device).eval().requires_grad_(False)
             if s.label in self.custom_encoders
             else build_encoder(s, self.device, self.cfg.seed)
@@ -375,7 +376,7 @@ class Trainer:
                 f"encoders given for {unused} but the config's encoders are {[s.label for s in self.cfg.encoders]}"
             )
         hr = d.hr_factor * d.input_size
-        self._pool_cache: dict[tuple[int, int], nn.Module] = {}
+        self._pool_cache: dict[tuple[int, int], Any] = {}
         for spec, enc in zip(self.cfg.encoders, self.encoders):
             stride, multiple = int(enc.info.stride), int(enc.info.multiple)
             if d.target == "full" and (d.input_size % multiple or hr % multiple):
@@ -521,7 +522,7 @@ class Trainer:
         return out
 
     # -- the loop ----------------------------------------------------------------------------
-    def encoder_at(self, enc_idx: int, step: int) -> nn.Module:
+    def encoder_at(self, enc_idx: int, step: int) -> Any:
         """The encoder of ``step``: the spec's instance 0, or one of its pool of random initialisations."""
         spec = self.cfg.encoders[enc_idx]
         k = choose_instance(spec, self.cfg.seed, step)
@@ -547,14 +548,14 @@ class Trainer:
         if size != image.shape[-1]:
             image, image_aug = downsample(image, size), downsample(image_aug, size)  # (B, 3, size, size)
         h = size // int(enc.info.stride)
-        grid = (factor * h, factor * h)
+        grid: tuple[int, int] = (factor * h, factor * h)
         with _autocast(self.cfg, dev):
             lowres, targets, cells = recipe_targets(
                 enc, image, image_hr, batch["crop_u"], int(enc.info.stride), d.target
             )
             if cells is None:
-                grid = tuple(targets.shape[-2:])  # whole-image targets: predict on the target's grid
-            ctx = contextlib.nullcontext()
+                grid = (int(targets.shape[-2]), int(targets.shape[-1]))  # whole-image targets: the target's grid
+            ctx: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             if not sync and isinstance(self.step_module, nn.parallel.DistributedDataParallel):
                 ctx = self.step_module.no_sync()
             with ctx:
@@ -597,7 +598,7 @@ class Trainer:
             else None
         )
         if self.step == 0 and cfg.val.at_start:  # the untrained starting point of the curves
-            if self.ctx.is_main and self.val_files:
+            if metrics is not None and self.val_files:  # metrics: rank 0 only
                 metrics.log(0, {"epoch": 0, **self.validate()})
             self.ctx.barrier()
         loader = make_loader(self.dataset, self.sampler, self.position, self.ctx.rank, cfg.data.num_workers)
@@ -619,10 +620,10 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 micro_losses = []
-                for m in range(cfg.optim.accum_steps):
+                for micro in range(cfg.optim.accum_steps):
                     batch = next(batches)
                     self.skipped += int(batch["skipped"].sum())
-                    micro_losses.append(self._micro_step(batch, enc_idx, sync=m == cfg.optim.accum_steps - 1))
+                    micro_losses.append(self._micro_step(batch, enc_idx, sync=micro == cfg.optim.accum_steps - 1))
                 max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
                 self.optimizer.step()
@@ -691,7 +692,7 @@ def train(
         config: a :class:`TrainConfig`, a (partial) nested dict, or a YAML file path.
         on_step: optional ``callback(step, metrics)`` called on every rank after each optimiser step
             (after any checkpoint of that step); raising from it stops the run (it stays resumable).
-        encoders: optional ready-made encoders by label (``EncoderSpec.label``) used instead of
+        encoders: optional ready-made encoders by label (``TrainEncoderSpec.label``) used instead of
             ``anyup.encoders.create``; each maps RGB ``(B, 3, H, W)`` in [0, 1] to ``(B, C, H/s, W/s)``
             and has ``.info.stride`` and ``.info.multiple``.
 

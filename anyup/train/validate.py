@@ -12,24 +12,28 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyup.image import imagenet_normalize
+from anyup.encoders.base import feature_map
+from anyup.predictor import run_anyup
 from anyup.train.data import downsample, fit_to_multiple
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 logger = logging.getLogger(__name__)
 
-Encoder = Callable[[torch.Tensor], torch.Tensor]
+Encoder = Callable[[torch.Tensor], list[torch.Tensor]]  # RGB (B, 3, H, W) in [0, 1] -> one map per layer
 
 
 def _features(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
     """Encoder features; inputs resized to the encoder's input multiple first (ViT patch 14 at 128 px)."""
     multiple = int(getattr(getattr(encoder, "info", None), "multiple", 1))
-    out = encoder(fit_to_multiple(images, multiple))
-    return out[0] if isinstance(out, (list, tuple)) else out
+    return feature_map(encoder(fit_to_multiple(images, multiple)), 0, f"encoder {type(encoder).__name__}")
 
 
 @torch.no_grad()
@@ -68,7 +72,7 @@ def feature_fidelity(
         bil = F.interpolate(lowres, size=size, mode="bilinear", align_corners=False)
         sums["bilinear"] += F.cosine_similarity(bil, target, dim=1).mean(dim=(1, 2)).sum().item()
         if model is not None:
-            pred = model(imagenet_normalize(lr_image), lowres, output_size=size).float()
+            pred = run_anyup(model, lr_image, lowres, size).float()
             sums["anyup"] += F.cosine_similarity(pred, target, dim=1).mean(dim=(1, 2)).sum().item()
     return {k: v / n for k, v in sums.items()}
 
@@ -122,9 +126,8 @@ def save_pca_samples(
         lowres = _features(encoder, lr_image).float()  # (1, C, h, w)
         target = _features(encoder, hr).float()  # (1, C, F*h, F*w)
         size = tuple(target.shape[-2:])
-        guide = imagenet_normalize(lr_image)
-        pred = model(guide, lowres, output_size=size).float()
-        dense = model(guide, lowres, output_size=tuple(hr.shape[-2:])).float()  # (1, C, F*S, F*S)
+        pred = run_anyup(model, lr_image, lowres, size).float()
+        dense = run_anyup(model, lr_image, lowres, hr.shape[-2:]).float()  # (1, C, F*S, F*S)
         bil = F.interpolate(lowres, size=size, mode="bilinear", align_corners=False)
         basis = pca_basis(target[0].reshape(target.shape[1], -1).T.cpu())
         panels = [F.interpolate(hr, size=(tile, tile), mode="bilinear", antialias=True)[0].cpu()]
@@ -144,7 +147,7 @@ def save_pca_samples(
 _COLUMNS = ("image", "low-res", "bilinear", "AnyUp", "encoder, full size", "AnyUp per pixel")
 
 
-def _with_header(picture: PIL.Image.Image, tile: int, title: str) -> PIL.Image.Image:  # noqa: F821
+def _with_header(picture: PIL.Image.Image, tile: int, title: str) -> PIL.Image.Image:
     """Add a white strip with the column names (and ``title``) above the grid."""
     from PIL import Image, ImageDraw
 

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from anyup._checks import one_map
+
 DEFAULT_BAND_ROWS = 128
 
 
@@ -32,17 +34,6 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     dy = x[:, 1:, :-1] - x[:, :-1, :-1]  # (C, H-1, W-1)
     dx = x[:, :-1, 1:] - x[:, :-1, :-1]
     return (dy.pow(2) + dx.pow(2)).sum(0).sqrt()
-
-
-def _chw(x: torch.Tensor, what: str) -> torch.Tensor:
-    x = x.detach()
-    if x.ndim == 4:
-        if x.shape[0] != 1:
-            raise ValueError(f"{what} must be one map (1, C, H, W) or (C, H, W), got {tuple(x.shape)}")
-        x = x[0]
-    if x.ndim != 3:
-        raise ValueError(f"{what} must be (C, H, W) or (1, C, H, W), got {tuple(x.shape)}")
-    return x
 
 
 def _correlation(rows: Callable[[int, int], torch.Tensor], image: torch.Tensor, band_rows: int) -> float:
@@ -76,8 +67,8 @@ def edge_alignment(features: torch.Tensor, image: torch.Tensor, band_rows: int =
         image: RGB (3, H, W) or (1, 3, H, W) in [0, 1].
         band_rows: rows per band (memory only; the result is the same up to float rounding).
     """
-    f = _chw(features, "features")
-    img = _chw(image, "image")
+    f = one_map(features, "features")
+    img = one_map(image, "image")
     if tuple(img.shape[-2:]) != tuple(f.shape[-2:]):
         raise ValueError(f"features {tuple(f.shape[-2:])} and image {tuple(img.shape[-2:])} sizes differ")
     return _correlation(lambda y0, y1: f[:, y0:y1], img, band_rows)
@@ -95,8 +86,8 @@ def bilinear_edge_alignment(lowres: torch.Tensor, image: torch.Tensor, band_rows
     The bilinear map is built band by band (``Wy[band] @ lowres @ Wx^T``), equal to
     ``F.interpolate(lowres, size=(H, W), mode="bilinear")`` up to float rounding.
     """
-    low = _chw(lowres, "lowres").float().cpu()
-    img = _chw(image, "image")
+    low = one_map(lowres, "lowres").float().cpu()
+    img = one_map(image, "image")
     hh, ww = img.shape[-2:]
     wy = bilinear_matrix(hh, low.shape[-2])  # (H, h)
     wx = bilinear_matrix(ww, low.shape[-1])  # (W, w)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from anyup._checks import one_map
+
 DEFAULT_MAX_SIDE = 1024  # long side of each pca_comparison panel (larger maps are area-averaged down)
 MAX_FIT_ROWS = 65536  # pixels used to fit the basis (random subset beyond that, fixed seed)
 
@@ -36,15 +38,8 @@ class PCABasis:
         return p.clamp(0, 1).reshape(h, w, -1).numpy().astype(np.float32)
 
 
-def _as_chw(features: torch.Tensor | np.ndarray) -> torch.Tensor:
-    f = torch.as_tensor(features).detach()
-    if f.ndim == 4:
-        if f.shape[0] != 1:
-            raise ValueError(f"expected one feature map (1, C, H, W) or (C, H, W), got {tuple(f.shape)}")
-        f = f[0]
-    if f.ndim != 3:
-        raise ValueError(f"expected features (C, H, W) or (1, C, H, W), got {tuple(f.shape)}")
-    return f.float().cpu()
+def _as_chw(features: torch.Tensor | np.ndarray, what: str = "features") -> torch.Tensor:
+    return one_map(features, what).float().cpu()  # (C, H, W)
 
 
 def fit_pca(features: torch.Tensor | np.ndarray, n_components: int = 3) -> PCABasis:
@@ -158,7 +153,7 @@ def pca_comparison(
     """
     import torch.nn.functional as F
 
-    low = _as_chw(lowres)
+    low = _as_chw(lowres, "lowres")
     up_t = torch.as_tensor(upsampled).detach()
     up_t = up_t[0] if up_t.ndim == 4 and up_t.shape[0] == 1 else up_t
     if up_t.ndim != 3:

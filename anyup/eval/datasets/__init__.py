@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anyup._config import build_config
+from anyup._registry import ConfigRegistry
 from anyup.eval.datasets.base import (
     IGNORE_INDEX,
     TASKS,
@@ -31,6 +31,7 @@ from anyup.eval.datasets.base import (
 from anyup.eval.datasets.fidelity import fidelity_pair
 
 __all__ = [
+    "DATASETS",
     "IGNORE_INDEX",
     "TASKS",
     "DatasetConfig",
@@ -60,34 +61,16 @@ class DatasetSpec:
     layout: str = ""  # expected folder layout under root (for error messages and the README)
 
 
-_REGISTRY: dict[str, DatasetSpec] = {}
+def _populate() -> None:
+    from anyup.eval.datasets import registrations  # noqa: F401  (registers the built-in datasets on import)
 
 
-def register(spec: DatasetSpec) -> DatasetSpec:
-    """Add a dataset to the registry (names are unique)."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"dataset {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def list_datasets() -> list[str]:
-    """Names accepted by :func:`create`."""
-    _populate()
-    return list(_REGISTRY)
-
-
-def get_spec(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` of ``name`` (ValueError listing valid names if unknown)."""
-    _populate()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list(_REGISTRY)}")
-    return _REGISTRY[name]
-
-
-def make_config(name: str, config: Any = None) -> Any:
-    """Turn ``None`` / a dict of overrides / a config instance into ``name``'s config dataclass."""
-    return build_config(get_spec(name).config_cls, config, f"dataset {name!r}")
+# name -> DatasetSpec, in registration order; filled on first use
+DATASETS: ConfigRegistry[DatasetSpec] = ConfigRegistry("dataset", populate=_populate)
+register = DATASETS.register  # add a DatasetSpec (names are unique; config_cls must be a dataclass)
+list_datasets = DATASETS.names  # names accepted by create()
+get_spec = DATASETS.get  # the DatasetSpec of a name (ValueError listing the valid names if unknown)
+make_config = DATASETS.config  # None / dict of overrides / config instance -> the dataset's config dataclass
 
 
 def create(name: str, root: str | None = None, split: str = "val", config: Any = None) -> DenseDataset:
@@ -103,14 +86,3 @@ def create(name: str, root: str | None = None, split: str = "val", config: Any =
         raise ValueError(f"dataset {name!r} needs root=<folder> holding {spec.layout}")
     ds = spec.build(root, split, make_config(name, config))
     return ds
-
-
-_POPULATED = False
-
-
-def _populate() -> None:
-    global _POPULATED
-    if _POPULATED:
-        return
-    _POPULATED = True
-    from anyup.eval.datasets import registry  # noqa: F401  (registers on import)

@@ -1,7 +1,7 @@
-"""Tiny stand-in encoders for tests and demos (no weights to download, importable by spawned workers).
+"""Tiny stand-in encoders for the tests (no weights to download, importable by spawned workers).
 
-Both follow the encoder contract: RGB ``(B, 3, H, W)`` in [0, 1] -> ``(B, C, H/s, W/s)``, with
-``.info.stride``, ``.info.multiple`` and ``.info.channels``.
+Both follow the encoder contract: RGB ``(B, 3, H, W)`` in [0, 1] -> a one-element list holding the
+``(B, C, H/s, W/s)`` map, with ``.info.stride``, ``.info.multiple`` and ``.info.channels``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class PoolEncoder(nn.Module):
         g = torch.Generator().manual_seed(1)
         self.register_buffer("lift", torch.eye(3) if channels == 3 else torch.randn(channels, 3, generator=g))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, H/s, W/s)
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # (B, 3, H, W) -> [(B, C, H/s, W/s)]
         pooled = F.avg_pool2d(x, self.info.stride)  # (B, 3, h, w)
-        return torch.einsum("ck,bkhw->bchw", self.lift.to(pooled.dtype), pooled)
+        return [torch.einsum("ck,bkhw->bchw", self.lift.to(pooled.dtype), pooled)]
 
 
 class ConvEncoder(nn.Module):
@@ -55,7 +55,7 @@ class ConvEncoder(nn.Module):
                 p.copy_(torch.randn(p.shape, generator=g) * (0.5 if p.ndim > 1 else 0.1))
         self.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, H/s, W/s)
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # (B, 3, H, W) -> [(B, C, H/s, W/s)]
         h = F.gelu(self.conv1(x - 0.5))  # (B, 16, H, W)
         h = F.avg_pool2d(h, 2)  # (B, 16, H/2, W/2)
-        return self.conv2(h)  # (B, C, H/s, W/s)
+        return [self.conv2(h)]  # [(B, C, H/s, W/s)]

@@ -1,4 +1,4 @@
-"""Registers the built-in methods (imported once by :func:`anyup.baselines.list_methods`)."""
+"""The built-in upsampling methods: a declarative table (imported once, lazily, by :data:`anyup.baselines.METHODS`)."""
 
 from __future__ import annotations
 

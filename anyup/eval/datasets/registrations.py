@@ -1,4 +1,4 @@
-"""Registers the built-in datasets (imported once by :func:`anyup.eval.datasets.list_datasets`)."""
+"""The built-in datasets: a declarative table (imported once, lazily, by :data:`anyup.eval.datasets.DATASETS`)."""
 
 from __future__ import annotations
 
