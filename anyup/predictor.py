@@ -207,6 +207,8 @@ class Upsampler:
             :func:`anyup.engine.default_max_memory`); the output itself comes on top.
         progress: show a tqdm bar over each image's output pixels (tile by tile) when the output
             has at least ``PROGRESS_MIN_PIXELS`` pixels.
+        compile: fuse AnyUp's per-pixel element-wise work with ``torch.compile``
+            (:mod:`anyup.engine.kernels`; the first call compiles for a few seconds).
 
     Example:
         >>> up = Upsampler("efficientnet_lite0", "anyup_multi_backbone")    # doctest: +SKIP
@@ -226,6 +228,7 @@ class Upsampler:
         dtype: torch.dtype | str = torch.float32,
         max_memory: int | str | None = None,
         progress: bool = False,
+        compile: bool = False,
     ) -> None:
         from anyup.encoders import Encoder, create
 
@@ -253,6 +256,7 @@ class Upsampler:
         self.encoder = self.encoder.to(self.device, dtype)
         self.model, self.model_name = load_model(model, self.device)
         self.model = self.model.to(dtype)
+        self.model.config.compile = bool(compile)
 
     @property
     def encoder_name(self) -> str:

@@ -54,11 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument(
         "--max-memory",
-        type=int,
         default=None,
-        metavar="BYTES",
-        help="AnyUp's working-memory cap in bytes (default: a quarter of free memory, at most 8 GiB); "
-        "the features themselves come on top",
+        metavar="SIZE",
+        help="AnyUp's working-memory cap: bytes or a size such as 2GiB (default: a quarter of total memory, "
+        "256 MiB to 8 GiB); the features themselves come on top",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="fuse AnyUp's per-pixel element-wise work with torch.compile (first call compiles; needs a C++ compiler)",
     )
     p.add_argument("--no-png", action="store_true", help="skip the PCA picture")
     p.add_argument(
@@ -144,7 +148,7 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no image files found in {args.inputs}")
     keep_size = args.size is not None and args.size.strip().lower() == "image"
     size = None if keep_size else parse_size(args.size)
-    up = build_upsampler(args, dtype=args.dtype, max_memory=args.max_memory, progress=True)
+    up = build_upsampler(args, dtype=args.dtype, max_memory=args.max_memory, progress=True, compile=args.compile)
     out_dir = ensure_writable_dir(args.out)  # before any work; removes temp files of killed runs
     jobs = list(zip(paths, unique_stems(paths)))
     skipped = 0
