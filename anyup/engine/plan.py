@@ -13,6 +13,9 @@ the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B
 * **query band** of ``t`` output rows: ``B*D*(t+2)*W'*es * 3`` (pooled, padded, convolved) ``+
   B*D*t*W'*es * 6`` (RMS norm and projection temporaries), and in the streamed modes the encoder output for the image rows
   that band covers, ``B*D*rows*W*es``;
+* **key band** (streamed modes) of ``k`` low-res rows: the key branch for the image rows they
+  cover in the compute dtype, twice, plus its float64 copy for exact pooling,
+  ``B*D*k*(H/h + 1)*W*(2*es + 8)``;
 * **mode**: ``whole`` keeps three full-resolution maps (image encoding, branch stream, inner
   activation: ``3*map(H, W)``) plus the pooled queries ``map(H', W')`` when the output size
   differs from the image; ``cached`` keeps only the encoding (``map(H, W)``) and recomputes the
@@ -148,7 +151,9 @@ def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu:
         pooled = g.map_bytes(g.out_hw) if g.out_hw != g.image_hw else 0
         return 3 * full + pooled + fixed + tile_b
     rows_per_cell = math.ceil(g.image_hw[0] / g.low_hw[0]) + 1
-    key_band = g.batch * g.dim * key_rows * rows_per_cell * g.image_hw[1] * g.elem * 2
+    key_band = (
+        g.batch * g.dim * key_rows * rows_per_cell * g.image_hw[1] * (g.elem * 2 + 8)
+    )  # band, its float64 copy, pooling
     q_band = g.batch * g.dim * _query_rows(g, min(tile, g.out_hw[0])) * g.image_hw[1] * g.elem
     cache = full if mode == "cached" else 0
     return cache + fixed + max(key_band, tile_b + q_band)
