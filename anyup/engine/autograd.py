@@ -17,7 +17,6 @@ from torch.utils.checkpoint import checkpoint
 
 from anyup.engine.attention import AttentionBackend
 from anyup.engine.plan import Plan
-from anyup.engine.window import Window
 from anyup.layers import pixel_coordinates
 
 
@@ -40,7 +39,7 @@ def _stack(stack, x: torch.Tensor, tail=None) -> torch.Tensor:
 def iter_tiles_autograd(
     model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], plan: Plan, backend: AttentionBackend
 ) -> Iterator:
-    from anyup.engine.run import Tile, low_res_keys
+    from anyup.engine.run import Tile, decoder_inputs, low_res_keys
 
     dtype = features.dtype if features.dtype == torch.float64 or features.device.type == "cuda" else torch.float32
     image, feats = image.to(dtype), features.to(dtype)
@@ -55,11 +54,8 @@ def iter_tiles_autograd(
     keys = low_res_keys(model, kimg, feats, plan)  # (B, D, h, w)
     cd = model.cross_decode
     q = cd.decode_queries(q)  # (B, D, H', W')
-    kh = cd.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
+    kh, values, window = decoder_inputs(model, keys, feats, out_hw)
     nh, hd = kh.shape[1], kh.shape[-1]
-    kh = kh.view(b, nh, h, w, hd)
-    values = feats.permute(0, 2, 3, 1)  # (B, h, w, C)
-    window = Window.build(out_hw, (h, w), model.config.window_ratio, feats.device)
     t = plan.tile
 
     def tile_fn(q_t, k_sub, v_sub, mask):

@@ -322,6 +322,17 @@ class PixelEncoders:
         return adaptive_avg_pool_2d(self.branch_rows(self.query, s, e), (self.h, self.w), (hq, wq), (a, z), s)
 
 
+def decoder_inputs(
+    model, keys: torch.Tensor, values_map: torch.Tensor, out_hw: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, Window]:
+    """Projected keys (B, nh, h, w, hd), values as (B, h, w, C) and the window of one decode."""
+    b, _, h, w = values_map.shape
+    kh = model.cross_decode.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
+    kh = kh.view(b, kh.shape[1], h, w, kh.shape[-1])
+    values = values_map.permute(0, 2, 3, 1)  # (B, h, w, C)
+    return kh, values, Window.build(out_hw, (h, w), model.config.window_ratio, values_map.device)
+
+
 def decode(
     model,
     enc: PixelEncoders,
@@ -335,11 +346,8 @@ def decode(
     b, c, h, w = values_map.shape
     hq, wq = out_hw
     cd = model.cross_decode
-    kh = cd.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
+    kh, values, window = decoder_inputs(model, keys, values_map, out_hw)
     nh, hd = kh.shape[1], kh.shape[-1]
-    kh = kh.view(b, nh, h, w, hd)
-    values = values_map.permute(0, 2, 3, 1)  # (B, h, w, C)
-    window = Window.build(out_hw, (h, w), model.config.window_ratio, values_map.device)
     t = plan.tile
     for i0 in range(0, hq, t):
         i1 = min(hq, i0 + t)
