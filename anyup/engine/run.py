@@ -380,8 +380,8 @@ def attention_maps(
     b, _, h, w = feats_c.shape
     hq, wq = out_hw
     cd = model.cross_decode
-    kh = cd.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
-    window = Window.build(out_hw, (h, w), model.config.window_ratio, feats_c.device)
+    kh, _, window = decoder_inputs(model, keys, feats_c, out_hw)
+    kh = kh.flatten(2, 3)  # (B, nh, h*w, hd)
     maps = []
     for y, x in pixels:
         a, z = max(0, y - 1), min(hq, y + 2)
