@@ -158,22 +158,11 @@ def _is_fraction(metric: str) -> bool:
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    preferred = [
-        "nearest",
-        "bilinear",
-        "bicubic",
-        "jbu",
-        "guided_filter",
-        "highres",
-        "anyup",
-        "anyup_checkpoint",
-        "featup",
-        "jafar",
-        "loftup",
-        "naf",
-    ]
-    ms = sorted(set(methods), key=lambda m: (preferred.index(m) if m in preferred else len(preferred), m))
-    return ms
+    """Registered methods in registration order (baselines first, then AnyUp, then peers), then the rest by name."""
+    from anyup.baselines import list_methods
+
+    preferred = list_methods()
+    return sorted(set(methods), key=lambda m: (preferred.index(m) if m in preferred else len(preferred), m))
 
 
 def comparison(
