@@ -294,6 +294,7 @@ def check_out(out: object, shape: Sequence[int]) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------- architecture
 # AnyUp architecture fields: (type, lowest, highest); dim and heads/groups are also checked together.
+ARCH_CHOICES: dict[str, tuple[str, ...]] = {"window_edge": ("hard", "soft")}  # string fields: allowed values
 ARCH_RULES: dict[str, tuple[type, float, float]] = {
     "dim": (int, 4, 4096),
     "num_heads": (int, 1, 256),
@@ -304,7 +305,7 @@ ARCH_RULES: dict[str, tuple[type, float, float]] = {
 }
 
 
-def check_arch_fields(fields: object, source: str, names: Sequence[str] = tuple(ARCH_RULES)) -> dict:
+def check_arch_fields(fields: object, source: str, names: Sequence[str] = (*ARCH_RULES, *ARCH_CHOICES)) -> dict:
     """Validated AnyUp architecture values from untrusted input (weights metadata, config.json, a config).
 
     Takes only ``names`` (the architecture fields; run-time settings are ignored). Each must have
@@ -316,6 +317,12 @@ def check_arch_fields(fields: object, source: str, names: Sequence[str] = tuple(
         raise ValueError(f"{source}: the architecture must be a JSON object, got {type(fields).__name__}")
     values: dict = {}
     for key in names:
+        if key in fields and key in ARCH_CHOICES:
+            if fields[key] not in ARCH_CHOICES[key]:
+                allowed = ", ".join(map(repr, ARCH_CHOICES[key]))
+                raise ValueError(f"{source}: architecture field {key}={fields[key]!r} is invalid; it must be one of {allowed}")
+            values[key] = str(fields[key])
+            continue
         if key not in fields or key not in ARCH_RULES:
             continue
         tp, lo, hi = ARCH_RULES[key]

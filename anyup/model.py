@@ -50,6 +50,7 @@ class AnyUpConfig:
     num_blocks: int = 2  # ResBlocks after each encoder's first layer
     lfu_kernel_size: int = 5  # spatial size of the feature-unification filters
     window_ratio: float = 0.1  # half-width r of the attention window, as a fraction of the image side
+    window_edge: str = "hard"  # "hard" (published) or "soft": cells fade in by coverage (anyup.engine.window)
     # Run-time only (never stored with weights):
     max_memory: int | str | None = None  # working-memory cap (bytes or '2GB'); None = automatic
     tile_size: int | None = None  # query tile side in output pixels; None = from the cap
@@ -61,7 +62,7 @@ class AnyUpConfig:
 
 
 # The fields that define the architecture (stored with exported weights); the rest are run-time settings.
-ARCH_FIELDS = ("dim", "num_heads", "num_groups", "num_blocks", "lfu_kernel_size", "window_ratio")
+ARCH_FIELDS = ("dim", "num_heads", "num_groups", "num_blocks", "lfu_kernel_size", "window_ratio", "window_edge")
 
 
 class AnyUp(nn.Module):

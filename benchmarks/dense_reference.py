@@ -27,5 +27,8 @@ def dense_forward(
     k = F.adaptive_avg_pool2d(model.key_encoder(e), (h, w))  # (B, D, h, w)
     kf = model.key_features_encoder(F.normalize(features, dim=1))  # (B, D, h, w)
     k = model.aggregation(torch.cat([k, kf], dim=1))
-    mask = Window.build(size, (h, w), model.config.window_ratio, features.device).dense_mask()  # (H'*W', h*w)
+    cfg = model.config
+    bias = torch.float64 if features.dtype == torch.float64 else torch.float32
+    window = Window.build(size, (h, w), cfg.window_ratio, features.device, cfg.window_edge, bias)
+    mask = window.dense_mask()  # (H'*W', h*w): bool, or the soft edge's additive bias
     return model.cross_decode(q, k, features, mask)

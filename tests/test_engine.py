@@ -33,12 +33,16 @@ def model() -> AnyUp:
     return AnyUp().eval()
 
 
-def _tile_case(seed=0, b=2, nq=37, nk=23, c=19):
+def _tile_case(seed=0, b=2, nq=37, nk=23, c=19, soft=False):
+    """A tile: bool mask, or (``soft``) the soft window edge's float bias (log coverage, -inf outside)."""
     g = torch.Generator().manual_seed(seed)
     qh, kh = torch.randn(b, 4, nq, 32, generator=g) * 3, torch.randn(b, 4, nk, 32, generator=g) * 3
     v = torch.randn(b, nk, c, generator=g)
     mask = torch.rand(nq, nk, generator=g) > 0.5
     mask[:, 0] = True  # every query sees at least one key (as every window does)
+    if soft:
+        cover = torch.rand(nq, nk, generator=g).clamp_min(1e-3)
+        return qh, kh, v, cover.log().masked_fill(~mask, float("-inf"))
     return qh, kh, v, mask
 
 
@@ -48,21 +52,25 @@ def _reference(qh, kh, v, mask):
 
 # ------------------------------------------------------------------------------------------------
 # Backends
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
 @pytest.mark.parametrize("name", ["matmul", "sdpa"])
-def test_backend_exact_on_a_tile(name):
-    qh, kh, v, mask = _tile_case()
+def test_backend_exact_on_a_tile(name, soft):
+    qh, kh, v, mask = _tile_case(soft=soft)
     out = BACKENDS[name].attend(qh, kh, v, mask)
     assert out.shape == (2, 37, 19) and out.dtype == torch.float32
     assert (out.double() - _reference(qh, kh, v, mask)).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("edge", ["hard", "soft"])
 @pytest.mark.parametrize("name", ["matmul", "sdpa"])
-def test_backend_exact_in_the_model(model, name):
-    image, feats = _inputs(c=384, hw=(28, 42), low=(2, 3))
+def test_backend_exact_in_the_model(model, name, edge):
+    m = AnyUp(AnyUpConfig(window_edge=edge)).eval()
+    m.load_state_dict(model.state_dict())
+    image, feats = _inputs(c=384, hw=(28, 42), low=(8, 6))
     with torch.no_grad():
-        ref = model(image, feats, (57, 13), attention="matmul")
-        out = model(image, feats, (57, 13), attention=name)
-        dense = dense_forward(model, image, feats, (57, 13))
+        ref = m(image, feats, (57, 13), attention="matmul")
+        out = m(image, feats, (57, 13), attention=name)
+        dense = dense_forward(m, image, feats, (57, 13))
     assert (out - ref).abs().max() <= 1e-5
     assert (out - dense).abs().max() <= 1e-5
 
@@ -89,9 +97,11 @@ def test_triton_kernel_exact_under_the_interpreter(tmp_path):
         from tests.test_engine import _tile_case, _reference
         assert resolve("triton", torch.device("cpu")).name == "triton"
         for seed, (nq, nk, c) in enumerate([(37, 23, 19), (5, 70, 3), (16, 32, 64)]):
-            qh, kh, v, mask = _tile_case(seed, 2, nq, nk, c)
-            err = (BACKENDS["triton"].attend(qh, kh, v, mask).double() - _reference(qh, kh, v, mask)).abs().max().item()
-            assert err <= 1e-5, (seed, err)
+            for soft in (False, True):
+                qh, kh, v, mask = _tile_case(seed, 2, nq, nk, c, soft)
+                out = BACKENDS["triton"].attend(qh, kh, v, mask).double()
+                err = (out - _reference(qh, kh, v, mask)).abs().max().item()
+                assert err <= 1e-5, (seed, soft, err)
         import anyup
         torch.manual_seed(0)
         m = anyup.AnyUp().eval()
@@ -100,7 +110,10 @@ def test_triton_kernel_exact_under_the_interpreter(tmp_path):
         with torch.no_grad():
             a = m(image, feats, attention="triton")
             b = m(image, feats, attention="matmul")
-        assert (a - b).abs().max() <= 1e-5
+            m.config.window_edge = "soft"
+            c = m(image, feats, attention="triton")
+            d = m(image, feats, attention="matmul")
+        assert (a - b).abs().max() <= 1e-5 and (c - d).abs().max() <= 1e-5 and (a - c).abs().max() > 1e-4
         print("ok")
         """
     )
@@ -114,9 +127,10 @@ def test_flex_backend_exact():
     """flex_attention with the window as a block mask (compiled by Inductor on the CPU)."""
     if not BACKENDS["flex"].available(torch.device("cpu")):
         pytest.skip("flex_attention is not available in this PyTorch")
-    qh, kh, v, mask = _tile_case(nq=40, nk=24)
-    out = BACKENDS["flex"].attend(qh, kh, v, mask)
-    assert (out.double() - _reference(qh, kh, v, mask)).abs().max() <= 1e-5
+    for soft in (False, True):
+        qh, kh, v, mask = _tile_case(nq=40, nk=24, soft=soft)
+        out = BACKENDS["flex"].attend(qh, kh, v, mask)
+        assert (out.double() - _reference(qh, kh, v, mask)).abs().max() <= 1e-5, soft
 
 
 def test_chunk_kernels_eager_match_float64():
@@ -152,9 +166,10 @@ def test_compiled_chunk_kernels_agree_with_eager(model):
 
 
 @needs_cuda
+@pytest.mark.parametrize("edge", ["hard", "soft"])
 @pytest.mark.parametrize("name", ["matmul", "sdpa", "flex", "triton"])
-def test_backends_on_cuda(model, name):
-    m = AnyUp().cuda().eval()
+def test_backends_on_cuda(model, name, edge):
+    m = AnyUp(AnyUpConfig(window_edge=edge)).cuda().eval()
     m.load_state_dict(model.state_dict())
     image, feats = _inputs(c=64, hw=(64, 48), low=(8, 6), device="cuda")
     with torch.no_grad():

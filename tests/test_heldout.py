@@ -1,55 +1,32 @@
-"""Held-out evaluation helpers (anyup.train.heldout): window coverage, the feathered-window prototype."""
+"""Held-out evaluation helpers (anyup.train.heldout): methods, the other window edge, the command line."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from anyup.engine.window import window_bounds
-from anyup.train.heldout import feathered_forward, window_coverage
+from anyup.train.heldout import main, markdown, methods_from
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("out_len, low_len, ratio", [(224, 14, 0.1), (64, 8, 0.15), (30, 7, 0.3), (16, 16, 0.05)])
-def test_coverage_has_the_hard_window_support(out_len, low_len, ratio):
-    cov = window_coverage(out_len, low_len, ratio)
-    start, stop = window_bounds(out_len, low_len, ratio)
-    k = torch.arange(low_len)
-    inside = (k[None, :] >= start[:, None]) & (k[None, :] < stop[:, None])
-    assert torch.equal(cov > 0, inside)
-    assert float(cov.min()) >= 0 and float(cov.max()) <= 1
-    assert bool((cov[:, 1:-1] == 1).any())  # cells well inside a window are fully covered
-
-
-def test_feathered_equals_the_model_when_every_window_is_everything(random_model_file):
-    import anyup
-
-    model = anyup.load(random_model_file)
-    model.window_ratio = 1.0  # every window covers the whole map: coverage 1 everywhere
+def test_methods_include_the_other_window_edge(random_model_file):
+    methods = methods_from({"rand": str(random_model_file)}, soft_edge=["rand"])
+    assert list(methods) == ["bilinear", "jbu", "rand", "rand soft edge"]
     g = torch.Generator().manual_seed(0)
-    image, feats = torch.randn(1, 3, 32, 32, generator=g), torch.randn(1, 5, 4, 4, generator=g)
-    with torch.no_grad():
-        ref = model(image, feats, output_size=(32, 32))
-    assert torch.allclose(feathered_forward(model, image, feats, (32, 32)), ref, atol=1e-5)
+    img, feats = torch.rand(1, 3, 40, 40, generator=g), torch.randn(1, 4, 5, 5, generator=g)
+    outs = {k: f(img, feats, (40, 40)) for k, f in methods.items()}
+    assert all(o.shape == (1, 4, 40, 40) for o in outs.values())
+    assert (outs["rand"] - outs["rand soft edge"]).abs().max() > 1e-4  # the edge changes the weights
 
 
-def test_feathered_window_removes_grid_locked_steps_on_a_real_photo():
-    data = pytest.importorskip("skimage.data")
-    encoders = pytest.importorskip("anyup.encoders")
-    import anyup
-    from anyup.eval.artifacts import cell_border_energy
-    from anyup.image import imagenet_normalize
+def test_markdown_bolds_the_best_and_averages():
+    rows = [{"kind": "fidelity", "encoder": "e@a", "factor": 2, "bilinear": 0.5, "x": 0.6},
+            {"kind": "fidelity", "encoder": "e@b", "factor": 2, "bilinear": 0.7, "x": 0.4}]  # fmt: skip
+    text = markdown(rows, ["bilinear", "x"])
+    assert "| e@a | 2x | 0.5000 | **0.6000** |" in text and "| **mean (2 layers)** | 2x | 0.6000 | 0.5000 |" in text
 
-    img = torch.from_numpy(data.chelsea().copy()).permute(2, 0, 1).float()[None] / 255
-    img = F.interpolate(img, size=(224, 224), mode="bilinear", antialias=True).clamp(0, 1)  # (1, 3, 224, 224)
-    enc = encoders.create("efficientnet_lite0", layers="stage4")
-    model = anyup.load("anyup_offline")
-    with torch.no_grad():
-        low = enc(img)[0].float()  # (1, 112, 14, 14)
-        hard = model(imagenet_normalize(img), low, output_size=(224, 224))
-    soft = feathered_forward(model, imagenet_normalize(img), low, (224, 224))
-    r_hard = cell_border_energy(hard[0], (14, 14), img[0])
-    r_soft = cell_border_energy(soft[0], (14, 14), img[0])
-    assert r_hard.peak_ratio > 3 and r_soft.peak_ratio < r_hard.peak_ratio / 2, (r_hard.peak_ratio, r_soft.peak_ratio)
+
+def test_cli_rejects_a_soft_edge_label_without_weights(tmp_path):
+    with pytest.raises(SystemExit, match="--soft-edge \\['nope'\\]: not among the --weights labels"):
+        main([str(tmp_path), "--weights", "a=anyup_offline", "--soft-edge", "nope"])

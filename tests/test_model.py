@@ -35,10 +35,16 @@ def _inputs(b=1, c=6, hw=(23, 31), low=(4, 5), seed=0, dtype=torch.float32):
     return image, feats
 
 
+@pytest.fixture(scope="module", params=["hard", "soft"])
+def edge(request) -> str:
+    """Every property and standard test runs with both window edges (anyup.engine.window)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def model() -> AnyUp:
+def model(edge) -> AnyUp:
     torch.manual_seed(0)
-    return AnyUp().eval()
+    return AnyUp(AnyUpConfig(window_edge=edge)).eval()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,9 +92,9 @@ def test_tiled_equals_dense_reference(model, size):
             assert (out - ref).abs().max().item() <= 1e-5, (cap, tile)
 
 
-def test_tile_size_and_memory_cap_do_not_change_result_float64():
+def test_tile_size_and_memory_cap_do_not_change_result_float64(edge):
     torch.manual_seed(1)
-    m = AnyUp().double().eval()
+    m = AnyUp(AnyUpConfig(window_edge=edge)).double().eval()
     image, feats = _inputs(b=2, c=5, hw=(29, 37), low=(6, 4), dtype=torch.float64)
     with torch.no_grad():
         ref = m(image, feats, (33, 50), max_memory=1 << 40)
@@ -200,10 +206,10 @@ def test_gradients_reach_every_parameter():
     assert feats.grad is not None and feats.grad.abs().sum() > 0
 
 
-def test_gradients_equal_the_dense_reference():
+def test_gradients_equal_the_dense_reference(edge):
     """The checkpointed, tiled autograd path has the dense reference's gradients (float64)."""
     torch.manual_seed(0)
-    m = AnyUp().double()
+    m = AnyUp(AnyUpConfig(window_edge=edge)).double()
     image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
     image.requires_grad_(True)
     feats.requires_grad_(True)
@@ -219,9 +225,9 @@ def test_gradients_equal_the_dense_reference():
         assert (a - b).abs().max() <= 1e-10 * max(1.0, b.abs().max().item()), name
 
 
-def test_gradcheck_float64():
+def test_gradcheck_float64(edge):
     torch.manual_seed(0)
-    m = AnyUp(AnyUpConfig(dim=8, num_heads=2, num_groups=2, window_ratio=0.3)).double()
+    m = AnyUp(AnyUpConfig(dim=8, num_heads=2, num_groups=2, window_ratio=0.3, window_edge=edge)).double()
     image, feats = _inputs(c=2, hw=(6, 7), low=(3, 2), dtype=torch.float64)
     feats.requires_grad_(True)
     image.requires_grad_(True)

@@ -5,7 +5,9 @@ Every backend computes, for one tile of queries against the rectangle of keys th
     out[b, q] = sum_k mean_h softmax_k(mask(q, k) ? <qh[b,h,q], kh[b,h,k]> / sqrt(hd) : -inf) * v[b, k]
 
 i.e. the heads-averaged softmax weights applied to the raw values. Arguments: ``qh`` (B, nh, Nq, hd),
-``kh`` (B, nh, Nk, hd), ``values`` (B, Nk, C), ``mask`` (Nq, Nk) bool; result (B, Nq, C) in the
+``kh`` (B, nh, Nk, hd), ``values`` (B, Nk, C), ``mask`` (Nq, Nk) bool, or float32 for the soft
+window edge (an additive logit bias, ``-inf`` outside; see :mod:`anyup.engine.window`, then
+``mask(q, k) ? l : -inf`` above reads ``l + bias(q, k)``); result (B, Nq, C) in the
 values' dtype (any strides: ``matmul`` returns a transposed view of a (B, C, Nq) product, so the
 engine's channels-first tiles need no copy). Logits and softmax run in float32 (float64 stays).
 
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from anyup.layers.norms import acc_dtype
+from anyup.layers.window_attention import apply_window
 
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,7 +54,7 @@ def attention_weights(qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor) ->
     acc = acc_dtype(qh)
     scale = 1.0 / math.sqrt(qh.shape[-1])
     logits = torch.matmul(qh.to(acc), kh.to(acc).transpose(-1, -2))  # (B, nh, Nq, Nk)
-    logits.mul_(scale).masked_fill_(~mask, float("-inf"))
+    apply_window(logits.mul_(scale), mask)
     return logits.softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
 
 
@@ -65,7 +68,8 @@ def attend_sdpa(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
     acc = acc_dtype(qh)
     nh = qh.shape[1]
     v = values.to(acc).unsqueeze(1).expand(-1, nh, -1, -1)  # (B, nh, Nk, C), no copy
-    out = F.scaled_dot_product_attention(qh.to(acc), kh.to(acc), v, attn_mask=mask)  # (B, nh, Nq, C)
+    attn_mask = mask if mask.dtype == torch.bool else mask.to(acc)  # float: added to the logits
+    out = F.scaled_dot_product_attention(qh.to(acc), kh.to(acc), v, attn_mask=attn_mask)  # (B, nh, Nq, C)
     return out.mean(dim=1).to(values.dtype)  # (B, Nq, C)
 
 
@@ -82,12 +86,20 @@ def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
     acc = acc_dtype(qh)
     nh, nq, nk = qh.shape[1], qh.shape[2], kh.shape[2]
 
+    allowed = mask if mask.dtype == torch.bool else torch.isfinite(mask)
+    bias = None if mask.dtype == torch.bool else mask.to(acc)
+
     def mask_mod(b, h, q_idx, kv_idx):
-        return mask[q_idx, kv_idx]
+        return allowed[q_idx, kv_idx]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + bias[q_idx, kv_idx]
 
     block = create_block_mask(mask_mod, None, None, nq, nk, device=qh.device)
     v = values.to(acc).unsqueeze(1).expand(-1, nh, -1, -1)
-    out = _compiled_flex()(qh.to(acc), kh.to(acc), v.contiguous(), block_mask=block)  # (B, nh, Nq, C)
+    out = _compiled_flex()(
+        qh.to(acc), kh.to(acc), v.contiguous(), block_mask=block, score_mod=None if bias is None else score_mod
+    )  # (B, nh, Nq, C)
     return out.mean(dim=1).to(values.dtype)
 
 

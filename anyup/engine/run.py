@@ -86,6 +86,7 @@ def geometry(
         dim=cfg.dim,
         heads=cfg.num_heads,
         ratio=cfg.window_ratio,
+        mask_elem=4 if cfg.window_edge == "soft" else 1,
         elem=torch.empty((), dtype=dtype).element_size(),
     )
 
@@ -330,7 +331,10 @@ def decoder_inputs(
     kh = model.cross_decode.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
     kh = kh.view(b, kh.shape[1], h, w, kh.shape[-1])
     values = values_map.permute(0, 2, 3, 1)  # (B, h, w, C)
-    return kh, values, Window.build(out_hw, (h, w), model.config.window_ratio, values_map.device)
+    cfg = model.config
+    bias = torch.float64 if values_map.dtype == torch.float64 else torch.float32  # the logits' dtype
+    window = Window.build(out_hw, (h, w), cfg.window_ratio, values_map.device, cfg.window_edge, bias)
+    return kh, values, window
 
 
 def decode(
@@ -387,8 +391,5 @@ def attention_maps(
         a, z = max(0, y - 1), min(hq, y + 2)
         q = cd.decode_queries(enc.query_rows(out_hw, a, z), pad_top=y == 0, pad_bottom=y + 1 == hq)  # (B, D, 1, W')
         qh = cd.cross_attn.project_queries(q[..., x : x + 1])  # (B, nh, 1, hd)
-        full = torch.zeros(h, w, dtype=torch.bool, device=feats_c.device)
-        ra, rb, ca, cb = window.reach(y, y + 1, x, x + 1)
-        full[ra:rb, ca:cb] = window.mask(y, y + 1, x, x + 1).view(rb - ra, cb - ca)
-        maps.append(attention_weights(qh, kh, full.view(1, -1)).view(b, h, w).float())
+        maps.append(attention_weights(qh, kh, window.pixel_mask(y, x)).view(b, h, w).float())
     return torch.stack(maps, dim=1)

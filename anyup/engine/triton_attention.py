@@ -3,7 +3,8 @@
 Pass 1 (``_stats_kernel``): per query and head, the running max ``m`` and sum ``l`` of
 ``exp(logit - m)`` over the allowed keys. Pass 2 (``_apply_kernel``): per block of keys, the
 heads-averaged weights ``mean_h exp(logit_h - m_h) / l_h`` are formed once and multiplied with
-the raw values, so the value product is done once, not once per head. Runs on CUDA, and on the
+the raw values, so the value product is done once, not once per head. The window arrives as an
+additive float32 logit bias (0 or ``log(coverage)`` inside, ``-inf`` outside). Runs on CUDA, and on the
 CPU under ``TRITON_INTERPRET=1`` (how the tests run it).
 """
 
@@ -48,11 +49,12 @@ def _stats_kernel(
             k_ok = offs_k < nk
             k_base = k_ptr + ((b * NH + h) * nk) * HD
             k = tl.load(k_base + offs_k[:, None] * HD + offs_d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            allowed = tl.load(
-                mask_ptr + offs_q[:, None] * nk + offs_k[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0
+            bias = tl.load(
+                mask_ptr + offs_q[:, None] * nk + offs_k[None, :],
+                mask=q_ok[:, None] & k_ok[None, :],
+                other=float("-inf"),
             )
-            s = tl.dot(q, tl.trans(k)) * scale
-            s = tl.where(allowed != 0, s, float("-inf"))
+            s = tl.dot(q, tl.trans(k)) * scale + bias
             m_new = tl.maximum(m, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
@@ -94,8 +96,8 @@ def _apply_kernel(
     for k0 in range(0, nk, BK):
         offs_k = k0 + tl.arange(0, BK)
         k_ok = offs_k < nk
-        allowed = tl.load(
-            mask_ptr + offs_q[:, None] * nk + offs_k[None, :], mask=q_ok[:, None] & k_ok[None, :], other=0
+        bias = tl.load(
+            mask_ptr + offs_q[:, None] * nk + offs_k[None, :], mask=q_ok[:, None] & k_ok[None, :], other=float("-inf")
         )
         w = tl.zeros((BQ, BK), tl.float32)
         for h in tl.static_range(NH):
@@ -111,9 +113,8 @@ def _apply_kernel(
             )
             m = tl.load(m_ptr + (b * NH + h) * nq + offs_q, mask=q_ok, other=0.0)
             l = tl.load(l_ptr + (b * NH + h) * nq + offs_q, mask=q_ok, other=1.0)
-            s = tl.dot(q, tl.trans(k)) * scale
-            p = tl.exp(s - m[:, None]) / l[:, None]
-            w += tl.where(allowed != 0, p, 0.0)
+            s = tl.dot(q, tl.trans(k)) * scale + bias
+            w += tl.exp(s - m[:, None]) / l[:, None]
         v = tl.load(
             v_ptr + (b * nk + offs_k[:, None]) * c + offs_c[None, :], mask=k_ok[:, None] & c_ok[None, :], other=0.0
         )
@@ -122,7 +123,7 @@ def _apply_kernel(
 
 
 def windowed_attention(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """qh (B, nh, Nq, hd), kh (B, nh, Nk, hd), values (B, Nk, C), mask (Nq, Nk) bool -> (B, Nq, C).
+    """qh (B, nh, Nq, hd), kh (B, nh, Nk, hd), values (B, Nk, C), mask (Nq, Nk) bool or float bias -> (B, Nq, C).
 
     Computes in float32 (the result is cast to the values' dtype); float64 is not supported.
     """
@@ -133,7 +134,10 @@ def windowed_attention(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor,
     q = qh.float().contiguous()
     k = kh.float().contiguous()
     v = values.float().contiguous()
-    allowed = mask.to(torch.int8).contiguous()
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, device=q.device, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+    else:
+        bias = mask.float().contiguous()
     m = torch.empty(b, nh, nq, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)
     out = torch.empty(b, nq, c, device=q.device, dtype=torch.float32)
@@ -141,8 +145,8 @@ def windowed_attention(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor,
     bc = min(64, max(16, triton.next_power_of_2(c)))
     hdp = max(16, triton.next_power_of_2(hd))
     scale = 1.0 / math.sqrt(hd)
-    _stats_kernel[(triton.cdiv(nq, bq), b)](q, k, allowed, m, l, nq, nk, scale, NH=nh, HD=hd, HDP=hdp, BQ=bq, BK=bk)
+    _stats_kernel[(triton.cdiv(nq, bq), b)](q, k, bias, m, l, nq, nk, scale, NH=nh, HD=hd, HDP=hdp, BQ=bq, BK=bk)
     _apply_kernel[(triton.cdiv(nq, bq), b, triton.cdiv(c, bc))](
-        q, k, v, allowed, m, l, out, nq, nk, c, scale, NH=nh, HD=hd, HDP=hdp, BQ=bq, BK=bk, BC=bc
+        q, k, v, bias, m, l, out, nq, nk, c, scale, NH=nh, HD=hd, HDP=hdp, BQ=bq, BK=bk, BC=bc
     )
     return out.to(values.dtype)

@@ -1,6 +1,6 @@
 """Cross-attention from high-resolution queries to low-resolution keys, as in the reference.
 
-The attention weights (softmax over the keys allowed by a boolean mask, averaged over heads) mix
+The attention weights (softmax over the keys allowed by the window, averaged over heads) mix
 the *raw* values, so every output is a convex combination of input vectors. Which keys a query may
 see (the window) and how the work is tiled is decided by :mod:`anyup.engine`; these modules only
 hold the parameters and the per-tensor maths.
@@ -15,6 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyup.layers.norms import acc_dtype, rms_norm
+
+
+def apply_window(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Restrict ``logits`` (..., Nq, Nk) to the window, in place, and return them.
+
+    ``mask`` (Nq, Nk) is bool (True = may attend; others get ``-inf``) or a float additive bias
+    (the soft window edge: ``log(coverage)``, ``-inf`` outside).
+    """
+    if mask.dtype == torch.bool:
+        return logits.masked_fill_(~mask, float("-inf"))
+    return logits.add_(mask.to(logits.dtype))
 
 
 class WindowCrossAttention(nn.Module):
@@ -57,11 +68,12 @@ class WindowCrossAttention(nn.Module):
         """Heads-averaged masked softmax attention on raw values (the reference's maths).
 
         queries (B, D, Nq...), keys (B, D, Nk...), values (B, Nk, C), mask (Nq, Nk) bool
-        (True = may attend). Returns (B, Nq, C). Logits and softmax are float32 (float64 stays).
+        (True = may attend) or float bias (see :func:`apply_window`). Returns (B, Nq, C). Logits and
+        softmax are float32 (float64 stays).
         """
         qh, kh = self.project_queries(queries), self.project_keys(keys)
         logits = torch.matmul(qh, kh.transpose(-1, -2)).to(acc_dtype(qh)) / math.sqrt(qh.shape[-1])  # (B, nh, Nq, Nk)
-        weights = logits.masked_fill(~mask, float("-inf")).softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
+        weights = apply_window(logits, mask).softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
         return torch.matmul(weights.to(values.dtype), values)  # (B, Nq, C)
 
 

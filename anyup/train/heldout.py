@@ -25,13 +25,14 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from anyup.encoders.base import Encoder
+from anyup.model import AnyUp
 from anyup.predictor import guide_from_rgb, run_anyup
 from anyup.train.config import TrainEncoderSpec
 from anyup.train.data import collect_images, downsample, load_eval_images
@@ -73,54 +74,11 @@ def build(label: str) -> Encoder:
     return build_encoder(spec, torch.device("cpu"), seed=UNSEEN_SEED if random else 0)
 
 
-def window_coverage(out_len: int, low_len: int, ratio: float) -> torch.Tensor:
-    """Fraction of each low-res cell inside each output pixel's attention window, ``(out_len, low_len)`` in [0, 1].
-
-    The window of output index ``i`` is ``clamp((i + 0.5) / out_len +- ratio, 0, 1) * low_len`` in
-    cell units; AnyUp's hard window admits every cell this interval touches (coverage > 0).
-    """
-    pos = (torch.arange(out_len, dtype=torch.float64) + 0.5) / out_len
-    lo = ((pos - ratio).clamp(0, 1) * low_len)[:, None]
-    hi = ((pos + ratio).clamp(0, 1) * low_len)[:, None]
-    k = torch.arange(low_len, dtype=torch.float64)[None, :]
-    return (torch.minimum(hi, k + 1) - torch.maximum(lo, k)).clamp(0, 1).float()
-
-
-@torch.no_grad()
-def feathered_forward(model, image: torch.Tensor, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """PROTOTYPE of a fix for the grid-locked steps, for the model's owners (not used by ``anyup.load``).
-
-    AnyUp's window admits a low-res cell fully as soon as the window touches it, so a cell's weight
-    jumps from 0 to its full softmax share where the window edge crosses a cell border: a step at
-    the same place in every cell (``frac(ratio * h)``), the faint blocks in flat regions. Here each
-    cell's attention logit gets ``+ log(coverage)`` (the fraction of the cell inside the window,
-    rows times columns): the same support, but weights that fade in continuously. Dense (reference)
-    computation: ``image`` (B, 3, H, W) ImageNet-normalised, ``features`` (B, C, h, w) -> (B, C, H', W').
-    """
-    from anyup.engine import EngineOptions, plan_for
-    from anyup.engine.run import encode
-
-    b, c, h, w = features.shape
-    plan = plan_for(model, image, features, size, EngineOptions())
-    enc, keys, _ = encode(model, image, features, plan)  # keys (B, D, h, w)
-    q = model.cross_decode.decode_queries(enc.query_rows(size, 0, size[0]))  # (B, D, H', W')
-    attn = model.cross_decode.cross_attn
-    qh, kh = attn.project_queries(q), attn.project_keys(keys)  # (B, nh, H'W', hd), (B, nh, hw, hd)
-    cov = (
-        window_coverage(size[0], h, model.window_ratio)[:, None, :, None]
-        * window_coverage(size[1], w, model.window_ratio)[None, :, None, :]
-    )  # (H', W', h, w)
-    bias = cov.reshape(size[0] * size[1], h * w).log()  # -inf outside the window
-    logits = torch.matmul(qh, kh.transpose(-1, -2)).float() / qh.shape[-1] ** 0.5 + bias  # (B, nh, H'W', hw)
-    weights = logits.softmax(-1).mean(1)  # (B, H'W', hw)
-    out = torch.matmul(weights, features.flatten(2).transpose(1, 2).float())  # (B, H'W', C)
-    return out.transpose(1, 2).reshape(b, c, *size).to(features.dtype)
-
-
-def methods_from(weights: dict[str, str], feathered: Sequence[str] = ()) -> dict[str, Upsample]:
+def methods_from(weights: dict[str, str], soft_edge: Sequence[str] = ()) -> dict[str, Upsample]:
     """bilinear, JBU and each ``label -> AnyUp weights`` as ``f(image [0,1], features, size)``.
 
-    Labels in ``feathered`` also get a ``LABEL + feathered`` entry using :func:`feathered_forward`.
+    Labels in ``soft_edge`` also get a ``LABEL soft edge`` entry: the same weights run with
+    ``window_edge="soft"`` (:mod:`anyup.engine.window`).
     """
     import anyup
     import anyup.baselines as B
@@ -131,19 +89,23 @@ def methods_from(weights: dict[str, str], feathered: Sequence[str] = ()) -> dict
         "jbu": lambda img, f, size: jbu(guide_from_rgb(img), f, size),
     }
     for label, w in weights.items():
-        model = anyup.load(w)
-        out[label] = _anyup_method(model)
-        if label in feathered:
-            out[f"{label} feathered"] = _anyup_method(model, feathered=True)
+        out[label] = _anyup_method(anyup.load(w))
+        if label in soft_edge:
+            other = "hard" if anyup.load(w).config.window_edge == "soft" else "soft"
+            out[f"{label} {other} edge"] = _anyup_method(_with_edge(anyup.load(w), other))
     return out
 
 
-def _anyup_method(model: torch.nn.Module, feathered: bool = False) -> Upsample:
-    """``f(image [0,1], features, size)`` running ``model`` (plain, or :func:`feathered_forward`)."""
+def _with_edge(model: AnyUp, edge: str) -> AnyUp:
+    """``model`` run with the other window edge (same weights)."""
+    model.config = replace(model.config, window_edge=edge)
+    return model
+
+
+def _anyup_method(model: torch.nn.Module) -> Upsample:
+    """``f(image [0,1], features, size)`` running ``model``."""
 
     def up(img: torch.Tensor, f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if feathered:
-            return feathered_forward(model, guide_from_rgb(img), f, size)
         return run_anyup(model, img, f, size)
 
     return up
@@ -188,14 +150,14 @@ def evaluate(
     val_dir: str | os.PathLike,
     weights: dict[str, str],
     config: HeldoutConfig | None = None,
-    feathered: Sequence[str] = (),
+    soft_edge: Sequence[str] = (),
 ) -> list[dict]:
     """Rows ``{"kind", "encoder", "factor", method: value, ...}`` for fidelity and artifact."""
     cfg = config or HeldoutConfig()
     files = collect_images([val_dir])
     images_hr, used = load_eval_images(files, cfg.hr)  # (N, 3, hr, hr)
     logger.info("held-out photos: %s", [p.name for p in used])
-    methods = methods_from(weights, feathered)
+    methods = methods_from(weights, soft_edge)
     rows = []
     for label in cfg.encoders:
         enc = build(label)
@@ -220,7 +182,7 @@ def evaluate(
 @torch.no_grad()
 def pca_pictures(
     path: str | os.PathLike, val_dir: str | os.PathLike, weights: dict[str, str], encoder: str, size: int = 224,
-    count: int = 2, tile: int = 224, names: Sequence[str] = (), feathered: Sequence[str] = (),
+    count: int = 2, tile: int = 224, names: Sequence[str] = (), soft_edge: Sequence[str] = (),
 ) -> Path:  # fmt: skip
     """One row per held-out photo: image | bilinear | JBU | each weights, all upsampled to every pixel.
 
@@ -235,7 +197,7 @@ def pca_pictures(
     if names:
         files = [f for f in files if any(n in f.name for n in names)]
     images, _ = load_eval_images(files[:count], size)
-    methods = methods_from(weights, feathered)
+    methods = methods_from(weights, soft_edge)
     enc = build(encoder)
     rows = []
     for img in images:
@@ -287,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("val_dir", type=Path, help="held-out photos (python -m anyup.train.photos OUT -> OUT/val)")
     p.add_argument("--weights", nargs="+", default=[], metavar="LABEL=WEIGHTS", help="AnyUp weights to compare")
     p.add_argument("--encoders", nargs="+", help="encoder labels (default: seen, unseen and random-init layers)")
-    p.add_argument("--feathered", nargs="+", default=[], metavar="LABEL",
-                   help="also evaluate these weights with the feathered-window prototype")  # fmt: skip
+    p.add_argument("--soft-edge", nargs="+", default=[], metavar="LABEL",
+                   help="also evaluate these weights with the other window edge (hard <-> soft)")  # fmt: skip
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     p.add_argument("--pca", type=Path, metavar="PNG", help="also draw PCA pictures (first two photos)")
     p.add_argument("--pca-encoder", default="efficientnet_lite0@stage4")
@@ -305,20 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = HeldoutConfig()
     if args.encoders:
         cfg.encoders = list(args.encoders)
-    unknown = sorted(set(args.feathered) - set(weights))
+    unknown = sorted(set(args.soft_edge) - set(weights))
     if unknown:
-        raise SystemExit(f"--feathered {unknown}: not among the --weights labels {sorted(weights)}")
+        raise SystemExit(f"--soft-edge {unknown}: not among the --weights labels {sorted(weights)}")
     if not args.no_eval:
-        rows = evaluate(args.val_dir, weights, cfg, args.feathered)
+        rows = evaluate(args.val_dir, weights, cfg, args.soft_edge)
         if args.out:
             from anyup._atomic import atomic_write_text
 
             atomic_write_text(args.out, json.dumps(rows, indent=1))
-        labels = [x for w in weights for x in ([w, f"{w} feathered"] if w in args.feathered else [w])]
-        print(markdown(rows, ["bilinear", "jbu", *labels]))  # the command's result
+        print(markdown(rows, [k for k in rows[0] if k not in ("kind", "encoder", "factor")]))  # the command's result
     if args.pca:
         picture = pca_pictures(args.pca, args.val_dir, weights, args.pca_encoder, names=args.pca_photos,
-                               feathered=args.feathered)  # fmt: skip
+                               soft_edge=args.soft_edge)  # fmt: skip
         print(picture)
     return 0
 
