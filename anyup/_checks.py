@@ -320,7 +320,9 @@ def check_arch_fields(fields: object, source: str, names: Sequence[str] = (*ARCH
         if key in fields and key in ARCH_CHOICES:
             if fields[key] not in ARCH_CHOICES[key]:
                 allowed = ", ".join(map(repr, ARCH_CHOICES[key]))
-                raise ValueError(f"{source}: architecture field {key}={fields[key]!r} is invalid; it must be one of {allowed}")
+                raise ValueError(
+                    f"{source}: architecture field {key}={fields[key]!r} is invalid; it must be one of {allowed}"
+                )
             values[key] = str(fields[key])
             continue
         if key not in fields or key not in ARCH_RULES:

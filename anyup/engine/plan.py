@@ -106,7 +106,13 @@ def _tile_bytes(g: Geometry, t: int) -> int:
     th, tw = min(t, g.out_hw[0]), min(t, g.out_hw[1])
     nq, nk = th * tw, g.reach(th, tw)
     b, c, d, es = g.batch, g.channels, g.dim, g.elem
-    attn = b * g.heads * nq * nk * 4 * 2 + b * nq * nk * 4 + nq * nk * g.mask_elem + b * nq * (2 * c + 2 * d) * es + b * nk * c * es
+    attn = (
+        b * g.heads * nq * nk * 4 * 2
+        + b * nq * nk * 4
+        + nq * nk * g.mask_elem
+        + b * nq * (2 * c + 2 * d) * es
+        + b * nk * c * es
+    )
     band = b * d * (th + 2) * g.out_hw[1] * es * 3 + b * d * th * g.out_hw[1] * es * 6
     return attn + band
 
