@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from anyup.engine import Window
-from anyup.layers import pixel_coordinates
+from anyup.layers import acc_dtype, pixel_coordinates
 
 
 def dense_forward(
@@ -28,7 +28,6 @@ def dense_forward(
     kf = model.key_features_encoder(F.normalize(features, dim=1))  # (B, D, h, w)
     k = model.aggregation(torch.cat([k, kf], dim=1))
     cfg = model.config
-    bias = torch.float64 if features.dtype == torch.float64 else torch.float32
-    window = Window.build(size, (h, w), cfg.window_ratio, features.device, cfg.window_edge, bias)
+    window = Window.build(size, (h, w), cfg.window_ratio, features.device, cfg.window_edge, acc_dtype(features))
     mask = window.dense_mask()  # (H'*W', h*w): bool, or the soft edge's additive bias
     return model.cross_decode(q, k, features, mask)

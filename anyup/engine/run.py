@@ -332,7 +332,7 @@ def decoder_inputs(
     kh = kh.view(b, kh.shape[1], h, w, kh.shape[-1])
     values = values_map.permute(0, 2, 3, 1)  # (B, h, w, C)
     cfg = model.config
-    bias = torch.float64 if values_map.dtype == torch.float64 else torch.float32  # the logits' dtype
+    bias = acc_dtype(values_map)  # the logits' dtype
     window = Window.build(out_hw, (h, w), cfg.window_ratio, values_map.device, cfg.window_edge, bias)
     return kh, values, window
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-WINDOW_EDGES = ("hard", "soft")
+from anyup._checks import ARCH_CHOICES
+
+WINDOW_EDGES = ARCH_CHOICES["window_edge"]  # ("hard", "soft"): one list for the config check and the engine
 MIN_COVERAGE = 1e-6  # soft edge: the smallest coverage a touched cell gets (log floor, about -13.8)
 
 

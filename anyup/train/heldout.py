@@ -21,6 +21,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -32,7 +33,6 @@ import torch
 import torch.nn.functional as F
 
 from anyup.encoders.base import Encoder
-from anyup.model import AnyUp
 from anyup.predictor import guide_from_rgb, run_anyup
 from anyup.train.config import TrainEncoderSpec
 from anyup.train.data import collect_images, downsample, load_eval_images
@@ -77,8 +77,8 @@ def build(label: str) -> Encoder:
 def methods_from(weights: dict[str, str], soft_edge: Sequence[str] = ()) -> dict[str, Upsample]:
     """bilinear, JBU and each ``label -> AnyUp weights`` as ``f(image [0,1], features, size)``.
 
-    Labels in ``soft_edge`` also get a ``LABEL soft edge`` entry: the same weights run with
-    ``window_edge="soft"`` (:mod:`anyup.engine.window`).
+    Labels in ``soft_edge`` also get a ``LABEL soft edge`` entry (``LABEL hard edge`` for weights
+    trained soft): the same weights run with the other ``window_edge`` (:mod:`anyup.engine.window`).
     """
     import anyup
     import anyup.baselines as B
@@ -89,17 +89,13 @@ def methods_from(weights: dict[str, str], soft_edge: Sequence[str] = ()) -> dict
         "jbu": lambda img, f, size: jbu(guide_from_rgb(img), f, size),
     }
     for label, w in weights.items():
-        out[label] = _anyup_method(anyup.load(w))
+        model = anyup.load(w)
+        out[label] = _anyup_method(model)
         if label in soft_edge:
-            other = "hard" if anyup.load(w).config.window_edge == "soft" else "soft"
-            out[f"{label} {other} edge"] = _anyup_method(_with_edge(anyup.load(w), other))
+            other = copy.deepcopy(model)  # same weights, the other edge
+            other.config = replace(model.config, window_edge="hard" if model.config.window_edge == "soft" else "soft")
+            out[f"{label} {other.config.window_edge} edge"] = _anyup_method(other)
     return out
-
-
-def _with_edge(model: AnyUp, edge: str) -> AnyUp:
-    """``model`` run with the other window edge (same weights)."""
-    model.config = replace(model.config, window_edge=edge)
-    return model
 
 
 def _anyup_method(model: torch.nn.Module) -> Upsample:
