@@ -209,6 +209,8 @@ class Upsampler:
             has at least ``PROGRESS_MIN_PIXELS`` pixels.
         compile: fuse AnyUp's per-pixel element-wise work with ``torch.compile``
             (:mod:`anyup.engine.kernels`; the first call compiles for a few seconds).
+        window_edge: ``"hard"`` or ``"soft"`` (:mod:`anyup.engine.window`); ``None`` keeps the edge
+            stored with the weights (``"hard"`` for the published ones).
 
     Example:
         >>> up = Upsampler("efficientnet_lite0", "anyup_multi_backbone")    # doctest: +SKIP
@@ -229,8 +231,13 @@ class Upsampler:
         max_memory: int | str | None = None,
         progress: bool = False,
         compile: bool = False,
+        window_edge: str | None = None,
     ) -> None:
         from anyup.encoders import Encoder, create
+        from anyup.engine.window import check_edge
+
+        if window_edge is not None:
+            check_edge(window_edge)
 
         if isinstance(dtype, str):
             if dtype not in DTYPES:
@@ -257,6 +264,8 @@ class Upsampler:
         self.model, self.model_name = load_model(model, self.device)
         self.model = self.model.to(dtype)
         self.model.config.compile = bool(compile)
+        if window_edge is not None:
+            self.model.config.window_edge = window_edge
 
     @property
     def encoder_name(self) -> str:

@@ -364,3 +364,23 @@ def test_upsample_large_output_path(tmp_path, photos, random_model_file, monkeyp
                    "--size", "40x40", "--out", str(out2)])  # fmt: skip
     assert rc == 1 and (out2 / "chelsea.safetensors").is_file() and not (out2 / "chelsea_pca.png").exists()
     assert "--size 40x40 changes the aspect ratio of the 300x451 image" in caplog.text
+
+
+def test_upsample_window_edge_flag(tmp_path, photos, random_model_file, capsys):
+    """`--window-edge soft` runs the same weights with the soft window edge (and changes the output)."""
+    from anyup import Upsampler
+
+    outs = {}
+    for edge in ("hard", "soft"):
+        args = ["upsample", str(photos / "chelsea.png"), "--model", str(random_model_file), "--input-size", "64"]
+        rc = main([*args, "--window-edge", edge, "--no-png", "--out", str(tmp_path / edge)])
+        assert rc == 0
+        outs[edge] = _read(tmp_path / edge / "chelsea.safetensors")[0]["features"]
+    assert outs["hard"].shape == outs["soft"].shape and not torch.equal(outs["hard"], outs["soft"])
+    with pytest.raises(SystemExit):
+        main(["upsample", str(photos / "chelsea.png"), "--window-edge", "fuzzy", "--out", str(tmp_path)])
+    assert "invalid choice: 'fuzzy'" in capsys.readouterr().err
+    up = Upsampler("efficientnet_lite0", str(random_model_file), window_edge="soft")
+    assert up.model.config.window_edge == "soft"
+    with pytest.raises(ValueError, match="window_edge must be one of 'hard', 'soft'; got 'fuzzy'"):
+        Upsampler("efficientnet_lite0", str(random_model_file), window_edge="fuzzy")

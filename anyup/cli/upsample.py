@@ -64,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fuse AnyUp's per-pixel element-wise work with torch.compile (first call compiles; needs a C++ compiler)",
     )
+    p.add_argument(
+        "--window-edge",
+        choices=("hard", "soft"),
+        default=None,
+        help="AnyUp's attention-window edge: hard (the published method) or soft (cells fade in by coverage, "
+        "no grid-locked steps); default: as stored with the weights",
+    )
     p.add_argument("--no-png", action="store_true", help="skip the PCA picture")
     p.add_argument(
         "--stats",
@@ -148,7 +155,14 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no image files found in {args.inputs}")
     keep_size = args.size is not None and args.size.strip().lower() == "image"
     size = None if keep_size else parse_size(args.size)
-    up = build_upsampler(args, dtype=args.dtype, max_memory=args.max_memory, progress=True, compile=args.compile)
+    up = build_upsampler(
+        args,
+        dtype=args.dtype,
+        max_memory=args.max_memory,
+        progress=True,
+        compile=args.compile,
+        window_edge=args.window_edge,
+    )
     out_dir = ensure_writable_dir(args.out)  # before any work; removes temp files of killed runs
     jobs = list(zip(paths, unique_stems(paths)))
     skipped = 0
