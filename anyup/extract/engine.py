@@ -219,8 +219,9 @@ def _run(inputs, config: ExtractConfig, engine: str, address, num_workers, progr
         if basis is None:
             local = Extractor(config)
             fit_items = items[: config.pca_fit_items]
-            basis = _fit_pca(local, fit_items, config.pca)
-            store.save_pca(basis, [it["key"] for it in fit_items])
+            store.save_pca(_fit_pca(local, fit_items, config.pca), [it["key"] for it in fit_items])
+            # project on the basis as stored (float32), as a resumed run will: not the float64 fit
+            basis = store.load_pca()
     if engine == "local":
         extractor = local or Extractor(config)
         extractor.pca = basis
