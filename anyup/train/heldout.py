@@ -240,6 +240,20 @@ def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def parse_weights(items: Sequence[str], soft_edge: Sequence[str] = ()) -> dict[str, str]:
+    """``["LABEL=NAME_OR_PATH", ...]`` -> ``{label: weights}``; every ``soft_edge`` label must be among them."""
+    weights = {}
+    for item in items:
+        label, sep, value = item.partition("=")
+        if not sep or not label or not value:
+            raise SystemExit(f"--weights {item!r} must look like LABEL=NAME_OR_PATH")
+        weights[label] = value
+    unknown = sorted(set(soft_edge) - set(weights))
+    if unknown:
+        raise SystemExit(f"--soft-edge {unknown}: not among the --weights labels {sorted(weights)}")
+    return weights
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m anyup.train.heldout", description=__doc__.splitlines()[0])
     p.add_argument("val_dir", type=Path, help="held-out photos (python -m anyup.train.photos OUT -> OUT/val)")
@@ -254,18 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="only draw the PCA pictures")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    weights = {}
-    for item in args.weights:
-        label, sep, value = item.partition("=")
-        if not sep or not label or not value:
-            raise SystemExit(f"--weights {item!r} must look like LABEL=NAME_OR_PATH")
-        weights[label] = value
+    weights = parse_weights(args.weights, args.soft_edge)
     cfg = HeldoutConfig()
     if args.encoders:
         cfg.encoders = list(args.encoders)
-    unknown = sorted(set(args.soft_edge) - set(weights))
-    if unknown:
-        raise SystemExit(f"--soft-edge {unknown}: not among the --weights labels {sorted(weights)}")
     if not args.no_eval:
         rows = evaluate(args.val_dir, weights, cfg, args.soft_edge)
         if args.out:

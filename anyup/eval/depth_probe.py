@@ -1,0 +1,292 @@
+"""Real-depth ridge probe per scene and layer: does an upsampler make a frozen CNN's features predict depth better?
+
+For each Middlebury scene (:class:`anyup.eval.datasets.depth.MiddleburyStereo`: scikit-image's
+motorcycle, opencv-doc's aloe; real photos, real disparity, never used in training, see
+``anyup/train/photo_split.json``) and each encoder layer:
+
+1. the photo is resized to ``short`` pixels on its short side (both sides multiples of 32), the
+   encoder runs on it, and each method upsamples the features to every pixel of that image
+   (ratio = the layer's stride, 4-32x, what users run);
+2. a **closed-form ridge regression** (features standardised on the training pixels, unpenalised
+   bias, penalty chosen on the training pixels alone) maps each pixel's feature vector to its log
+   relative depth (``log(median(disparity) / disparity)``, 0 = the scene's median depth; the log
+   keeps the few far pixels of near-zero disparity from dominating the error);
+3. **spatial split**: the image is tiled in ``block`` x ``block`` squares coloured like a
+   checkerboard; fold 1 fits on the black squares and tests on the white ones, fold 2 the other
+   way round, and pixels within ``guard`` pixels of a square's border are left out of both (so a
+   test pixel's nearest training pixel is at least ``2 * guard`` away). The RMSE is over all test
+   pixels of both folds with valid depth.
+
+A method's **gain** is bilinear's RMSE minus its RMSE (positive = better than bilinear); the
+``constant`` column is the RMSE of predicting the training pixels' mean (a probe above it has
+learned nothing). Nothing is trained but the probe, so the numbers are deterministic for given
+weights.
+
+Command line (prints a Markdown table, ``--out`` writes the rows as JSON)::
+
+    python -m anyup.eval.depth_probe --weights "shipped=anyup_offline" \\
+        "published multi_backbone=../shared/weights/anyup_multi_backbone.pth" --out probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+Upsample = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+
+LAYERS = [
+    "efficientnet_lite0@stage2", "efficientnet_lite0@stage3", "efficientnet_lite0@stage4", "efficientnet_lite0@stage6",
+    "vgg16_bn_craft@conv3_3", "vgg16_bn_craft@conv4_3", "vgg16_bn_craft@conv5_2",
+    "vgg16_hed@conv3_3", "vgg16_hed@conv4_3", "vgg16_hed@conv5_3",
+]  # fmt: skip
+
+RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalties per training pixel tried by the inner split
+
+
+@dataclass
+class DepthProbeConfig:
+    short: int = 224  # short side of the probed image (pixels); the long side keeps the aspect ratio
+    multiple: int = 32  # both sides rounded to a multiple of this (every layer's stride divides it)
+    block: int = 32  # checkerboard square side (pixels)
+    guard: int = 4  # pixels at each square's border left out of fitting and testing
+    ridge: tuple[float, ...] = RIDGE_GRID  # penalties per training pixel (lambda = ridge * N), chosen per fold
+    scenes: tuple[str, ...] = ("motorcycle", "aloe")
+    layers: list[str] = field(default_factory=lambda: list(LAYERS))
+
+    def __post_init__(self) -> None:
+        for name in ("short", "multiple", "block"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"DepthProbeConfig.{name} must be a positive int, got {v!r}")
+        if not 0 <= self.guard < self.block // 2:
+            raise ValueError(f"DepthProbeConfig.guard must be in [0, block/2 = {self.block // 2}), got {self.guard}")
+        if not self.ridge or min(self.ridge) <= 0:
+            raise ValueError(f"DepthProbeConfig.ridge must be penalties > 0, got {self.ridge}")
+
+
+def checkerboard_folds(h: int, w: int, block: int, guard: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint (H, W) bool masks: the black and the white squares, less ``guard`` px at each border."""
+    y = torch.arange(h)[:, None]
+    x = torch.arange(w)[None, :]
+    colour = ((y // block) + (x // block)) % 2 == 0  # (H, W)
+    inner = (
+        ((y % block) >= guard) & ((y % block) < block - guard) & ((x % block) >= guard) & ((x % block) < block - guard)
+    )
+    return colour & inner, ~colour & inner
+
+
+class _Ridge:
+    """Ridge regressions of ``y`` (N,) on standardised ``x`` (N, C) for many penalties, from one eigendecomposition."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean, self.std, self.n = mean, std, x.shape[0]
+        z = (x.double() - mean) / std  # (N, C)
+        self.y_mean = y.double().mean()
+        evals, self.evecs = torch.linalg.eigh(z.T @ z)  # (C,), (C, C)
+        self.evals = evals.clamp_min(0)
+        self.zty = self.evecs.T @ (z.T @ (y.double() - self.y_mean))  # (C,) in the eigenbasis
+
+    def coef(self, ridge: float) -> torch.Tensor:
+        return self.evecs @ (self.zty / (self.evals + ridge * self.n))  # (C,)
+
+    def predict(self, x: torch.Tensor, ridge: float) -> torch.Tensor:
+        return ((x.double() - self.mean) / self.std) @ self.coef(ridge) + self.y_mean  # (M,)
+
+
+def ridge_fit(
+    x: torch.Tensor, y: torch.Tensor, ridge: float | Sequence[float] = RIDGE_GRID, groups: torch.Tensor | None = None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], float]:
+    """Closed-form ridge from ``x`` (N, C) to ``y`` (N,); returns ``(predict(x (M, C)) -> (M,), penalty)``.
+
+    Features are standardised with the training mean and std (constant channels get std 1); the
+    bias is not penalised; ``lambda = penalty * N``; float64. With several penalties, ``groups``
+    ((N,) bool) splits the training pixels in two: each half is fitted and scored on the other,
+    and the penalty with the lowest summed squared error is refitted on all pixels.
+    """
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"ridge_fit: x must be (N, C) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    grid = [float(ridge)] if isinstance(ridge, (int, float)) else [float(r) for r in ridge]
+    if not grid or min(grid) <= 0:
+        raise ValueError(f"ridge_fit: penalties must be > 0, got {grid}")
+    x64 = x.double()
+    mean, std = x64.mean(0), x64.std(0)
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    best = grid[0]
+    if len(grid) > 1:
+        if groups is None or groups.shape != y.shape or groups.all() or not groups.any():
+            raise ValueError("ridge_fit: choosing among penalties needs `groups`, an (N,) bool mask with both values")
+        err = dict.fromkeys(grid, 0.0)
+        for a in (groups, ~groups):
+            fit = _Ridge(x64[a], y[a], mean, std)
+            for r in grid:
+                err[r] += float(((fit.predict(x64[~a], r) - y[~a].double()) ** 2).sum())
+        best = min(grid, key=lambda r: err[r])
+    fit = _Ridge(x64, y, mean, std)
+    return (lambda q: fit.predict(q, best)), best
+
+
+def probe_rmse(features: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, config: DepthProbeConfig) -> float:
+    """Checkerboard two-fold ridge RMSE of ``features`` (C, H, W) against ``target`` (H, W) where ``valid``.
+
+    The penalty of each fold is chosen on its training squares alone (rows of squares of even vs
+    odd index: see :func:`ridge_fit`).
+    """
+    c, h, w = features.shape
+    if target.shape != (h, w) or valid.shape != (h, w):
+        raise ValueError(
+            f"probe_rmse: features {tuple(features.shape)} vs target {tuple(target.shape)} / valid {tuple(valid.shape)}"
+        )
+    x = features.reshape(c, -1).T  # (H*W, C)
+    yv, ok = target.reshape(-1), valid.reshape(-1)
+    row_parity = ((torch.arange(h)[:, None] // config.block) % 2 == 0).expand(h, w).reshape(-1)  # (H*W,)
+    folds = [m.reshape(-1) for m in checkerboard_folds(h, w, config.block, config.guard)]
+    sq, n = 0.0, 0
+    for train, test in ((folds[0], folds[1]), (folds[1], folds[0])):
+        tr, te = train & ok, test & ok
+        if tr.sum() < 2 * c or te.sum() == 0:
+            raise ValueError(
+                f"probe_rmse: too few valid pixels ({int(tr.sum())} to fit {c} channels, {int(te.sum())} to test)"
+            )
+        predict, _ = ridge_fit(x[tr], yv[tr], config.ridge, groups=row_parity[tr])
+        err = predict(x[te]) - yv[te].double()
+        sq += float((err**2).sum())
+        n += int(te.sum())
+    return (sq / n) ** 0.5
+
+
+def scene_at(sample: dict, config: DepthProbeConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(image (3, H, W) in [0, 1], log relative depth (H, W), valid (H, W) bool)`` resized for the probe.
+
+    Depth is averaged over the valid source pixels of each output pixel (area weights), so invalid
+    pixels never leak in; an output pixel is valid where more than half of its area was.
+    """
+    image, depth, valid = sample["image"], sample["depth"].float(), sample["depth_valid"]
+    h0, w0 = image.shape[-2:]
+    s = config.short / min(h0, w0)
+    m = config.multiple
+    size = (max(m, round(h0 * s / m) * m), max(m, round(w0 * s / m) * m))
+    img = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    v = valid.float()[None, None]
+    area = F.interpolate(v, size=size, mode="area")[0, 0]  # (H, W) valid fraction
+    num = F.interpolate((depth * valid)[None, None], size=size, mode="area")[0, 0]
+    d = torch.where(area > 0, num / area.clamp_min(1e-12), torch.zeros_like(num))
+    ok = area > 0.5
+    return img.clamp(0, 1), torch.where(ok, d.clamp_min(1e-12).log(), torch.zeros_like(d)), ok
+
+
+@torch.no_grad()
+def run_probe(
+    methods: dict[str, Upsample], config: DepthProbeConfig | None = None, encoders: dict | None = None
+) -> list[dict]:
+    """Rows ``{"scene", "encoder", "stride", "size", "constant", method: RMSE, ...}``, one per scene and layer.
+
+    ``methods``: name -> ``f(image (1, 3, H, W) in [0, 1], features (1, C, h, w), (H, W))``; must
+    include ``"bilinear"`` (the reference of the gains). ``encoders``: label -> encoder, to reuse
+    built ones (default: :func:`anyup.train.heldout.build` of each ``config.layers`` label).
+    """
+    from anyup.eval.datasets.depth import MiddleburyConfig, MiddleburyStereo
+    from anyup.train.heldout import build
+    from anyup.train.validate import _features
+
+    cfg = config or DepthProbeConfig()
+    if "bilinear" not in methods:
+        raise ValueError(f"run_probe: methods must include 'bilinear' (the reference), got {sorted(methods)}")
+    data = MiddleburyStereo(config=MiddleburyConfig(scenes=tuple(cfg.scenes)))
+    scenes = [scene_at(data[i], cfg) + (data.items[i],) for i in range(len(data))]
+    missing = sorted(set(cfg.scenes) - {s[-1] for s in scenes})
+    if missing:
+        raise FileNotFoundError(f"depth probe: scenes {missing} are not available here (apt-get install opencv-doc)")
+    rows = []
+    for label in cfg.layers:
+        enc = (encoders or {}).get(label) or build(label)
+        for img, depth, valid, name in scenes:
+            low = _features(enc, img[None]).float()  # (1, C, h, w)
+            size = (int(img.shape[-2]), int(img.shape[-1]))
+            row: dict = {"scene": name, "encoder": label, "stride": size[0] // int(low.shape[-2]), "size": list(size)}
+            row["constant"] = probe_rmse(torch.zeros(1, *size), depth, valid, cfg)
+            for mname, up in methods.items():
+                feats = up(img[None], low, size).float()[0]  # (C, H, W)
+                row[mname] = probe_rmse(feats, depth, valid, cfg)
+            rows.append(row)
+            logger.info("%s %s: %s", name, label, {k: round(v, 4) for k, v in row.items() if isinstance(v, float)})
+    return rows
+
+
+def summary(rows: Sequence[dict], methods: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per method: ``mean_rmse``, ``mean_gain`` (bilinear RMSE - RMSE), ``wins`` (rows better than bilinear), ``rows``."""
+    out = {}
+    for m in methods:
+        gains = [r["bilinear"] - r[m] for r in rows]
+        out[m] = {
+            "mean_rmse": sum(r[m] for r in rows) / len(rows),
+            "mean_gain": sum(gains) / len(gains),
+            "wins": float(sum(g > 0 for g in gains)),
+            "rows": float(len(rows)),
+        }
+    return out
+
+
+def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
+    """RMSE table (best per row in bold) plus mean RMSE, mean gain over bilinear and wins."""
+    lines = [
+        "| scene | encoder layer | stride | constant | " + " | ".join(methods) + " |",
+        "|---|---|---|---|" + "---|" * len(methods),
+    ]
+    for r in rows:
+        best = min(r[m] for m in methods)
+        cells = [f"**{r[m]:.4f}**" if r[m] == best else f"{r[m]:.4f}" for m in methods]
+        lines.append(
+            f"| {r['scene']} | {r['encoder']} | {r['stride']} | {r['constant']:.4f} | " + " | ".join(cells) + " |"
+        )
+    s = summary(rows, methods)
+    lines.append("| **mean RMSE** | | | | " + " | ".join(f"{s[m]['mean_rmse']:.4f}" for m in methods) + " |")
+    lines.append(
+        "| **mean gain over bilinear** | | | | " + " | ".join(f"{s[m]['mean_gain']:+.4f}" for m in methods) + " |"
+    )
+    lines.append(
+        "| **rows better than bilinear** | | | | "
+        + " | ".join(f"{int(s[m]['wins'])}/{int(s[m]['rows'])}" for m in methods)
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from anyup.train.heldout import methods_from, parse_weights
+
+    p = argparse.ArgumentParser(prog="python -m anyup.eval.depth_probe", description=__doc__.splitlines()[0])
+    p.add_argument("--weights", nargs="+", default=[], metavar="LABEL=WEIGHTS", help="AnyUp weights to compare")
+    p.add_argument("--soft-edge", nargs="+", default=[], metavar="LABEL",
+                   help="also run these weights with the other window edge (hard <-> soft)")  # fmt: skip
+    p.add_argument("--layers", nargs="+", help=f"encoder layers (default: {' '.join(LAYERS)})")
+    p.add_argument("--scenes", nargs="+", default=["motorcycle", "aloe"])
+    p.add_argument("--short", type=int, default=DepthProbeConfig.short, help="short side of the probed image")
+    p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    weights = parse_weights(args.weights, args.soft_edge)
+    cfg = DepthProbeConfig(short=args.short, scenes=tuple(args.scenes))
+    if args.layers:
+        cfg.layers = list(args.layers)
+    methods = methods_from(weights, args.soft_edge)
+    rows = run_probe(methods, cfg)
+    if args.out:
+        from anyup._atomic import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(rows, indent=1))
+    print(markdown(rows, list(methods)))  # the command's result
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
