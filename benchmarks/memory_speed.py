@@ -12,6 +12,7 @@ weights (float32, 1 image, features at 1/14 of the side, C channels):
   value products inside the windows, the feature unification's filters) timed as large square GEMMs on this machine;
 * ``ours_compiled``: ``AnyUpConfig(compile=True)`` (Inductor-fused element-wise chunk kernels),
   timed after one full-size call that compiles them (its time is reported as ``first_call_s``);
+* ``ours_soft``: ``AnyUpConfig(window_edge="soft")`` (the log-coverage logit bias, a float mask);
 * ``ours_bf16``: bfloat16 inputs (computed in float32 on the CPU, output in bfloat16);
 * ``ours_grad`` / ``dense_grad``: forward + backward of ``out.square().mean()`` w.r.t. the image
   and the parameters (checkpointed engine vs the dense reference).
@@ -35,7 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._harness import fmt_mib, fmt_s, measure, out_dir, run_worker, write_atomic  # noqa: E402
 
 PATCH = 14  # default; --patch 16 gives 128² features at 2048²
-METHODS = ("bilinear", "floor", "ours", "ours_compiled", "ours_bf16", "dense", "old", "ours_grad", "dense_grad")
+METHODS = (
+    "bilinear",
+    "floor",
+    "ours",
+    "ours_compiled",
+    "ours_soft",
+    "ours_bf16",
+    "dense",
+    "old",
+    "ours_grad",
+    "dense_grad",
+)
 DENSE_LIMIT_BYTES = 22 << 30  # beyond this the dense reference would not fit this 24 GB machine
 
 
@@ -100,6 +112,8 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
     model = anyup.AnyUp().eval()
     if method == "ours_compiled":
         model.config.compile = True
+    if method == "ours_soft":
+        model.config.window_edge = "soft"
     image = torch.randn(1, 3, size, size)
     feats = torch.randn(1, channels, low, low)
     dtype = torch.bfloat16 if method == "ours_bf16" else torch.float32
@@ -107,7 +121,7 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
     out_bytes = channels * size * size * feats.element_size()
 
     def call(img, fts):
-        if method in ("ours", "ours_compiled", "ours_bf16", "old"):
+        if method in ("ours", "ours_compiled", "ours_soft", "ours_bf16", "old"):
             return model(img, fts, max_memory=_bytes(max_memory) if method == "old" else max_memory)
         if method == "dense":
             return dense_forward(model, img, fts)
