@@ -304,8 +304,14 @@ def check_shapes_before_allocating(path: Path, config: AnyUpConfig) -> None:
 
 
 def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:
-    """The architecture in a ``.safetensors`` file's ``anyup_config`` metadata (JSON), validated; else ``None``."""
+    """The architecture stored with the weights, validated; else ``None``.
+
+    ``.safetensors``: the ``anyup_config`` metadata (JSON). ``.pt``/``.pth``: an ``anyup train``
+    checkpoint's ``config["model"]`` (e.g. ``window_edge="soft"``); other torch files have none.
+    """
     path = Path(path)
+    if path.suffix in (".pt", ".pth") and path.is_file():
+        return _checkpoint_config(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     from safetensors import SafetensorError, safe_open
@@ -324,3 +330,20 @@ def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{str(path)!r} has unreadable anyup_config metadata: {err}") from None
     return arch_config(fields, f"{str(path)!r} anyup_config metadata")
+
+
+def _checkpoint_config(path: Path) -> AnyUpConfig | None:
+    """The architecture fields of an ``anyup train`` checkpoint (``{"format": 1, "config": {"model": {...}}}``)."""
+    from anyup._state import torch_load
+    from anyup.train.checkpoint import FORMAT
+
+    try:
+        obj = torch_load(path, "weights file")
+    except ValueError:
+        return None  # unreadable: read_state_dict reports it, with the reason
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("config"), dict)):
+        return None  # a plain state dict (the published .pth files): no stored architecture
+    fields = obj["config"].get("model") or {}
+    if not isinstance(fields, dict):
+        raise ValueError(f"{str(path)!r}: the training checkpoint's config.model is not a mapping: {fields!r}")
+    return arch_config({k: v for k, v in fields.items() if k in ARCH_FIELDS}, f"{str(path)!r} config.model")

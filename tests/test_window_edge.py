@@ -151,6 +151,28 @@ def test_window_edge_is_stored_with_exported_weights(tmp_path):
         AnyUp(AnyUpConfig(window_edge="blurry"))
 
 
+def test_window_edge_is_read_from_training_checkpoints(tmp_path):
+    """``anyup.load`` of an ``anyup train`` checkpoint (.pt) takes the run's ``config.model``, so a run
+    trained soft is evaluated soft; a plain state dict (the published .pth) stays hard."""
+    from anyup.train.checkpoint import FORMAT, save_checkpoint
+
+    torch.manual_seed(0)
+    m = AnyUp(AnyUpConfig(window_edge="soft"))
+    ckpt = tmp_path / "last.pt"
+    save_checkpoint(ckpt, {"step": 3, "model": m.state_dict(), "config": {"model": {"window_edge": "soft"}}})
+    assert torch.load(ckpt, weights_only=True)["format"] == FORMAT
+    loaded = anyup.load(ckpt)
+    assert loaded.config.window_edge == "soft"
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), m.state_dict().values()))
+    assert anyup.load(ckpt, config=AnyUpConfig(window_edge="hard")).config.window_edge == "hard"  # explicit wins
+    plain = tmp_path / "plain.pth"
+    torch.save(m.state_dict(), plain)
+    assert anyup.load(plain).config.window_edge == "hard"
+    save_checkpoint(ckpt, {"step": 3, "model": m.state_dict(), "config": {"model": {"window_edge": "blurry"}}})
+    with pytest.raises(ValueError, match="window_edge='blurry' is invalid"):
+        anyup.load(ckpt)
+
+
 @pytest.mark.slow
 def test_soft_edge_removes_grid_locked_steps_on_a_real_photo():
     data = pytest.importorskip("skimage.data")
