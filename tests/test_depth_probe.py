@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -62,6 +63,8 @@ def test_ridge_errors():
         ridge_fit(torch.zeros(5, 2), torch.zeros(5), ridge=0.0)
     with pytest.raises(ValueError, match="guard"):
         DepthProbeConfig(block=8, guard=4)
+    with pytest.raises(ValueError, match="input_scale"):
+        DepthProbeConfig(input_scale=1.5)
 
 
 def test_probe_rmse_orders_features_by_how_much_depth_they_carry():
@@ -83,8 +86,8 @@ def test_probe_rmse_orders_features_by_how_much_depth_they_carry():
 
 def test_markdown_and_summary():
     rows = [
-        {"scene": "s", "encoder": "e@a", "stride": 8, "constant": 1.0, "bilinear": 0.5, "x": 0.4},
-        {"scene": "t", "encoder": "e@a", "stride": 8, "constant": 1.0, "bilinear": 0.5, "x": 0.6},
+        {"scene": "s", "encoder": "e@a", "ratio": 8, "constant": 1.0, "bilinear": 0.5, "x": 0.4},
+        {"scene": "t", "encoder": "e@a", "ratio": 8, "constant": 1.0, "bilinear": 0.5, "x": 0.6},
     ]
     s = summary(rows, ["bilinear", "x"])
     assert s["x"]["wins"] == 1 and s["x"]["mean_gain"] == pytest.approx(0.0) and s["bilinear"]["wins"] == 0
@@ -108,9 +111,11 @@ def test_real_scene_probe_runs_and_guidance_helps(tmp_path):
     }
     cfg = DepthProbeConfig(short=224, scenes=("motorcycle",), layers=["efficientnet_lite0@stage4"])
     (row,) = run_probe(methods, cfg)
-    assert row["size"] == [224, 320] and row["stride"] == 16
+    assert row["size"] == [224, 320] and row["ratio"] == 16
     assert row["jbu"] < row["bilinear"] < row["constant"]
     assert run_probe(methods, cfg) == [row]  # deterministic
+    (half,) = run_probe(methods, replace(cfg, input_scale=0.5))  # the encoder on a 128x160 input (sides rounded to 32)
+    assert half["ratio"] == 224 // 8 and half["size"] == row["size"] and half["bilinear"] < half["constant"]
     with pytest.raises(ValueError, match="must include 'bilinear'"):
         run_probe({"jbu": methods["jbu"]}, cfg)
     out = tmp_path / "probe.json"

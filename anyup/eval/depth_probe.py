@@ -5,8 +5,9 @@ motorcycle, opencv-doc's aloe; real photos, real disparity, never used in traini
 ``anyup/train/photo_split.json``) and each encoder layer:
 
 1. the photo is resized to ``short`` pixels on its short side (both sides multiples of 32), the
-   encoder runs on it, and each method upsamples the features to every pixel of that image
-   (ratio = the layer's stride, 4-32x, what users run);
+   encoder runs on it (or on it downscaled by ``input_scale``), and each method upsamples the
+   features to every pixel of that image (ratio = the layer's stride / ``input_scale``: 4-32x at
+   the default 1, what users run; 8-64x at 0.5);
 2. a **closed-form ridge regression** (features standardised on the training pixels, unpenalised
    bias, penalty chosen on the training pixels alone) maps each pixel's feature vector to its log
    relative depth (``log(median(disparity) / disparity)``, 0 = the scene's median depth; the log
@@ -56,6 +57,7 @@ RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalties per training pixel
 @dataclass
 class DepthProbeConfig:
     short: int = 224  # short side of the probed image (pixels); the long side keeps the aspect ratio
+    input_scale: float = 1.0  # the encoder sees the probed image resized by this (0.5: twice the ratio)
     multiple: int = 32  # both sides rounded to a multiple of this (every layer's stride divides it)
     block: int = 32  # checkerboard square side (pixels)
     guard: int = 4  # pixels at each square's border left out of fitting and testing
@@ -68,6 +70,8 @@ class DepthProbeConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"DepthProbeConfig.{name} must be a positive int, got {v!r}")
+        if not 0 < self.input_scale <= 1:
+            raise ValueError(f"DepthProbeConfig.input_scale must be in (0, 1], got {self.input_scale}")
         if not 0 <= self.guard < self.block // 2:
             raise ValueError(f"DepthProbeConfig.guard must be in [0, block/2 = {self.block // 2}), got {self.guard}")
         if not self.ridge or min(self.ridge) <= 0:
@@ -188,7 +192,7 @@ def scene_at(sample: dict, config: DepthProbeConfig) -> tuple[torch.Tensor, torc
 def run_probe(
     methods: dict[str, Upsample], config: DepthProbeConfig | None = None, encoders: dict | None = None
 ) -> list[dict]:
-    """Rows ``{"scene", "encoder", "stride", "size", "constant", method: RMSE, ...}``, one per scene and layer.
+    """Rows ``{"scene", "encoder", "ratio", "size", "constant", method: RMSE, ...}``, one per scene and layer.
 
     ``methods``: name -> ``f(image (1, 3, H, W) in [0, 1], features (1, C, h, w), (H, W))``; must
     include ``"bilinear"`` (the reference of the gains). ``encoders``: label -> encoder, to reuse
@@ -210,9 +214,14 @@ def run_probe(
     for label in cfg.layers:
         enc = (encoders or {}).get(label) or build(label)
         for img, depth, valid, name in scenes:
-            low = _features(enc, img[None]).float()  # (1, C, h, w)
             size = (int(img.shape[-2]), int(img.shape[-1]))
-            row: dict = {"scene": name, "encoder": label, "stride": size[0] // int(low.shape[-2]), "size": list(size)}
+            enc_in = img[None]
+            if cfg.input_scale != 1:
+                m = cfg.multiple
+                small = tuple(max(m, round(n * cfg.input_scale / m) * m) for n in size)
+                enc_in = F.interpolate(enc_in, size=small, mode="bilinear", antialias=True, align_corners=False)
+            low = _features(enc, enc_in.clamp(0, 1)).float()  # (1, C, h, w)
+            row: dict = {"scene": name, "encoder": label, "ratio": size[0] // int(low.shape[-2]), "size": list(size)}
             row["constant"] = probe_rmse(torch.zeros(1, *size), depth, valid, cfg)
             for mname, up in methods.items():
                 feats = up(img[None], low, size).float()[0]  # (C, H, W)
@@ -239,14 +248,14 @@ def summary(rows: Sequence[dict], methods: Sequence[str]) -> dict[str, dict[str,
 def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
     """RMSE table (best per row in bold) plus mean RMSE, mean gain over bilinear and wins."""
     lines = [
-        "| scene | encoder layer | stride | constant | " + " | ".join(methods) + " |",
+        "| scene | encoder layer | ratio | constant | " + " | ".join(methods) + " |",
         "|---|---|---|---|" + "---|" * len(methods),
     ]
     for r in rows:
         best = min(r[m] for m in methods)
         cells = [f"**{r[m]:.4f}**" if r[m] == best else f"{r[m]:.4f}" for m in methods]
         lines.append(
-            f"| {r['scene']} | {r['encoder']} | {r['stride']} | {r['constant']:.4f} | " + " | ".join(cells) + " |"
+            f"| {r['scene']} | {r['encoder']} | {r['ratio']} | {r['constant']:.4f} | " + " | ".join(cells) + " |"
         )
     s = summary(rows, methods)
     lines.append("| **mean RMSE** | | | | " + " | ".join(f"{s[m]['mean_rmse']:.4f}" for m in methods) + " |")
@@ -271,11 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--layers", nargs="+", help=f"encoder layers (default: {' '.join(LAYERS)})")
     p.add_argument("--scenes", nargs="+", default=["motorcycle", "aloe"])
     p.add_argument("--short", type=int, default=DepthProbeConfig.short, help="short side of the probed image")
+    p.add_argument("--input-scale", type=float, default=1.0, help="the encoder sees the image resized by this")
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     weights = parse_weights(args.weights, args.soft_edge)
-    cfg = DepthProbeConfig(short=args.short, scenes=tuple(args.scenes))
+    cfg = DepthProbeConfig(short=args.short, scenes=tuple(args.scenes), input_scale=args.input_scale)
     if args.layers:
         cfg.layers = list(args.layers)
     methods = methods_from(weights, args.soft_edge)
