@@ -91,8 +91,10 @@ class CrossDecode(nn.Module):
         A band cut from a larger map carries one halo row on each side that is not an image border;
         ``pad_top`` / ``pad_bottom`` say which sides are borders (zero padded, as the reference).
         """
-        q = F.pad(q, (1, 1, int(pad_top), int(pad_bottom)))
-        return F.conv2d(q, self.conv2d.weight.to(q.dtype))
+        weight = self.conv2d.weight.to(q.dtype)
+        if pad_top == pad_bottom:  # the conv pads itself (no padded copy of the band; same bits)
+            return F.conv2d(q, weight, padding=(int(pad_top), 1))
+        return F.conv2d(F.pad(q, (0, 0, int(pad_top), int(pad_bottom))), weight, padding=(0, 1))
 
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
