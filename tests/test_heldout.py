@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -30,3 +32,25 @@ def test_markdown_bolds_the_best_and_averages():
 def test_cli_rejects_a_soft_edge_label_without_weights(tmp_path):
     with pytest.raises(SystemExit, match="--soft-edge \\['nope'\\]: not among the --weights labels"):
         main([str(tmp_path), "--weights", "a=anyup_offline", "--soft-edge", "nope"])
+
+
+def test_merge_joins_runs_per_layer_and_ratio(tmp_path, capsys):
+    from anyup.train.heldout import merge_rows
+
+    a = [
+        {"kind": "fidelity", "encoder": "e@1", "factor": 2, "bilinear": 0.5, "v1": 0.6},
+        {"kind": "fidelity", "encoder": "e@2", "factor": 2, "bilinear": 0.4, "v1": 0.45},
+    ]
+    b = [{"kind": "fidelity", "encoder": "e@1", "factor": 2, "bilinear": 0.5, "v2": 0.7}]
+    assert merge_rows([a, b]) == [
+        {"kind": "fidelity", "encoder": "e@1", "factor": 2, "bilinear": 0.5, "v1": 0.6, "v2": 0.7}
+    ]
+    with pytest.raises(ValueError, match="bilinear on .* differs"):
+        merge_rows([a, [dict(b[0], bilinear=0.9)]])
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    assert main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "| encoder layer | ratio | bilinear | v1 | v2 |" in out and "| e@1 | 2x | 0.5000 | 0.6000 | **0.7000** |" in out
+    )

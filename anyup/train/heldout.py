@@ -240,6 +240,28 @@ def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
     return "\n".join(out)
 
 
+def merge_rows(tables: Sequence[Sequence[dict]]) -> list[dict]:
+    """Rows of several :func:`evaluate` runs joined on ``(kind, encoder, factor)`` (later runs add methods).
+
+    Only rows present in every table are kept, in the first table's order; a method measured
+    twice must agree (the same protocol gives the same number), else ``ValueError``.
+    """
+    key = lambda r: (r["kind"], r["encoder"], r["factor"])  # noqa: E731
+    index = [{key(r): r for r in t} for t in tables]
+    out = []
+    for r in tables[0]:
+        if not all(key(r) in i for i in index):
+            continue
+        row = dict(r)
+        for i in index[1:]:
+            for m, v in i[key(r)].items():
+                if m in row and m not in ("kind", "encoder", "factor") and abs(row[m] - v) > 1e-6:
+                    raise ValueError(f"merge: {m} on {key(r)} differs between runs ({row[m]} vs {v})")
+                row[m] = v
+        out.append(row)
+    return out
+
+
 def parse_weights(items: Sequence[str], soft_edge: Sequence[str] = ()) -> dict[str, str]:
     """``["LABEL=NAME_OR_PATH", ...]`` -> ``{label: weights}``; every ``soft_edge`` label must be among them."""
     weights = {}
@@ -256,7 +278,11 @@ def parse_weights(items: Sequence[str], soft_edge: Sequence[str] = ()) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m anyup.train.heldout", description=__doc__.splitlines()[0])
-    p.add_argument("val_dir", type=Path, help="held-out photos (python -m anyup.train.photos OUT -> OUT/val)")
+    p.add_argument(
+        "val_dir", type=Path, nargs="?", help="held-out photos (python -m anyup.train.photos OUT -> OUT/val)"
+    )
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="print one table of earlier --out files (joined per layer and ratio) and exit")  # fmt: skip
     p.add_argument("--weights", nargs="+", default=[], metavar="LABEL=WEIGHTS", help="AnyUp weights to compare")
     p.add_argument("--encoders", nargs="+", help="encoder labels (default: seen, unseen and random-init layers)")
     p.add_argument("--soft-edge", nargs="+", default=[], metavar="LABEL",
@@ -268,6 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-eval", action="store_true", help="only draw the PCA pictures")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.merge:
+        rows = merge_rows([json.loads(Path(f).read_text()) for f in args.merge])
+        methods = list(dict.fromkeys(k for r in rows for k in r if k not in ("kind", "encoder", "factor")))
+        print(markdown(rows, methods))  # the command's result
+        return 0
+    if args.val_dir is None:
+        p.error("val_dir is required (unless --merge)")
     weights = parse_weights(args.weights, args.soft_edge)
     cfg = HeldoutConfig()
     if args.encoders:
