@@ -41,15 +41,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from anyup.train.heldout import SEEN, Upsample
+
 logger = logging.getLogger(__name__)
 
-Upsample = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
-
-LAYERS = [
-    "efficientnet_lite0@stage2", "efficientnet_lite0@stage3", "efficientnet_lite0@stage4", "efficientnet_lite0@stage6",
-    "vgg16_bn_craft@conv3_3", "vgg16_bn_craft@conv4_3", "vgg16_bn_craft@conv5_2",
-    "vgg16_hed@conv3_3", "vgg16_hed@conv4_3", "vgg16_hed@conv5_3",
-]  # fmt: skip
+# every offline CNN layer the shipped weights were trained on (as the held-out fidelity's seen layers)
+LAYERS = list(SEEN)
 
 RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalties per training pixel tried by the inner split
 
