@@ -95,6 +95,19 @@ def test_markdown_and_summary():
     assert "| s | e@a | 8 | 1.0000 | 0.5000 | **0.4000** |" in table and "| 1/2 |" in table
 
 
+def test_merge_joins_probe_runs(tmp_path, capsys):
+    from anyup.eval.depth_probe import main
+
+    base = {"scene": "s", "encoder": "e@a", "ratio": 8, "size": [64, 64], "constant": 1.0, "bilinear": 0.5}
+    (tmp_path / "a.json").write_text(json.dumps([dict(base, x=0.4)]))
+    (tmp_path / "b.json").write_text(json.dumps([dict(base, y=0.3)]))
+    assert main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "| s | e@a | 8 | 1.0000 | 0.5000 | 0.4000 | **0.3000** |" in capsys.readouterr().out
+    (tmp_path / "c.json").write_text(json.dumps([dict(base, size=[32, 32], y=0.3)]))
+    with pytest.raises(ValueError, match="size on .* differs"):
+        main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+
+
 @pytest.mark.slow
 def test_real_scene_probe_runs_and_guidance_helps(tmp_path):
     """Motorcycle (scikit-image, real disparity), EfficientNet-Lite0 stage4: JBU's image-guided

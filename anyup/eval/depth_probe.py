@@ -268,7 +268,7 @@ def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from anyup.train.heldout import methods_from, parse_weights
+    from anyup.train.heldout import merge_rows, methods_from, parse_weights
 
     p = argparse.ArgumentParser(prog="python -m anyup.eval.depth_probe", description=__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="+", default=[], metavar="LABEL=WEIGHTS", help="AnyUp weights to compare")
@@ -279,8 +279,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--short", type=int, default=DepthProbeConfig.short, help="short side of the probed image")
     p.add_argument("--input-scale", type=float, default=1.0, help="the encoder sees the image resized by this")
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="print one table of earlier --out files (joined per scene, layer and ratio) and exit")  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.merge:
+        rows = merge_rows([json.loads(f.read_text()) for f in args.merge], keys=("scene", "encoder", "ratio"))
+        fields = ("scene", "encoder", "ratio", "size", "constant")
+        print(markdown(rows, list(dict.fromkeys(k for r in rows for k in r if k not in fields))))  # the result
+        return 0
     weights = parse_weights(args.weights, args.soft_edge)
     cfg = DepthProbeConfig(short=args.short, scenes=tuple(args.scenes), input_scale=args.input_scale)
     if args.layers:

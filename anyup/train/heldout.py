@@ -240,13 +240,16 @@ def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def merge_rows(tables: Sequence[Sequence[dict]]) -> list[dict]:
-    """Rows of several :func:`evaluate` runs joined on ``(kind, encoder, factor)`` (later runs add methods).
+def merge_rows(tables: Sequence[Sequence[dict]], keys: Sequence[str] = ("kind", "encoder", "factor")) -> list[dict]:
+    """Rows of several runs joined on ``keys`` (later runs add methods).
 
-    Only rows present in every table are kept, in the first table's order; a method measured
-    twice must agree (the same protocol gives the same number), else ``ValueError``.
+    Only rows present in every table are kept, in the first table's order; a value measured twice
+    must agree (the same protocol gives the same number, to 1e-6), else ``ValueError``.
     """
-    key = lambda r: (r["kind"], r["encoder"], r["factor"])  # noqa: E731
+
+    def key(r: dict) -> tuple:
+        return tuple(json.dumps(r[k]) for k in keys)
+
     index = [{key(r): r for r in t} for t in tables]
     out = []
     for r in tables[0]:
@@ -255,8 +258,11 @@ def merge_rows(tables: Sequence[Sequence[dict]]) -> list[dict]:
         row = dict(r)
         for i in index[1:]:
             for m, v in i[key(r)].items():
-                if m in row and m not in ("kind", "encoder", "factor") and abs(row[m] - v) > 1e-6:
-                    raise ValueError(f"merge: {m} on {key(r)} differs between runs ({row[m]} vs {v})")
+                if m in row and m not in keys:
+                    a = row[m]
+                    same = abs(a - v) <= 1e-6 if isinstance(a, float) and isinstance(v, float) else a == v
+                    if not same:
+                        raise ValueError(f"merge: {m} on {key(r)} differs between runs ({a} vs {v})")
                 row[m] = v
         out.append(row)
     return out
