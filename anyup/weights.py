@@ -96,7 +96,7 @@ for _spec in (
         name="anyup_offline",
         filename="anyup_offline.safetensors",
         url=None,  # ships inside the package: works with no network
-        sha256="8c3ec793f9714b151c9406bd6c5f6357a45f105295be8f2ec42fcc25d971bb36",
+        sha256="89c10e059322f8d3bb7d9b5235f0ddb865892c36f33499ff35634026de787d2f",
         licence="MIT (trained by the anyup project)",
         description="Our AnyUp weights, trained on CPU over EfficientNet-Lite0 / CRAFT VGG16-BN / HED VGG16 "
         "features of offline photos (see the model card in the README)",
