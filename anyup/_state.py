@@ -72,10 +72,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise ValueError(f"{str(path)!r} is not a valid safetensors file: {err}") from None
+    return state_dict_of(read_torch_weights(path), path)
+
+
+def read_torch_weights(path: str | os.PathLike) -> Any:
+    """The object in a ``weights_only`` torch weights file (a state dict or an ``anyup train`` checkpoint)."""
     try:
-        obj = torch_load(path, "weights file")
+        return torch_load(path, "weights file")
     except ValueError as err:
         raise ValueError(f"{err} (not a plain PyTorch state dict)") from None
+
+
+def state_dict_of(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensor state dict in ``obj`` read from ``path``: itself, or a training checkpoint's ``model``."""
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # a training checkpoint of ours
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):

@@ -27,7 +27,7 @@ from anyup._checks import check_arch_fields
 from anyup._env import ENV_CACHE_DIR, require_network  # noqa: F401  (ENV_CACHE_DIR re-exported)
 from anyup._env import cache_dir as _cache_root
 from anyup._registry import Registry
-from anyup._state import load_strict, read_state_dict
+from anyup._state import load_strict, read_state_dict, read_torch_weights, state_dict_of
 from anyup.model import ARCH_FIELDS, AnyUp, AnyUpConfig
 
 logger = logging.getLogger(__name__)
@@ -254,13 +254,15 @@ def load(
         )
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {str(path)!r}")
-    if config is None:
-        config = stored_config(path) or AnyUpConfig()
-    else:
+    if config is not None:
         arch_config({k: getattr(config, k) for k in ARCH_FIELDS}, "config")
+    raw = None if path.suffix == ".safetensors" else read_torch_weights(path)  # a torch file is read once
+    if config is None:
+        config = (stored_config(path) if raw is None else checkpoint_config(raw, path)) or AnyUpConfig()
     check_shapes_before_allocating(path, config)
     model = AnyUp(config)
-    load_state_dict_strict(model, read_state_dict(path), source=str(path))
+    state = read_state_dict(path) if raw is None else state_dict_of(raw, path)
+    load_state_dict_strict(model, state, source=str(path))
     return model.to(device).eval()
 
 
@@ -311,7 +313,11 @@ def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:
     """
     path = Path(path)
     if path.suffix in (".pt", ".pth") and path.is_file():
-        return _checkpoint_config(path)
+        try:
+            raw = read_torch_weights(path)
+        except ValueError:
+            return None  # unreadable: read_state_dict reports it, with the reason
+        return checkpoint_config(raw, path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     from safetensors import SafetensorError, safe_open
@@ -332,17 +338,13 @@ def stored_config(path: str | os.PathLike) -> AnyUpConfig | None:
     return arch_config(fields, f"{str(path)!r} anyup_config metadata")
 
 
-def _checkpoint_config(path: Path) -> AnyUpConfig | None:
-    """The architecture fields of an ``anyup train`` checkpoint (``{"format": 1, "config": {"model": {...}}}``)."""
-    from anyup._state import torch_load
+def checkpoint_config(obj: Any, path: str | os.PathLike) -> AnyUpConfig | None:
+    """The architecture fields of an ``anyup train`` checkpoint object (``{"format": 1, "config": {"model": {...}}}``)
+    read from ``path``, validated; ``None`` for anything else (the published .pth files are plain state dicts)."""
     from anyup.train.checkpoint import FORMAT
 
-    try:
-        obj = torch_load(path, "weights file")
-    except ValueError:
-        return None  # unreadable: read_state_dict reports it, with the reason
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("config"), dict)):
-        return None  # a plain state dict (the published .pth files): no stored architecture
+        return None
     fields = obj["config"].get("model") or {}
     if not isinstance(fields, dict):
         raise ValueError(f"{str(path)!r}: the training checkpoint's config.model is not a mapping: {fields!r}")
