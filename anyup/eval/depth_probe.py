@@ -165,6 +165,11 @@ def probe_rmse(features: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     return (sq / n) ** 0.5
 
 
+def _round_to(n: float, multiple: int) -> int:
+    """``n`` rounded to the nearest positive multiple of ``multiple``."""
+    return max(multiple, round(n / multiple) * multiple)
+
+
 def scene_at(sample: dict, config: DepthProbeConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(image (3, H, W) in [0, 1], log relative depth (H, W), valid (H, W) bool)`` resized for the probe.
 
@@ -174,8 +179,7 @@ def scene_at(sample: dict, config: DepthProbeConfig) -> tuple[torch.Tensor, torc
     image, depth, valid = sample["image"], sample["depth"].float(), sample["depth_valid"]
     h0, w0 = image.shape[-2:]
     s = config.short / min(h0, w0)
-    m = config.multiple
-    size = (max(m, round(h0 * s / m) * m), max(m, round(w0 * s / m) * m))
+    size = (_round_to(h0 * s, config.multiple), _round_to(w0 * s, config.multiple))
     img = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
     v = valid.float()[None, None]
     area = F.interpolate(v, size=size, mode="area")[0, 0]  # (H, W) valid fraction
@@ -205,6 +209,8 @@ def run_probe(
     data = MiddleburyStereo(config=MiddleburyConfig(scenes=tuple(cfg.scenes)))
     scenes = [scene_at(data[i], cfg) + (data.items[i],) for i in range(len(data))]
     missing = sorted(set(cfg.scenes) - {s[-1] for s in scenes})
+    # the probe on no features (the training mean): a property of the scene, the same for every layer
+    constant = {name: probe_rmse(torch.zeros(1, *depth.shape), depth, valid, cfg) for _, depth, valid, name in scenes}
     if missing:
         raise FileNotFoundError(f"depth probe: scenes {missing} are not available here (apt-get install opencv-doc)")
     rows = []
@@ -214,12 +220,11 @@ def run_probe(
             size = (int(img.shape[-2]), int(img.shape[-1]))
             enc_in = img[None]
             if cfg.input_scale != 1:
-                m = cfg.multiple
-                small = tuple(max(m, round(n * cfg.input_scale / m) * m) for n in size)
+                small = tuple(_round_to(n * cfg.input_scale, cfg.multiple) for n in size)
                 enc_in = F.interpolate(enc_in, size=small, mode="bilinear", antialias=True, align_corners=False)
             low = _features(enc, enc_in.clamp(0, 1)).float()  # (1, C, h, w)
             row: dict = {"scene": name, "encoder": label, "ratio": size[0] // int(low.shape[-2]), "size": list(size)}
-            row["constant"] = probe_rmse(torch.zeros(1, *size), depth, valid, cfg)
+            row["constant"] = constant[name]
             for mname, up in methods.items():
                 feats = up(img[None], low, size).float()[0]  # (C, H, W)
                 row[mname] = probe_rmse(feats, depth, valid, cfg)
