@@ -25,6 +25,7 @@ def main() -> int:
     from anyup.eval.artifacts import cell_border_energy
     from anyup.model import AnyUpConfig
     from anyup.predictor import Upsampler
+    from anyup.train.heldout import parse_weights
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="*", default=[], metavar="LABEL=FILE", help="more weights to measure")
@@ -39,8 +40,7 @@ def main() -> int:
         "anyup_offline (default)": anyup.load("anyup_offline"),
         "anyup_offline, hard edge": anyup.load("anyup_offline", config=AnyUpConfig(window_edge="hard")),
     }
-    for item in args.weights:
-        label, _, path = item.partition("=")
+    for label, path in parse_weights(args.weights).items():  # the heldout command's LABEL=FILE checks
         models[label] = anyup.load(path)
     from anyup.image import imagenet_normalize
 
