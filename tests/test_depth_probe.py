@@ -138,3 +138,15 @@ def test_real_scene_probe_runs_and_guidance_helps(tmp_path):
     )
     (saved,) = json.loads(out.read_text())
     assert saved["bilinear"] == pytest.approx(row["bilinear"]) and saved["jbu"] == pytest.approx(row["jbu"])
+
+
+def test_anyup_eval_depth_probe_command(tmp_path, capsys):
+    """``anyup eval depth-probe`` is the same command: --reference LABEL=WEIGHTS, --merge, clear errors."""
+    from anyup.cli import main as anyup_main
+
+    base = {"scene": "s", "encoder": "e@a", "ratio": 8, "size": [64, 64], "constant": 1.0, "bilinear": 0.5, "x": 0.4}
+    (tmp_path / "a.json").write_text(json.dumps([base]))
+    assert anyup_main(["eval", "depth-probe", "--merge", str(tmp_path / "a.json")]) == 0
+    assert "| s | e@a | 8 | 1.0000 | 0.5000 | **0.4000** |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--reference 'nolabel' must look like LABEL=NAME_OR_PATH"):
+        anyup_main(["eval", "depth-probe", "--reference", "nolabel"])

@@ -309,6 +309,16 @@ def register(subparsers: Any) -> None:
     add_list(p, "--methods", "methods (default all that can run here)")
     p.set_defaults(func=_cmd_fidelity)
 
+    from anyup.eval import depth_probe
+
+    p = sub.add_parser(
+        "depth-probe",
+        help="real-depth ridge probe per Middlebury scene and CNN layer (RMSE vs bilinear)",
+        description=depth_probe.__doc__.splitlines()[0],
+    )
+    depth_probe.add_arguments(p)
+    p.set_defaults(func=depth_probe.run)
+
     p = sub.add_parser("protocols", help="list protocol presets (name@hash) and suites")
     p.add_argument("--json", action="store_true", help="also print each protocol's canonical JSON")
     p.set_defaults(func=_cmd_protocols)

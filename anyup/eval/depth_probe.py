@@ -23,10 +23,11 @@ A method's **gain** is bilinear's RMSE minus its RMSE (positive = better than bi
 learned nothing). Nothing is trained but the probe, so the numbers are deterministic for given
 weights.
 
-Command line (prints a Markdown table, ``--out`` writes the rows as JSON)::
+Command line (prints a Markdown table, ``--out`` writes the rows as JSON; ``anyup eval depth-probe``
+takes the same flags)::
 
-    python -m anyup.eval.depth_probe --weights "shipped=anyup_offline" \\
-        "published multi_backbone=../shared/weights/anyup_multi_backbone.pth" --out probe.json
+    python -m anyup.eval.depth_probe --reference "shipped=anyup_offline" \\
+        --reference "published multi_backbone=../shared/weights/anyup_multi_backbone.pth" --out probe.json
 """
 
 from __future__ import annotations
@@ -37,16 +38,25 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from anyup.train.heldout import SEEN, Upsample
+if TYPE_CHECKING:
+    from anyup.train.heldout import Upsample
 
 logger = logging.getLogger(__name__)
 
-# every offline CNN layer the shipped weights were trained on (as the held-out fidelity's seen layers)
-LAYERS = list(SEEN)
+
+def default_layers() -> list[str]:
+    """Every offline CNN layer the shipped weights were trained on: the held-out fidelity's seen layers.
+
+    Imported on use, so that registering ``anyup eval depth-probe`` does not load the training package."""
+    from anyup.train.heldout import SEEN
+
+    return list(SEEN)
+
 
 RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalties per training pixel tried by the inner split
 
@@ -60,7 +70,7 @@ class DepthProbeConfig:
     guard: int = 4  # pixels at each square's border left out of fitting and testing
     ridge: tuple[float, ...] = RIDGE_GRID  # penalties per training pixel (lambda = ridge * N), chosen per fold
     scenes: tuple[str, ...] = ("motorcycle", "aloe")
-    layers: list[str] = field(default_factory=lambda: list(LAYERS))
+    layers: list[str] = field(default_factory=default_layers)
 
     def __post_init__(self) -> None:
         for name in ("short", "multiple", "block"):
@@ -272,28 +282,39 @@ def markdown(rows: Sequence[dict], methods: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from anyup.train.heldout import merge_rows, methods_from, parse_weights
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The probe's flags (``python -m anyup.eval.depth_probe`` and ``anyup eval depth-probe``)."""
+    from anyup.cli._flags import ListAction, RenamedFlag
 
-    p = argparse.ArgumentParser(prog="python -m anyup.eval.depth_probe", description=__doc__.splitlines()[0])
-    p.add_argument("--weights", nargs="+", default=[], metavar="LABEL=WEIGHTS", help="AnyUp weights to compare")
+    # LABEL=WEIGHTS lists are --reference, as in `anyup train-eval` (--model is one NAME_OR_PATH everywhere)
+    p.add_argument("--reference", dest="references", action=ListAction, split=False, default=[],
+                   metavar="LABEL=WEIGHTS", help="AnyUp weights to compare, a registered name or a file "
+                   "(repeat for more)")  # fmt: skip
+    p.add_argument("--weights", dest="references", action=RenamedFlag, new="--reference", nargs="+",
+                   help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--soft-edge", nargs="+", default=[], metavar="LABEL",
                    help="also run these weights with the other window edge (hard <-> soft)")  # fmt: skip
-    p.add_argument("--layers", nargs="+", help=f"encoder layers (default: {' '.join(LAYERS)})")
+    p.add_argument(
+        "--layers", nargs="+", help="encoder layers, NAME@LAYER (default: the ten offline CNN layers of training)"
+    )
     p.add_argument("--scenes", nargs="+", default=["motorcycle", "aloe"])
     p.add_argument("--short", type=int, default=DepthProbeConfig.short, help="short side of the probed image")
     p.add_argument("--input-scale", type=float, default=1.0, help="the encoder sees the image resized by this")
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="print one table of earlier --out files (joined per scene, layer and ratio) and exit")  # fmt: skip
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the probe for parsed :func:`add_arguments` flags; prints the Markdown table."""
+    from anyup.train.heldout import merge_rows, methods_from, parse_weights
+
     if args.merge:
         rows = merge_rows([json.loads(f.read_text()) for f in args.merge], keys=("scene", "encoder", "ratio"))
         fields = ("scene", "encoder", "ratio", "size", "constant")
         print(markdown(rows, list(dict.fromkeys(k for r in rows for k in r if k not in fields))))  # the result
         return 0
-    weights = parse_weights(args.weights, args.soft_edge)
+    weights = parse_weights(args.references, args.soft_edge, flag="--reference")
     cfg = DepthProbeConfig(short=args.short, scenes=tuple(args.scenes), input_scale=args.input_scale)
     if args.layers:
         cfg.layers = list(args.layers)
@@ -305,6 +326,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_text(args.out, json.dumps(rows, indent=1))
     print(markdown(rows, list(methods)))  # the command's result
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m anyup.eval.depth_probe", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run(args)
 
 
 if __name__ == "__main__":

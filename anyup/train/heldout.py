@@ -268,17 +268,18 @@ def merge_rows(tables: Sequence[Sequence[dict]], keys: Sequence[str] = ("kind", 
     return out
 
 
-def parse_weights(items: Sequence[str], soft_edge: Sequence[str] = ()) -> dict[str, str]:
-    """``["LABEL=NAME_OR_PATH", ...]`` -> ``{label: weights}``; every ``soft_edge`` label must be among them."""
+def parse_weights(items: Sequence[str], soft_edge: Sequence[str] = (), flag: str = "--weights") -> dict[str, str]:
+    """``["LABEL=NAME_OR_PATH", ...]`` (given with ``flag``) -> ``{label: weights}``; every ``soft_edge`` label
+    must be among them."""
     weights = {}
     for item in items:
         label, sep, value = item.partition("=")
         if not sep or not label or not value:
-            raise SystemExit(f"--weights {item!r} must look like LABEL=NAME_OR_PATH")
+            raise SystemExit(f"{flag} {item!r} must look like LABEL=NAME_OR_PATH")
         weights[label] = value
     unknown = sorted(set(soft_edge) - set(weights))
     if unknown:
-        raise SystemExit(f"--soft-edge {unknown}: not among the --weights labels {sorted(weights)}")
+        raise SystemExit(f"--soft-edge {unknown}: not among the {flag} labels {sorted(weights)}")
     return weights
 
 
