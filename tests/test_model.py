@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -398,6 +400,67 @@ def test_streamed_partial_encoding_cache_matches_whole_float64(monkeypatch, cach
         monkeypatch.setattr(engine_run, "make_plan", streamed)
         got = m(image, feats, (11, 13), max_memory="4GiB")
     assert (got - want).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("mode", ["whole", "streamed", "autograd"])
+def test_attention_sub_tiles_match_whole_tiles_float64(monkeypatch, mode):
+    """Decode tiles split into smaller attention tiles (the CPU's logits budget) give the same output,
+    with tiles that still cover the output once, row-major (and the same gradients under autograd)."""
+    import dataclasses
+
+    from anyup.engine import run as engine_run
+
+    torch.manual_seed(0)
+    m = AnyUp().double().eval()
+    image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
+    real = engine_run.make_plan
+
+    def forced(sub):
+        def make(g, cap, tile_size, autograd):
+            plan = real(g, cap, tile_size, autograd)
+            extra = {} if mode == "autograd" else {"mode": mode, "chunk": 48, "key_rows": 2}
+            return dataclasses.replace(plan, tile=7, attn_tile=sub, **extra)
+
+        return make
+
+    outs, grads, orders = [], [], []
+    for sub in (7, 3):
+        monkeypatch.setattr(engine_run, "make_plan", forced(sub))
+        f = feats.clone().requires_grad_(mode == "autograd")
+        with torch.set_grad_enabled(mode == "autograd"):
+            tiles = list(m.iter_tiles(image, f, (11, 13), max_memory="4GiB"))
+            covered = torch.zeros(11, 13, dtype=torch.int64)
+            for t in tiles:
+                covered[t.y0 : t.y1, t.x0 : t.x1] += 1
+                assert t.y1 - t.y0 <= sub and t.x1 - t.x0 <= sub
+            assert (covered == 1).all()
+            orders.append([(t.y0, t.x0) for t in tiles])
+            out = m(image, f, (11, 13), max_memory="4GiB")
+        outs.append(out.detach())
+        if mode == "autograd":
+            (g,) = torch.autograd.grad(out.square().sum(), f)
+            grads.append(g)
+    assert (outs[0] - outs[1]).abs().max() <= 1e-12
+    if grads:
+        assert (grads[0] - grads[1]).abs().max() <= 1e-12
+    assert orders[1] == sorted(orders[1]) and orders[0] == sorted(orders[0])  # row-major
+
+
+def test_cpu_attention_tiles_keep_their_logits_in_the_budget():
+    from anyup.engine.plan import CPU_LOGITS_BYTES
+    from anyup.engine.run import EngineOptions, geometry, plan_for
+
+    m = AnyUp().eval()
+    image, feats = torch.empty(1, 3, 1024, 1024), torch.empty(1, 32, 64, 64)
+    plan = plan_for(m, image, feats, (1024, 1024), EngineOptions(max_memory="2GiB"))
+    g = geometry(m, image, feats, (1024, 1024), torch.float32)
+    s = plan.attention_side
+    assert 8 <= s < plan.tile
+    assert g.heads * s * s * g.reach(s, s) * 4 <= CPU_LOGITS_BYTES < g.heads * (s + 1) ** 2 * g.reach(s + 1, s + 1) * 4
+    unlimited = dataclasses.replace(g, logits_budget=None)
+    assert unlimited.attention_side(plan.tile) == plan.tile
+    # an explicit tile_size is the attention tile too
+    assert plan_for(m, image, feats, (1024, 1024), EngineOptions(max_memory="2GiB", tile_size=40)).attention_side == 40
 
 
 def test_streamed_plan_spends_its_slack_on_a_partial_cache():

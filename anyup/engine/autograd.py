@@ -56,7 +56,7 @@ def iter_tiles_autograd(
     q = cd.decode_queries(q)  # (B, D, H', W')
     kh, values, window = decoder_inputs(model, keys, feats, out_hw)
     nh, hd = kh.shape[1], kh.shape[-1]
-    t = plan.tile
+    t = plan.attention_side
 
     def tile_fn(q_t, k_sub, v_sub, mask):
         qh = cd.cross_attn.project_queries(q_t)  # (B, nh, th*tw, hd)

@@ -7,10 +7,13 @@ the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B
 * **chunk scratch**: 9 buffers of ``B*D*P*es`` plus rotary angles ``5*D*P*4`` (``P`` pixels a chunk);
 * **low resolution** (keys, feature unification): ``10*B*D*h*w*es + 2*B*C*h*w*es`` plus the
   unification's response chunks ``3 * fu_elements * es``;
-* **decode tile** of ``t x t`` queries against the ``Nk`` cells they reach:
-  ``B*nh*t*t*Nk*4 * 2`` (logits, softmax) ``+ B*t*t*Nk*4`` (weights) ``+ B*t*t*(2*C + 2*D)*es``
-  ``+ B*Nk*C*es`` (gathered values);
-* **query band** of ``t`` output rows: ``B*D*(t+2)*W'*es * 3`` (pooled, padded, convolved) ``+
+* **attention tile** of ``s x s`` queries against the ``Nk`` cells they reach:
+  ``B*nh*s*s*Nk*4 * 2`` (logits, softmax) ``+ B*s*s*Nk*4`` (weights) ``+ B*s*s*(2*C + 2*D)*es``
+  ``+ B*Nk*C*es`` (gathered values). On the CPU ``s`` is the largest side (up to the band's ``t``)
+  whose logits ``B*nh*s*s*Nk*4`` fit in ``CPU_LOGITS_BYTES``: the masked softmax then runs in
+  cache (at 2048² from 128² a 51-pixel tile's 34 MB of logits ran 2x slower per query than a
+  20-pixel tile's 4.7 MB: ``benchmarks/attention_tiles.py``);
+* **query band** of ``t`` output rows (the decode tile's side): ``B*D*(t+2)*W'*es * 3`` (pooled, padded, convolved) ``+
   B*D*t*W'*es * 6`` (RMS norm and projection temporaries), and in the streamed modes the encoder output for the image rows
   that band covers, ``B*D*rows*W*es``;
 * **key band** (streamed modes) of ``k`` low-res rows: the key branch for the image rows they
@@ -46,6 +49,9 @@ Mode = Literal["whole", "cached", "streamed", "autograd"]
 CACHE_SHARE = 0.9  # share of a streamed plan's slack under the cap spent on a partial encoding cache
 # pixels per chunk: a (1, 128, 2048) float32 block is 1 MiB and stays in L2 (GEMMs ~15 % faster than at 8192)
 CHUNK_PIXELS = 2048
+# CPU: the logits of one attention tile stay within this (about two cores' L2); larger tiles ran the
+# masked softmax out of cache (see the module docstring). CUDA tiles are not limited.
+CPU_LOGITS_BYTES = 4 << 20
 
 
 def default_max_memory(device: torch.device) -> int:
@@ -77,9 +83,23 @@ class Geometry:
     ratio: float
     elem: int  # bytes per element of the compute dtype
     mask_elem: int = 1  # bytes per window-mask element (bool; float32 bias for the soft edge)
+    logits_budget: int | None = None  # bytes of one attention tile's logits (CPU); None = no limit
 
     def map_bytes(self, hw: tuple[int, int]) -> int:
         return self.batch * self.dim * hw[0] * hw[1] * self.elem
+
+    def attention_side(self, t: int) -> int:
+        """Side of the attention tiles inside a decode tile of side ``t``: ``t``, or the largest
+        smaller side whose logits fit ``logits_budget`` (at least 8)."""
+        if self.logits_budget is None:
+            return t
+        s = t
+        while s > 8:
+            sh, sw = min(s, self.out_hw[0]), min(s, self.out_hw[1])
+            if self.batch * self.heads * sh * sw * self.reach(sh, sw) * 4 <= self.logits_budget:
+                break
+            s -= 1
+        return s
 
     def reach(self, t_rows: int, t_cols: int) -> int:
         """Cells a tile of ``t_rows x t_cols`` queries can see (upper bound)."""
@@ -96,16 +116,24 @@ class Plan:
     mode: Mode
     chunk: int  # pixels per chunk of the per-pixel encoders
     key_rows: int  # low-res cell rows per key band (streamed modes)
-    tile: int  # side of a query tile in output pixels
+    tile: int  # side of a decode tile in output pixels (query bands are this many rows)
     fu_elements: int  # feature unification: responses alive at once
     estimate: int
     cap: int
     cache_pixels: int = 0  # leading image pixels whose encoding is kept (cached: all; streamed: what fits)
+    attn_tile: int = 0  # side of the attention tiles inside a decode tile (0: the decode tile's)
+
+    @property
+    def attention_side(self) -> int:
+        return min(self.attn_tile or self.tile, self.tile)
 
 
-def _tile_bytes(g: Geometry, t: int) -> int:
-    th, tw = min(t, g.out_hw[0]), min(t, g.out_hw[1])
-    nq, nk = th * tw, g.reach(th, tw)
+def _tile_bytes(g: Geometry, t: int, sub: int | None = None) -> int:
+    """One decode tile of side ``t``: its attention tiles of side ``sub`` (default ``t``) and its query band."""
+    s = t if sub is None else sub
+    th = min(t, g.out_hw[0])
+    sh, sw = min(s, g.out_hw[0]), min(s, g.out_hw[1])
+    nq, nk = sh * sw, g.reach(sh, sw)
     b, c, d, es = g.batch, g.channels, g.dim, g.elem
     attn = (
         b * g.heads * nq * nk * 4 * 2
@@ -146,9 +174,9 @@ def _fu_elements(g: Geometry, budget: int) -> int:
     return int(max(min(want, budget // (3 * g.elem)), g.batch * g.dim * g.low_hw[0] * g.low_hw[1]))
 
 
-def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu: int) -> int:
+def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu: int, sub: int | None = None) -> int:
     fixed = _fixed_bytes(g, chunk, fu)
-    tile_b = _tile_bytes(g, tile)
+    tile_b = _tile_bytes(g, tile, sub)
     if mode == "autograd":
         # kept: 7 stage outputs (checkpoint inputs) + ~11 while one ResBlock is recomputed with its
         # gradients; at the output size: pooled/padded/convolved queries, the output and its gradient.
@@ -182,8 +210,10 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
     """The fastest plan whose estimate fits ``cap``; a ValueError naming the minimum if none does.
 
     Preference: mode (whole, cached, streamed), then the largest tile up to about one window, then
-    the largest chunk and key band. A streamed plan keeps the encoding of as many leading pixels as
-    its slack allows, and may take a smaller tile (down to a quarter of the default) to keep more.
+    the largest chunk and key band. Without ``tile_size`` the attention runs in sub-tiles whose
+    logits fit ``g.logits_budget`` (:meth:`Geometry.attention_side`). A streamed plan keeps the encoding of as many leading pixels as
+    its slack allows, and may take a smaller decode tile (down to an eighth of the default: its query band
+    shrinks, the attention tiles need not) to keep more.
     """
     pixels = g.image_hw[0] * g.image_hw[1]
     chunks = sorted({min(c, pixels) for c in (CHUNK_PIXELS, 2048, 512, 64)}, reverse=True)
@@ -200,7 +230,12 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
     for mode in modes:
         if mode == "streamed":
             best = _best_streamed(
-                g, cap, [t for t in tiles if t >= min(tiles[0], max(8, default_tile // 4))], chunks, fu
+                g,
+                cap,
+                [t for t in tiles if t >= min(tiles[0], max(8, default_tile // 8))],
+                chunks,
+                fu,
+                tile_size is None,
             )
             if best is not None:
                 return best
@@ -208,9 +243,11 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
             for chunk in chunks:
                 for key_rows in [g.low_hw[0]] if mode in ("whole", "autograd") else _key_row_choices(g):
                     for f in (fu, small_fu):
-                        est = _estimate(g, mode, chunk, key_rows, t, f)
+                        sub = t if tile_size is not None else g.attention_side(t)
+                        est = _estimate(g, mode, chunk, key_rows, t, f, sub)
                         if est <= cap:
-                            plan = Plan(mode, chunk, key_rows, int(t), f, est, cap, pixels if mode == "cached" else 0)
+                            cached = pixels if mode == "cached" else 0
+                            plan = Plan(mode, chunk, key_rows, int(t), f, est, cap, cached, int(sub))
                             return _with_partial_cache(plan, g) if mode == "streamed" else plan
                         smallest = est if smallest is None else min(smallest, est)
     assert smallest is not None
@@ -222,18 +259,23 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
     )
 
 
-def _best_streamed(g: Geometry, cap: int, tiles: list[int], chunks: list[int], fu: int) -> Plan | None:
-    """Among streamed plans with tiles of at least a quarter of the default: the largest chunk, then the
+def _best_streamed(
+    g: Geometry, cap: int, tiles: list[int], chunks: list[int], fu: int, split: bool = True
+) -> Plan | None:
+    """Among streamed plans with tiles of at least an eighth of the default: the largest chunk, then the
     largest partial encoding cache (recomputing the encoding costs more than a smaller tile),
     then the largest tile and key band."""
     best: tuple[tuple[int, int, int, int], Plan] | None = None
     for t in tiles:
         for chunk in chunks:
             for key_rows in _key_row_choices(g):
-                est = _estimate(g, "streamed", chunk, key_rows, t, fu)
+                sub = g.attention_side(t) if split else t
+                est = _estimate(g, "streamed", chunk, key_rows, t, fu, sub)
                 if est > cap:
                     continue
-                plan = _with_partial_cache(Plan("streamed", chunk, key_rows, int(t), fu, est, cap), g)
+                plan = _with_partial_cache(
+                    Plan("streamed", chunk, key_rows, int(t), fu, est, cap, attn_tile=int(sub)), g
+                )
                 key = (chunk, plan.cache_pixels, t, key_rows)
                 if best is None or key > best[0]:
                     best = (key, plan)

@@ -31,7 +31,7 @@ from anyup._checks import parse_memory
 from anyup.engine.attention import AttentionBackend, resolve
 from anyup.engine.kernels import EAGER, ChunkKernels, chunk_kernels
 from anyup.engine.pixels import RopeTable, StackProgram
-from anyup.engine.plan import Geometry, Plan, default_max_memory, make_plan
+from anyup.engine.plan import CPU_LOGITS_BYTES, Geometry, Plan, default_max_memory, make_plan
 from anyup.engine.window import Window
 from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
 
@@ -88,6 +88,7 @@ def geometry(
         ratio=cfg.window_ratio,
         mask_elem=4 if cfg.window_edge == "soft" else 1,
         elem=torch.empty((), dtype=dtype).element_size(),
+        logits_budget=CPU_LOGITS_BYTES if features.device.type == "cpu" else None,
     )
 
 
@@ -346,27 +347,30 @@ def decode(
     plan: Plan,
     backend: AttentionBackend,
 ) -> Iterator[Tile]:
-    """Windowed attention tile by tile: queries band by band, each tile against its key rectangle."""
+    """Windowed attention tile by tile: queries band by band (``plan.tile`` rows), each attention tile
+    (``plan.attention_side``) against its key rectangle."""
     b, c, h, w = values_map.shape
     hq, wq = out_hw
     cd = model.cross_decode
     kh, values, window = decoder_inputs(model, keys, values_map, out_hw)
     nh, hd = kh.shape[1], kh.shape[-1]
-    t = plan.tile
-    for i0 in range(0, hq, t):
-        i1 = min(hq, i0 + t)
-        a, z = max(0, i0 - 1), min(hq, i1 + 1)  # one halo row each side for the 3x3 conv
-        q = cd.decode_queries(enc.query_rows(out_hw, a, z), pad_top=i0 == 0, pad_bottom=i1 == hq)  # (B, D, th, W')
-        qh_band = cd.cross_attn.project_queries(q).view(b, nh, i1 - i0, wq, hd)  # (B, nh, th, W', hd)
-        for j0 in range(0, wq, t):
-            j1 = min(wq, j0 + t)
-            ra, rb, ca, cb = window.reach(i0, i1, j0, j1)
-            mask = window.mask(i0, i1, j0, j1)  # (th*tw, nr*nc)
-            qh = qh_band[:, :, :, j0:j1].reshape(b, nh, -1, hd)  # (B, nh, th*tw, hd)
-            k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)  # (B, nh, nr*nc, hd)
-            v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)  # (B, nr*nc, C)
-            o = backend.attend(qh, k_sub, v_sub, mask)  # (B, th*tw, C)
-            yield Tile(i0, i1, j0, j1, o.transpose(1, 2).unflatten(2, (i1 - i0, j1 - j0)))  # a view, no copy
+    t, s = plan.tile, plan.attention_side
+    for b0 in range(0, hq, t):
+        b1 = min(hq, b0 + t)
+        a, z = max(0, b0 - 1), min(hq, b1 + 1)  # one halo row each side for the 3x3 conv
+        q = cd.decode_queries(enc.query_rows(out_hw, a, z), pad_top=b0 == 0, pad_bottom=b1 == hq)  # (B, D, tb, W')
+        qh_band = cd.cross_attn.project_queries(q).view(b, nh, b1 - b0, wq, hd)  # (B, nh, tb, W', hd)
+        for i0 in range(b0, b1, s):
+            i1 = min(b1, i0 + s)
+            for j0 in range(0, wq, s):
+                j1 = min(wq, j0 + s)
+                ra, rb, ca, cb = window.reach(i0, i1, j0, j1)
+                mask = window.mask(i0, i1, j0, j1)  # (th*tw, nr*nc)
+                qh = qh_band[:, :, i0 - b0 : i1 - b0, j0:j1].reshape(b, nh, -1, hd)  # (B, nh, th*tw, hd)
+                k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)  # (B, nh, nr*nc, hd)
+                v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)  # (B, nr*nc, C)
+                o = backend.attend(qh, k_sub, v_sub, mask)  # (B, th*tw, C)
+                yield Tile(i0, i1, j0, j1, o.transpose(1, 2).unflatten(2, (i1 - i0, j1 - j0)))  # a view, no copy
 
 
 @torch.no_grad()
