@@ -212,8 +212,7 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
     Preference: mode (whole, cached, streamed), then the largest tile up to about one window, then
     the largest chunk and key band. Without ``tile_size`` the attention runs in sub-tiles whose
     logits fit ``g.logits_budget`` (:meth:`Geometry.attention_side`). A streamed plan keeps the encoding of as many leading pixels as
-    its slack allows, and may take a smaller decode tile (down to an eighth of the default: its query band
-    shrinks, the attention tiles need not) to keep more.
+    its slack allows, and may take a smaller decode tile (down to a quarter of the default) to keep more.
     """
     pixels = g.image_hw[0] * g.image_hw[1]
     chunks = sorted({min(c, pixels) for c in (CHUNK_PIXELS, 2048, 512, 64)}, reverse=True)
@@ -232,7 +231,7 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
             best = _best_streamed(
                 g,
                 cap,
-                [t for t in tiles if t >= min(tiles[0], max(8, default_tile // 8))],
+                [t for t in tiles if t >= min(tiles[0], max(8, default_tile // 4))],
                 chunks,
                 fu,
                 tile_size is None,
@@ -262,7 +261,7 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
 def _best_streamed(
     g: Geometry, cap: int, tiles: list[int], chunks: list[int], fu: int, split: bool = True
 ) -> Plan | None:
-    """Among streamed plans with tiles of at least an eighth of the default: the largest chunk, then the
+    """Among streamed plans with tiles of at least a quarter of the default: the largest chunk, then the
     largest partial encoding cache (recomputing the encoding costs more than a smaller tile),
     then the largest tile and key band."""
     best: tuple[tuple[int, int, int, int], Plan] | None = None
