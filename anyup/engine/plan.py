@@ -11,8 +11,8 @@ the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B
   ``B*nh*s*s*Nk*4 * 2`` (logits, softmax) ``+ B*s*s*Nk*4`` (weights) ``+ B*s*s*(2*C + 2*D)*es``
   ``+ B*Nk*C*es`` (gathered values). On the CPU ``s`` is the largest side (up to the band's ``t``)
   whose logits ``B*nh*s*s*Nk*4`` fit in ``CPU_LOGITS_BYTES``: the masked softmax then runs in
-  cache (at 2048² from 128² a 51-pixel tile's 34 MB of logits ran 2x slower per query than a
-  20-pixel tile's 4.7 MB: ``benchmarks/attention_tiles.py``);
+  cache (at 2048² from 128² a 51-pixel tile's 33 MiB of logits ran 1.9x slower per query than a
+  17-pixel tile's 3 MiB: ``benchmarks/attention_tiles.py``);
 * **query band** of ``t`` output rows (the decode tile's side): ``B*D*(t+2)*W'*es * 3`` (pooled, padded, convolved) ``+
   B*D*t*W'*es * 6`` (RMS norm and projection temporaries), and in the streamed modes the encoder output for the image rows
   that band covers, ``B*D*rows*W*es``;
