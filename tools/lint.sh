@@ -4,7 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ruff check anyup tests benchmarks
-# Enabled by the lead once `ruff format` has been applied to the tree (after the open branches merge):
-# ruff format --check anyup tests benchmarks
+ruff check anyup tests benchmarks docs
+ruff format --check anyup tests benchmarks docs
 mypy anyup

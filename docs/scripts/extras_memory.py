@@ -1,9 +1,12 @@
 """Peak memory of the optional extras of `anyup upsample` on a 2000x3000x112 float32 output."""
 
-import resource, time, sys
+import resource
+import time
+
 import torch
-from anyup.viz.edges import edge_alignment, bilinear_edge_alignment
+
 from anyup.viz import pca_comparison, save_png
+from anyup.viz.edges import bilinear_edge_alignment, edge_alignment
 
 
 def rss_gib():
