@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint and type checks, as .ci/run runs them (see CONTRIBUTING.md, "Lint and types").
+# Lint, format and type checks; .ci/run runs this script (see CONTRIBUTING.md, "Lint and types").
 # Usage: tools/lint.sh            (from anywhere; needs `pip install ruff mypy`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
