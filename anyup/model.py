@@ -148,9 +148,12 @@ class AnyUp(nn.Module):
             check_out(out, (b, c, *size))
         else:
             check_output_memory((b, c, *size), features.dtype, features.device)
-        tiles = self.iter_tiles(image, features, size, max_memory=max_memory, tile_size=tile_size, attention=attention)
-        if out is None:
-            out = torch.empty(b, c, *size, dtype=features.dtype, device=features.device)
+        workspace = None
+        if out is None:  # ours: the engine may keep encoder maps in it until the decode fills it
+            out = workspace = torch.empty(b, c, *size, dtype=features.dtype, device=features.device)
+        tiles = self.iter_tiles(
+            image, features, size, max_memory=max_memory, tile_size=tile_size, attention=attention, workspace=workspace
+        )
         for t in tiles:
             out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data  # under autograd: differentiable (CopySlices)
         return out
@@ -164,15 +167,21 @@ class AnyUp(nn.Module):
         max_memory: int | str | None = None,
         tile_size: int | None = None,
         attention: str | None = None,
+        workspace: torch.Tensor | None = None,
     ) -> Iterator[Tile]:
         """Yield the output as non-overlapping :class:`~anyup.engine.Tile` rectangles covering (H', W') row-major.
 
         Lets a caller stream a huge output (e.g. 4096x4096x384) to disk without holding it twice.
-        Arguments as in :meth:`forward`.
+        Arguments as in :meth:`forward`. ``workspace``: the in-memory (B, C, H', W') tensor you write
+        each tile into right after it is yielded; the engine may keep encoder maps in it until the
+        decode overwrites them (less working memory, a faster plan under a tight cap).
         """
         check_image_and_features(image, features)
         size = check_size(output_size, "output_size", tuple(image.shape[-2:]))
-        yield from iter_tiles(self, image, features, size, self._options(max_memory, tile_size, attention))
+        if workspace is not None:
+            check_out(workspace, (features.shape[0], features.shape[1], *size))
+        options = self._options(max_memory, tile_size, attention)
+        yield from iter_tiles(self, image, features, size, options, workspace=workspace)
 
     def attention_weights(
         self,

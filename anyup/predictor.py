@@ -402,7 +402,7 @@ class Upsampler:
         out = torch.empty(b, c, *out_hw, dtype=low.dtype, device=low.device)
         desc = f"AnyUp {out_hw[0]}x{out_hw[1]} {label}"
         with tqdm(total=pixels, desc=desc, unit="px", unit_scale=True, leave=False, disable=None) as bar:
-            for t in self.model.iter_tiles(guide, low, out_hw, max_memory=self.max_memory):
+            for t in self.model.iter_tiles(guide, low, out_hw, max_memory=self.max_memory, workspace=out):
                 out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data
                 bar.update(b * (t.y1 - t.y0) * (t.x1 - t.x0))
         return out

@@ -196,7 +196,10 @@ def test_plan_estimate_stays_under_the_cap(model):
         p = plan_for(model, image, feats, (448, 448), EngineOptions(max_memory=cap))
         assert p.estimate <= cap
         seen.add(p.mode)
-    assert seen == {"whole", "cached", "streamed"}
+    assert seen == {"whole", "resident", "cached", "streamed"}
+    # the output's memory holds 384 // 128 = 3 maps: a cap that streams without it runs whole with it
+    p = plan_for(model, image, feats, (448, 448), EngineOptions(max_memory=64 << 20), out_slots=3)
+    assert (p.mode, p.out_slots) == ("whole", 3) and p.estimate <= 64 << 20
 
 
 @pytest.mark.parametrize(

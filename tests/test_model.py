@@ -368,7 +368,7 @@ def test_every_plan_matches_whole_float64_and_gradients_flow():
     torch.manual_seed(0)
     m = AnyUp().double().eval()
     image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
-    caps = {mode: _cap_for(m, image, feats, (11, 13), mode) for mode in ("whole", "cached", "streamed")}
+    caps = {mode: _cap_for(m, image, feats, (11, 13), mode) for mode in ("whole", "resident", "cached", "streamed")}
     with torch.no_grad():
         outs = {mode: m(image, feats, (11, 13), max_memory=cap) for mode, cap in caps.items()}
     for o in outs.values():
@@ -376,6 +376,47 @@ def test_every_plan_matches_whole_float64_and_gradients_flow():
     image.requires_grad_(True)
     m(image, feats, (11, 13)).sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("channels", [128, 256, 384])
+def test_encoder_maps_in_the_output_tensor_match_whole_float64(monkeypatch, channels):
+    """forward() lets the engine keep C // D encoder maps in the output it allocates: every mode
+    (including the decode overwriting the query map band by band, halo rows and all) gives the
+    output of a whole-mode run that uses no such slots, with batch 2 and bands of 3 rows."""
+    from anyup.engine import run as engine_run
+
+    torch.manual_seed(0)
+    m = AnyUp().double().eval()
+    image, feats = _inputs(b=2, c=channels, hw=(16, 20), low=(4, 5), dtype=torch.float64)
+    size = (16, 20)
+    with torch.no_grad():
+        want = m(image, feats, size, out=torch.empty(2, channels, *size, dtype=torch.float64), max_memory="4GiB")
+    slots = channels // 128
+    seen = []
+    real = engine_run.make_plan
+
+    def spy(g, cap, tile_size, autograd):
+        plan = real(g, cap, tile_size, autograd)
+        seen.append((plan.mode, plan.out_slots, g.out_slots))
+        return plan
+
+    monkeypatch.setattr(engine_run, "make_plan", spy)
+    modes = set()
+    for cap in [1 << 32, *(int(1.1**k) for k in range(230, 150, -1))]:
+        try:
+            mode = plan_for(m, image, feats, size, EngineOptions(max_memory=cap, tile_size=3), out_slots=slots).mode
+        except ValueError:
+            break
+        if mode in modes:
+            continue
+        modes.add(mode)
+        seen.clear()
+        with torch.no_grad():
+            got = m(image, feats, size, max_memory=cap, tile_size=3)
+        assert seen[-1] == (mode, min(slots, {"whole": 3, "resident": 2, "cached": 1}.get(mode, 0)), slots)
+        assert (got - want).abs().max() <= 1e-12, mode
+    # with k slots, the mode keeping k maps needs no more working memory than any slower one
+    assert modes == {1: {"whole", "resident", "cached"}, 2: {"whole", "resident"}, 3: {"whole"}}[slots]
 
 
 @pytest.mark.parametrize("cache_pixels", [0, 128, 192])
@@ -400,6 +441,44 @@ def test_streamed_partial_encoding_cache_matches_whole_float64(monkeypatch, cach
         monkeypatch.setattr(engine_run, "make_plan", streamed)
         got = m(image, feats, (11, 13), max_memory="4GiB")
     assert (got - want).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("key_prefix", [0, 96, 144, 320])
+def test_cached_key_prefix_matches_whole_float64(monkeypatch, key_prefix):
+    """A cached plan that keeps the key branch of a prefix of pixels (chunks split at its end, key
+    bands that straddle it, all pixels kept) gives the whole-mode output."""
+    import dataclasses
+
+    from anyup.engine import run as engine_run
+
+    torch.manual_seed(0)
+    m = AnyUp().double().eval()
+    image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
+    with torch.no_grad():
+        want = m(image, feats, (16, 20), max_memory="4GiB")
+        real = engine_run.make_plan
+
+        def cached(g, cap, tile_size, autograd):
+            plan = real(g, cap, tile_size, autograd)
+            return dataclasses.replace(
+                plan, mode="cached", chunk=48, key_rows=1, tile=5, cache_pixels=320, key_prefix=key_prefix
+            )
+
+        monkeypatch.setattr(engine_run, "make_plan", cached)
+        got = m(image, feats, (16, 20), max_memory="4GiB")
+    assert (got - want).abs().max() <= 1e-12
+
+
+def test_cached_plan_spends_its_slack_on_a_key_prefix():
+    from anyup.engine import plan_for
+    from anyup.engine.run import EngineOptions
+
+    m = AnyUp().eval()
+    image, feats = _inputs(hw=(2048, 2048), low=(128, 128), c=128)
+    plan = plan_for(m, image, feats, (2048, 2048), EngineOptions(max_memory="2GiB"), out_slots=1)
+    assert (plan.mode, plan.out_slots, plan.key_rows) == ("cached", 1, 1)
+    assert 0 < plan.key_prefix < 2048 * 2048 and plan.key_prefix % plan.chunk == 0
+    assert plan.estimate <= 2 << 30
 
 
 @pytest.mark.parametrize("mode", ["whole", "streamed", "autograd"])

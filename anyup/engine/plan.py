@@ -19,12 +19,21 @@ the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B
 * **key band** (streamed modes) of ``k`` low-res rows: the key branch for the image rows they
   cover in the compute dtype, twice, plus its float64 copy for exact pooling,
   ``B*D*k*(H/h + 1)*W*(2*es + 8)``;
-* **mode**: ``whole`` keeps three full-resolution maps (image encoding, branch stream, inner
-  activation: ``3*map(H, W)``) plus the pooled queries ``map(H', W')`` when the output size
-  differs from the image; ``cached`` keeps only the encoding (``map(H, W)``) and recomputes the
-  branches in passes; ``streamed`` recomputes the encoding from the image in every pass (about 4x
-  the GEMM work of ``whole``) except for the leading pixels whose encoding fits in 90 % of the
-  cap's remaining slack (``Plan.cache_pixels``, whole chunks), which it keeps.
+* **mode**, by the full-resolution maps (``map(H, W)``) it keeps, fastest first (GEMM work in
+  passes of one 128x128 1x1 conv over all pixels, with the model's 2+2+2 ResBlocks):
+  ``whole`` keeps three (image encoding, branch stream, inner activation) plus the pooled queries
+  ``map(H', W')`` when the output size differs from the image: 14 passes, each layer once;
+  ``resident`` keeps two (the encoding, turned into the query map in place, and the key map),
+  computing each ResBlock's inner activation twice instead of storing it: 20 passes;
+  ``cached`` keeps one (the encoding, then the query map in place) and recomputes the key
+  branch band by band from it, one pass per GroupNorm: 28 passes; ``streamed`` recomputes the
+  encoding from the image in every pass (about 48 passes) except for the leading pixels whose
+  encoding fits in 90 % of the cap's remaining slack (``Plan.cache_pixels``, whole chunks).
+* **output slots**: when :meth:`anyup.AnyUp.forward` allocates the output itself (same size as
+  the image, compute dtype), its (B, C, H, W) memory holds ``C // D`` of those maps until the
+  decode overwrites it (``Geometry.out_slots``); only the maps beyond the slots count as working
+  memory (at 2048² from 128 channels the encoding fits in the output: ``cached`` instead of
+  ``streamed`` under a 2 GiB cap).
 
 The plan takes the fastest mode whose total fits the cap, then the largest tile (up to about one
 window) and band that fit. Under autograd the engine checkpoints per ResBlock and per tile; its
@@ -44,7 +53,10 @@ import torch
 from anyup._checks import meminfo_bytes, parse_memory  # noqa: F401  (parse_memory re-exported: the one size parser)
 from anyup.layers.feature_unification import BAND_ELEMENTS, MIN_CHUNK
 
-Mode = Literal["whole", "cached", "streamed", "autograd"]
+Mode = Literal["whole", "resident", "cached", "streamed", "autograd"]
+
+# full-resolution maps each mode keeps (see the module docstring)
+MODE_MAPS: dict[str, int] = {"whole": 3, "resident": 2, "cached": 1, "streamed": 0, "autograd": 0}
 
 CACHE_SHARE = 0.9  # share of a streamed plan's slack under the cap spent on a partial encoding cache
 # pixels per chunk: a (1, 128, 2048) float32 block is 1 MiB and stays in L2 (GEMMs ~15 % faster than at 8192)
@@ -52,6 +64,9 @@ CHUNK_PIXELS = 2048
 # CPU: the logits of one attention tile stay within this (about two cores' L2); larger tiles ran the
 # masked softmax out of cache (see the module docstring). CUDA tiles are not limited.
 CPU_LOGITS_BYTES = 4 << 20
+# CPU: one decode band of query rows (B*D*t*W'*es, a dozen temporaries of it) stays within this: at
+# 2048² from 128² the decode took 42.2 s with 51-row bands (51 MiB) and 52.8 s with 205-row ones.
+CPU_BAND_BYTES = 64 << 20
 
 
 def default_max_memory(device: torch.device) -> int:
@@ -84,6 +99,7 @@ class Geometry:
     elem: int  # bytes per element of the compute dtype
     mask_elem: int = 1  # bytes per window-mask element (bool; float32 bias for the soft edge)
     logits_budget: int | None = None  # bytes of one attention tile's logits (CPU); None = no limit
+    out_slots: int = 0  # full-resolution maps the output tensor can hold before the decode (no autograd)
 
     def map_bytes(self, hw: tuple[int, int]) -> int:
         return self.batch * self.dim * hw[0] * hw[1] * self.elem
@@ -122,6 +138,8 @@ class Plan:
     cap: int
     cache_pixels: int = 0  # leading image pixels whose encoding is kept (cached: all; streamed: what fits)
     attn_tile: int = 0  # side of the attention tiles inside a decode tile (0: the decode tile's)
+    out_slots: int = 0  # of the mode's full-resolution maps, those kept in the output tensor
+    key_prefix: int = 0  # cached: leading pixels whose key-branch activation is kept while the keys are made
 
     @property
     def attention_side(self) -> int:
@@ -174,7 +192,16 @@ def _fu_elements(g: Geometry, budget: int) -> int:
     return int(max(min(want, budget // (3 * g.elem)), g.batch * g.dim * g.low_hw[0] * g.low_hw[1]))
 
 
-def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu: int, sub: int | None = None) -> int:
+def _estimate(
+    g: Geometry,
+    mode: Mode,
+    chunk: int,
+    key_rows: int,
+    tile: int,
+    fu: int,
+    sub: int | None = None,
+    key_prefix: int = 0,
+) -> int:
     fixed = _fixed_bytes(g, chunk, fu)
     tile_b = _tile_bytes(g, tile, sub)
     if mode == "autograd":
@@ -183,16 +210,18 @@ def _estimate(g: Geometry, mode: Mode, chunk: int, key_rows: int, tile: int, fu:
         out_maps = 3 + 2 * g.channels / g.dim
         return int(18 * g.map_bytes(g.image_hw) + out_maps * g.map_bytes(g.out_hw)) + fixed + 3 * tile_b
     full = g.map_bytes(g.image_hw)
-    if mode == "whole":
-        pooled = g.map_bytes(g.out_hw) if g.out_hw != g.image_hw else 0
-        return 3 * full + pooled + fixed + tile_b
+    held = max(0, MODE_MAPS[mode] - g.out_slots) * full  # the mode's maps beyond the output's slots
+    if mode in ("whole", "resident"):
+        pooled = g.map_bytes(g.out_hw) if mode == "whole" and g.out_hw != g.image_hw else 0
+        return held + pooled + fixed + tile_b
     rows_per_cell = math.ceil(g.image_hw[0] / g.low_hw[0]) + 1
     key_band = (
         g.batch * g.dim * key_rows * rows_per_cell * g.image_hw[1] * (g.elem * 2 + 8)
     )  # band, its float64 copy, pooling
+    if mode == "cached":  # queries are read from the kept map: no query band; the key prefix until the decode
+        return held + fixed + max(key_band + key_prefix * g.batch * g.dim * g.elem, tile_b)
     q_band = g.batch * g.dim * _query_rows(g, min(tile, g.out_hw[0])) * g.image_hw[1] * g.elem
-    cache = full if mode == "cached" else 0
-    return cache + fixed + max(key_band, tile_b + q_band)
+    return fixed + max(key_band, tile_b + q_band)
 
 
 def _with_partial_cache(plan: Plan, g: Geometry) -> Plan:
@@ -206,12 +235,37 @@ def _with_partial_cache(plan: Plan, g: Geometry) -> Plan:
     return dataclasses.replace(plan, cache_pixels=keep, estimate=plan.estimate + keep * per_pixel)
 
 
+def _with_key_prefix(plan: Plan, g: Geometry) -> Plan:
+    """A cached plan pools its keys in bands of one cell row and keeps the key-branch activation of as
+    many leading pixels (whole chunks) as 90 % of the slack holds: each of them skips the recomputation
+    of the branch up to every GroupNorm (about 8 of the mode's 28 passes)."""
+    pixels = g.image_hw[0] * g.image_hw[1]
+    rows = min(_key_row_choices(g))
+
+    def est(key_prefix: int = 0) -> int:
+        return _estimate(g, "cached", plan.chunk, rows, plan.tile, plan.fu_elements, plan.attn_tile, key_prefix)
+
+    base = est()
+    if base > plan.cap:
+        return plan
+    limit = base + int(CACHE_SHARE * (plan.cap - base))
+    lo, hi = 0, pixels // plan.chunk  # the most chunks whose prefix keeps the estimate within ``limit``
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if est(mid * plan.chunk) <= limit else (lo, mid - 1)
+    keep = min(pixels, lo * plan.chunk)
+    if keep < plan.chunk:
+        return plan
+    return dataclasses.replace(plan, key_rows=rows, key_prefix=keep, estimate=est(keep))
+
+
 def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> Plan:
     """The fastest plan whose estimate fits ``cap``; a ValueError naming the minimum if none does.
 
-    Preference: mode (whole, cached, streamed), then the largest tile up to about one window, then
-    the largest chunk and key band. Without ``tile_size`` the attention runs in sub-tiles whose
-    logits fit ``g.logits_budget`` (:meth:`Geometry.attention_side`). A streamed plan keeps the encoding of as many leading pixels as
+    Preference: mode (whole, resident, cached, streamed), then the largest chunk, then the largest
+    tile up to about one window, then the largest key band. Without ``tile_size`` the attention runs in sub-tiles whose
+    logits fit ``g.logits_budget`` (:meth:`Geometry.attention_side`), and (on the CPU) the decode
+    bands of query rows stay within ``CPU_BAND_BYTES``. A streamed plan keeps the encoding of as many leading pixels as
     its slack allows, and may take a smaller decode tile (down to a quarter of the default) to keep more.
     """
     pixels = g.image_hw[0] * g.image_hw[1]
@@ -224,7 +278,10 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
         if tile_size is not None
         else sorted({default_tile, *[max(1, default_tile >> s) for s in range(1, 12)]}, reverse=True)
     )
-    modes: tuple[Mode, ...] = ("autograd",) if autograd else ("whole", "cached", "streamed")
+    if tile_size is None and g.logits_budget is not None:  # CPU: bands that stay out of DRAM's way
+        row = g.batch * g.dim * g.out_hw[1] * g.elem
+        tiles = [t for t in tiles if t * row <= CPU_BAND_BYTES] or tiles[-1:]
+    modes: tuple[Mode, ...] = ("autograd",) if autograd else ("whole", "resident", "cached", "streamed")
     smallest: int | None = None
     for mode in modes:
         if mode == "streamed":
@@ -238,15 +295,18 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
             )
             if best is not None:
                 return best
-        for t in tiles:
-            for chunk in chunks:
-                for key_rows in [g.low_hw[0]] if mode in ("whole", "autograd") else _key_row_choices(g):
+        for chunk in chunks:  # a small chunk slows every GEMM; a smaller tile costs less
+            for t in tiles:
+                for key_rows in [g.low_hw[0]] if mode in ("whole", "resident", "autograd") else _key_row_choices(g):
                     for f in (fu, small_fu):
                         sub = t if tile_size is not None else g.attention_side(t)
                         est = _estimate(g, mode, chunk, key_rows, t, f, sub)
                         if est <= cap:
                             cached = pixels if mode == "cached" else 0
-                            plan = Plan(mode, chunk, key_rows, int(t), f, est, cap, cached, int(sub))
+                            slots = min(MODE_MAPS[mode], g.out_slots)
+                            plan = Plan(mode, chunk, key_rows, int(t), f, est, cap, cached, int(sub), slots)
+                            if mode == "cached":
+                                return _with_key_prefix(plan, g)
                             return _with_partial_cache(plan, g) if mode == "streamed" else plan
                         smallest = est if smallest is None else min(smallest, est)
     assert smallest is not None

@@ -1,13 +1,15 @@
 """The engine driver: per-pixel encoders in chunks, low-res keys, then windowed attention by tile.
 
-``iter_tiles(model, image, features, out_hw, options)`` is everything :meth:`anyup.AnyUp.forward`
+``iter_tiles(model, image, features, out_hw, options, workspace)`` is everything :meth:`anyup.AnyUp.forward`
 hands over. Without autograd it follows a :class:`~anyup.engine.plan.Plan`:
 
 1. **Statistics and encodings** (:class:`PixelEncoders`). ``whole``: each encoder layer is one
    pass over the image in chunks, writing a full-resolution map and gathering the next
-   GroupNorm's statistics on the way (the GEMM work of the method, once). ``cached`` /
-   ``streamed``: one pass per GroupNorm recomputes the chunks up to it (from the cached image
-   encoding, or from the image), so only chunk buffers live at full resolution.
+   GroupNorm's statistics on the way (the GEMM work of the method, once). ``resident`` /
+   ``cached``: fewer maps kept (inner activations computed twice; the key branch recomputed from
+   the kept encoding once per GroupNorm). ``streamed``: one pass per GroupNorm recomputes the
+   chunks up to it from the image, so only chunk buffers (and a prefix of the encoding) live at
+   full resolution. Maps may live in the output tensor (``workspace``, :func:`workspace_slots`).
 2. **Keys** at the feature resolution: the key branch pooled to (h, w) (band by band when
    streamed), the feature-unification branch, the aggregation.
 3. **Decode**: query rows band by band (3x3 conv with a one-row halo), then each tile of queries
@@ -19,6 +21,7 @@ so backward recomputes instead of storing (:mod:`anyup.engine.autograd`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,8 +102,9 @@ def plan_for(
     out_hw: tuple[int, int],
     options: EngineOptions,
     autograd: bool = False,
+    out_slots: int = 0,
 ) -> Plan:
-    """The plan :func:`iter_tiles` would use for these inputs."""
+    """The plan :func:`iter_tiles` would use for these inputs (``out_slots``: :func:`workspace_slots`)."""
     cap = parse_memory(options.max_memory)
     if cap is None:
         cap = parse_memory(model.config.max_memory) or default_max_memory(image.device)
@@ -109,7 +113,29 @@ def plan_for(
     ):
         raise ValueError(f"tile_size must be a positive int, got {options.tile_size!r}")
     g = geometry(model, image, features, out_hw, compute_dtype(features))
+    if out_slots and not autograd:
+        g = dataclasses.replace(g, out_slots=out_slots)
     return make_plan(g, cap, options.tile_size, autograd)
+
+
+def workspace_slots(model, image: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None) -> int:
+    """Full-resolution (B, D, H*W) encoder maps that fit in the output tensor ``out`` before the decode fills it.
+
+    The output (B, C, H', W') is written band by band only after the encoders are done, so while
+    they run its memory can hold ``C // D`` of their maps (the query map the decode reads last
+    sits in the rows the decode overwrites after reading them). Only for an output of the image's
+    size, contiguous, in the compute dtype, on the features' device; otherwise 0.
+    """
+    if out is None or needs_autograd(model, image, features):
+        return 0
+    if (
+        tuple(out.shape[-2:]) != tuple(image.shape[-2:])
+        or out.dtype != compute_dtype(features)
+        or out.device != features.device
+        or not out.is_contiguous()
+    ):
+        return 0
+    return int(out.shape[1]) // int(model.config.dim)
 
 
 def needs_autograd(model, image: torch.Tensor, features: torch.Tensor) -> bool:
@@ -119,11 +145,24 @@ def needs_autograd(model, image: torch.Tensor, features: torch.Tensor) -> bool:
 
 
 def iter_tiles(
-    model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], options: EngineOptions
+    model,
+    image: torch.Tensor,
+    features: torch.Tensor,
+    out_hw: tuple[int, int],
+    options: EngineOptions,
+    workspace: torch.Tensor | None = None,
 ) -> Iterator[Tile]:
-    """Yield the upsampled output as non-overlapping tiles covering ``out_hw`` row-major."""
+    """Yield the upsampled output as non-overlapping tiles covering ``out_hw`` row-major.
+
+    ``workspace``: the (B, C, H', W') tensor the caller writes every tile into, right after each
+    yield (as :meth:`anyup.AnyUp.forward` does with the output it allocates). The engine may keep
+    encoder maps in it until the decode overwrites them (:func:`workspace_slots`); every element is
+    written by the tiles in the end. Pass it only with that promise; a caller's ``out=`` file
+    mapping is not one (scratch writes would go to disk).
+    """
     autograd = needs_autograd(model, image, features)
-    plan = plan_for(model, image, features, out_hw, options, autograd)
+    slots = workspace_slots(model, image, features, workspace)
+    plan = plan_for(model, image, features, out_hw, options, autograd, slots)
     backend = resolve(options.attention, features.device)
     logger.debug("plan %s, attention %s", plan, backend.name)
     if autograd:
@@ -132,20 +171,25 @@ def iter_tiles(
         yield from iter_tiles_autograd(model, image, features, out_hw, plan, backend)
         return
     with torch.no_grad():
-        enc, keys, feats_c = encode(model, image, features, plan, options)
+        enc, keys, feats_c = encode(model, image, features, plan, options, workspace if plan.out_slots else None)
         for t in decode(model, enc, keys, feats_c, out_hw, plan, backend):
             yield Tile(t.y0, t.y1, t.x0, t.x1, t.data.to(features.dtype))
 
 
 def encode(
-    model, image: torch.Tensor, features: torch.Tensor, plan: Plan, options: EngineOptions | None = None
+    model,
+    image: torch.Tensor,
+    features: torch.Tensor,
+    plan: Plan,
+    options: EngineOptions | None = None,
+    workspace: torch.Tensor | None = None,
 ) -> tuple[PixelEncoders, torch.Tensor, torch.Tensor]:
     """Everything before the decoder (no autograd): the full-resolution encoders with their
     statistics gathered, the keys (B, D, h, w), and the features in the compute dtype."""
     options = options or EngineOptions()
     dtype = compute_dtype(features)
     feats_c = features.to(dtype)
-    enc = PixelEncoders(model, image.to(dtype), plan, chunk_kernels(options.compile))
+    enc = PixelEncoders(model, image.to(dtype), plan, chunk_kernels(options.compile), workspace)
     enc.gather_statistics()
     keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
     return enc, keys, feats_c
@@ -162,9 +206,24 @@ def low_res_keys(model, kimg: torch.Tensor, features: torch.Tensor, plan: Plan) 
 
 
 class PixelEncoders:
-    """The image encoder (+ RoPE) and the key/query branches at full resolution, for one image batch."""
+    """The image encoder (+ RoPE) and the key/query branches at full resolution, for one image batch.
 
-    def __init__(self, model, image: torch.Tensor, plan: Plan, kernels: ChunkKernels = EAGER) -> None:
+    Full-resolution maps (B, D, H*W) per mode (:mod:`anyup.engine.plan`): ``whole`` keeps the
+    encoding, the branch stream and the inner activation; ``resident`` the encoding (turned into
+    the query map in place) and the key map; ``cached`` the encoding only (keys recomputed band by
+    band from it, then the query map in place); ``streamed`` at most a prefix of the encoding. The
+    first ``plan.out_slots`` maps live in ``workspace`` (the output tensor, see
+    :func:`workspace_slots`).
+    """
+
+    def __init__(
+        self,
+        model,
+        image: torch.Tensor,
+        plan: Plan,
+        kernels: ChunkKernels = EAGER,
+        workspace: torch.Tensor | None = None,
+    ) -> None:
         self.plan = plan
         self.b, _, self.h, self.w = image.shape
         self.n = self.h * self.w
@@ -180,21 +239,43 @@ class PixelEncoders:
         self._buf = [
             torch.empty(self.b, d, p, dtype=self.dtype, device=self.device) for _ in range(8)
         ]  # 7: the statistics' scratch
-        self.encoding: torch.Tensor | None = None  # (B, D, H*W) RoPE'd image encoding (whole, cached)
-        self.key_map: torch.Tensor | None = None  # (B, D, H*W) key branch output (whole)
-        self.query_map: torch.Tensor | None = None  # (B, D, H*W) query branch output (whole)
+        self._workspace = None if workspace is None else workspace.view(self.b, workspace.shape[1], self.n)
+        self._slots_used = 0
+        self.encoding: torch.Tensor | None = None  # (B, D, H*W) RoPE'd image encoding (or a prefix: streamed)
+        self.key_map: torch.Tensor | None = None  # (B, D, H*W) key branch output (whole, resident)
+        self.query_map: torch.Tensor | None = None  # (B, D, H*W) query branch output (whole, resident, cached)
         self.query_pooled: torch.Tensor | None = None  # (B, D, H', W') pooled queries (whole)
+        self._halo: tuple[int, torch.Tensor] | None = None  # a query row the decode has overwritten, kept
+        self._queries_pending = False  # cached mode: the query map is made after the keys
+        self.key_prefix: torch.Tensor | None = None  # (B, D, prefix) key branch output, leading pixels (cached)
+
+    def _map(self) -> torch.Tensor:
+        """A full-resolution map (B, D, H*W): the next slot of the workspace, else new memory."""
+        i = self._slots_used
+        self._slots_used += 1
+        if self._workspace is not None and i < self.plan.out_slots:
+            return self._workspace[:, i * self.d : (i + 1) * self.d]
+        return torch.empty(self.b, self.d, self.n, dtype=self.dtype, device=self.device)
+
+    def _in_workspace(self, t: torch.Tensor) -> bool:
+        ws = self._workspace
+        if ws is None:
+            return False
+        start = ws.untyped_storage().data_ptr()
+        return start <= t.data_ptr() < start + ws.untyped_storage().nbytes()
 
     # -- chunks ------------------------------------------------------------------------------
     def _chunks(self, p_start: int = 0, p_stop: int | None = None) -> Iterator[tuple[int, int]]:
-        """Pixel ranges of at most ``plan.chunk`` pixels; none straddles the end of the encoding cache."""
+        """Pixel ranges of at most ``plan.chunk`` pixels; none straddles the end of the encoding cache
+        or of the kept key prefix."""
         stop = self.n if p_stop is None else p_stop
-        keep = self.plan.cache_pixels
+        ends = (self.plan.cache_pixels, self.plan.key_prefix)
         p0 = p_start
         while p0 < stop:
             p1 = min(stop, p0 + self.plan.chunk)
-            if p0 < keep < p1:
-                p1 = keep
+            for keep in ends:
+                if p0 < keep < p1:
+                    p1 = keep
             yield p0, p1
             p0 = p1
 
@@ -214,9 +295,22 @@ class PixelEncoders:
 
     # -- statistics --------------------------------------------------------------------------
     def gather_statistics(self) -> None:
-        if self.plan.mode == "whole":
+        mode = self.plan.mode
+        if mode == "whole":
             self._whole()
-            return
+        elif mode in ("resident", "cached"):
+            self.encoding = self._image_encoding(self._map())
+            if mode == "resident":
+                self.key_map = self._layerwise_in_place(self.key, self.encoding, self._map())
+                self.query_map = self._layerwise_in_place(self.query, self.encoding, self.encoding)
+                self.encoding = None
+            else:  # keys band by band from the encoding (one pass per GroupNorm), queries in place later
+                self._cached_keys()
+                self._queries_pending = True
+        else:
+            self._streamed_statistics()
+
+    def _streamed_statistics(self) -> None:
         for i in range(self.img.num_norms):
             for p0, p1 in self._chunks():
                 n = p1 - p0
@@ -228,20 +322,67 @@ class PixelEncoders:
             enc = torch.empty(self.b, self.d, keep, dtype=self.dtype, device=self.device)
             for p0, p1 in self._chunks(0, keep):
                 enc[:, :, p0:p1] = self._encoding_chunk(p0, p1)
-            self.encoding = enc  # (B, D, keep): all pixels (cached) or a prefix (streamed)
+            self.encoding = enc  # (B, D, keep): a prefix of the pixels
+        self._branch_statistics((self.key, self.query))
+
+    def _branch_statistics(self, progs: tuple[StackProgram, ...]) -> None:
+        """One pass per GroupNorm of the branches ``progs``, recomputing each chunk up to that norm."""
         for i in range(self.key.num_norms):
             for p0, p1 in self._chunks():
                 n = p1 - p0
                 e = self._encoding_chunk(p0, p1)
-                for prog in (self.key, self.query):
+                for prog in progs:
                     prog.stats.collect(
                         i, prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n), stop=i), self._b(7, n)
                     )
-            self.key.stats.freeze(self.dtype)
-            self.query.stats.freeze(self.dtype)
+            for prog in progs:
+                prog.stats.freeze(self.dtype)
 
-    def _layerwise(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor, y_map: torch.Tensor) -> None:
-        """Run ``prog`` layer by layer over full maps: ``x_map`` ends with the output (B, D, H*W)."""
+    def _cached_keys(self) -> None:
+        """``cached`` mode: the key branch's statistics, one pass per GroupNorm over all pixels.
+
+        The leading ``plan.key_prefix`` pixels keep their key-branch activation (B, D, prefix),
+        advanced one layer per pass (each pixel's layers once, the inner activations twice); the
+        other pixels recompute the branch from the kept encoding up to each norm."""
+        prog, keep = self.key, self.plan.key_prefix
+        store = torch.empty(self.b, self.d, keep, dtype=self.dtype, device=self.device) if keep else None
+        for i in range(prog.num_norms):
+            for p0, p1 in self._chunks():
+                n = p1 - p0
+                e = self._encoding_chunk(p0, p1)
+                if store is not None and p1 <= keep:
+                    act = self._advance(prog, i, e, store[:, :, p0:p1])
+                else:
+                    act = prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n), stop=i)
+                prog.stats.collect(i, act, self._b(7, n))
+            prog.stats.freeze(self.dtype)
+        if store is not None:  # the last ResBlock's second half: the key branch's output
+            last = len(prog.blocks) - 1
+            for p0, p1 in self._chunks(0, keep):
+                n = p1 - p0
+                xs = store[:, :, p0:p1]
+                prog.half2(last, prog.half1(last, xs, self._b(0, n), self._b(1, n)), self._b(0, n), xs)
+        self.key_prefix = store
+
+    def _advance(self, prog: StackProgram, i: int, e: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        """A kept chunk's activation ``xs`` (B, D, n) brought to GroupNorm ``i``'s input, which is returned."""
+        n = xs.shape[-1]
+        if i == 0:
+            return prog.first_into(e, xs)
+        j = (i - 1) // 2
+        if i % 2:  # the inner activation of ResBlock j (not kept)
+            return prog.half1(j, xs, self._b(0, n), self._b(1, n))
+        prog.half2(j, prog.half1(j, xs, self._b(0, n), self._b(1, n)), self._b(0, n), xs)  # ResBlock j done
+        return xs
+
+    def _image_encoding(self, x_map: torch.Tensor) -> torch.Tensor:
+        """The RoPE'd image encoding over all pixels into ``x_map`` (B, D, H*W), one map of memory."""
+        self._layerwise_in_place(self.img, self.image, x_map)
+        for p0, p1 in self._chunks():
+            x_map[:, :, p0:p1] = self.rope.apply(x_map[:, :, p0:p1], p0, self._b(1, p1 - p0))
+        return x_map
+
+    def _first_layer(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor) -> None:
         for p0, p1 in self._chunks():
             xs = x_map[:, :, p0:p1]
             if x_map.data_ptr() == source.data_ptr():  # in place over the source: go through scratch
@@ -251,6 +392,10 @@ class PixelEncoders:
             if prog.num_norms:
                 prog.stats.collect(0, xs, self._b(7, p1 - p0))
         prog.stats.freeze(self.dtype)
+
+    def _layerwise(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor, y_map: torch.Tensor) -> None:
+        """Run ``prog`` layer by layer over full maps: ``x_map`` ends with the output (B, D, H*W)."""
+        self._first_layer(prog, source, x_map)
         for j in range(len(prog.blocks)):
             for p0, p1 in self._chunks():
                 ys = y_map[:, :, p0:p1]
@@ -266,15 +411,35 @@ class PixelEncoders:
             if not last:
                 prog.stats.freeze(self.dtype)
 
+    def _layerwise_in_place(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor) -> torch.Tensor:
+        """As :meth:`_layerwise` with one map: each ResBlock's inner activation is computed twice
+        per chunk (once for its statistics, once to apply them) instead of being stored.
+        ``x_map`` may be ``source`` (the branch then replaces its input). Returns ``x_map``."""
+        self._first_layer(prog, source, x_map)
+        for j in range(len(prog.blocks)):
+            for p0, p1 in self._chunks():
+                n = p1 - p0
+                ys = prog.half1(j, x_map[:, :, p0:p1], self._b(0, n), self._b(1, n))
+                prog.stats.collect(2 * j + 1, ys, self._b(7, n))
+            prog.stats.freeze(self.dtype)
+            last = j == len(prog.blocks) - 1
+            for p0, p1 in self._chunks():
+                n = p1 - p0
+                xs = x_map[:, :, p0:p1]
+                ys = prog.half1(j, xs, self._b(0, n), self._b(1, n))
+                prog.half2(j, ys, self._b(0, n), xs)
+                if not last:
+                    prog.stats.collect(2 * j + 2, xs, self._b(7, n))
+            if not last:
+                prog.stats.freeze(self.dtype)
+        return x_map
+
     def _whole(self) -> None:
-        shape = (self.b, self.d, self.n)
-        x = torch.empty(shape, dtype=self.dtype, device=self.device)
-        y = torch.empty(shape, dtype=self.dtype, device=self.device)
+        x, k, y = self._map(), self._map(), self._map()
         self._layerwise(self.img, self.image, x, y)
         for p0, p1 in self._chunks():
             x[:, :, p0:p1] = self.rope.apply(x[:, :, p0:p1], p0, self._b(1, p1 - p0))
         self.encoding = x
-        k = torch.empty(shape, dtype=self.dtype, device=self.device)
         self._layerwise(self.key, x, k, y)
         self.key_map = k
         self._layerwise(self.query, x, x, y)  # the encoding is not needed after this branch's first layer
@@ -284,17 +449,21 @@ class PixelEncoders:
     def branch_rows(self, prog: StackProgram, y0: int, y1: int) -> torch.Tensor:
         """The branch ``prog`` on image rows [y0, y1): (B, D, y1-y0, W) (streamed modes)."""
         band = torch.empty(self.b, self.d, (y1 - y0) * self.w, dtype=self.dtype, device=self.device)
+        kept = self.key_prefix if prog is self.key else None
         for p0, p1 in self._chunks(y0 * self.w, y1 * self.w):
             n = p1 - p0
-            e = self._encoding_chunk(p0, p1)
-            band[:, :, p0 - y0 * self.w : p1 - y0 * self.w] = prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n))
+            dst = band[:, :, p0 - y0 * self.w : p1 - y0 * self.w]
+            if kept is not None and p1 <= kept.shape[-1]:
+                dst.copy_(kept[:, :, p0:p1])
+                continue
+            dst.copy_(prog.run(self._encoding_chunk(p0, p1), self._b(4, n), self._b(5, n), self._b(6, n)))
         return band.view(self.b, self.d, y1 - y0, self.w)
 
     def image_keys(self, low_hw) -> torch.Tensor:
         """Key branch pooled to the feature grid: (B, D, h, w).
 
         Band by band of feature rows in float64 (so bands pool to the same bits as the whole map):
-        slices of the key map in ``whole`` mode, recomputed image rows otherwise."""
+        slices of the key map in ``whole`` and ``resident`` modes, recomputed image rows otherwise."""
         h, w = int(low_hw[0]), int(low_hw[1])
         starts, ends = pool_ranges(self.h, h)
         key_map = None if self.key_map is None else self.key_map.view(self.b, self.d, self.h, self.w)
@@ -306,22 +475,42 @@ class PixelEncoders:
             s, e = starts[l0], ends[l1 - 1]
             band = key_map[:, :, s:e] if key_map is not None else self.branch_rows(self.key, s, e)  # (B, D, e-s, W)
             parts.append(adaptive_avg_pool_2d(band.double(), (self.h, self.w), (h, w), (l0, l1), s).to(self.dtype))
+        self.key_prefix = None
         return torch.cat(parts, dim=2).contiguous()  # (B, D, h, w)
 
     def query_rows(self, out_hw: tuple[int, int], a: int, z: int) -> torch.Tensor:
-        """Query branch pooled to the output size, output rows [a, z): (B, D, z-a, W')."""
+        """Query branch pooled to the output size, output rows [a, z): (B, D, z-a, W').
+
+        The decode asks for bands top to bottom, each with a one-row halo, and writes a band's
+        output rows after reading its queries: when the query map lives in the output tensor, the
+        row above a band has been overwritten by then, so the last row a band may still need is
+        copied aside when it is read."""
         hq, wq = out_hw
-        if self.query_map is not None:  # whole mode: pool once, keep the pooled map
+        if self._queries_pending:  # cached mode: the key branch is done, the encoding turns into the queries
+            assert self.encoding is not None
+            self.query_map = self._layerwise_in_place(self.query, self.encoding, self.encoding)
+            self.encoding, self._queries_pending = None, False
+        if self.query_map is not None and (hq, wq) == (self.h, self.w):
+            q = self.query_map.view(self.b, self.d, self.h, self.w)
+            rows = q[:, :, a:z]
+            if self._in_workspace(q):
+                if self._halo is not None and self._halo[0] == a:
+                    rows = torch.cat([self._halo[1], q[:, :, a + 1 : z]], dim=2)
+                self._halo = (z - 2, q[:, :, z - 2 : z - 1].clone()) if z - 2 >= a else None
+            return rows
+        if self.query_map is not None and self.plan.mode == "whole":  # pool once, keep the pooled map
             q = self.query_map.view(self.b, self.d, self.h, self.w)
             self.query_map = None
-            self.query_pooled = (
-                q if (hq, wq) == (self.h, self.w) else adaptive_avg_pool_2d(q, (self.h, self.w), (hq, wq))
-            )
+            self.query_pooled = adaptive_avg_pool_2d(q, (self.h, self.w), (hq, wq))
         if self.query_pooled is not None:
             return self.query_pooled[:, :, a:z]
         starts, ends = pool_ranges(self.h, hq)
         s, e = starts[a], ends[z - 1]
-        return adaptive_avg_pool_2d(self.branch_rows(self.query, s, e), (self.h, self.w), (hq, wq), (a, z), s)
+        if self.query_map is not None:  # resident, cached: pool the band from the full-resolution map
+            band = self.query_map.view(self.b, self.d, self.h, self.w)[:, :, s:e]
+        else:
+            band = self.branch_rows(self.query, s, e)
+        return adaptive_avg_pool_2d(band, (self.h, self.w), (hq, wq), (a, z), s)
 
 
 def decoder_inputs(
