@@ -20,6 +20,8 @@ from benchmarks._harness import fmt_mib, measure, out_dir, run_worker, write_ato
 
 
 def worker(direction: str, size: int, channels: int, cap: str) -> dict:
+    """``direction``: forward (the output allocated by forward, whose memory may hold encoder maps),
+    forward-out (into a tensor of the caller's: no such slots), or backward."""
     import torch
 
     import anyup
@@ -29,12 +31,20 @@ def worker(direction: str, size: int, channels: int, cap: str) -> dict:
     model = anyup.AnyUp().eval()
     image, feats = torch.randn(1, 3, size, size), torch.randn(1, channels, size // 14, size // 14)
     grad = direction == "backward"
+    own_out = direction == "forward-out"
+    slots = 0 if grad or own_out else channels // model.config.dim
     if not grad:
         model.requires_grad_(False)
     try:
         with torch.set_grad_enabled(grad):
             plan = plan_for(
-                model, image.requires_grad_(grad), feats, (size, size), EngineOptions(max_memory=cap), autograd=grad
+                model,
+                image.requires_grad_(grad),
+                feats,
+                (size, size),
+                EngineOptions(max_memory=cap),
+                autograd=grad,
+                out_slots=slots,
             )
     except ValueError as err:
         t0 = time.perf_counter()
@@ -46,6 +56,7 @@ def worker(direction: str, size: int, channels: int, cap: str) -> dict:
             refused = str(e)
         return {"refused": refused, "plan_error": str(err), "seconds": time.perf_counter() - t0}
     out_bytes = channels * size * size * 4
+    out_tensor = torch.zeros(1, channels, size, size) if own_out else None  # touched before the measurement
 
     def call():
         if grad:
@@ -53,9 +64,11 @@ def worker(direction: str, size: int, channels: int, cap: str) -> dict:
             model(img, feats, max_memory=cap).square().mean().backward()
             return img.grad
         with torch.no_grad():
+            if own_out:
+                return model(image, feats, max_memory=cap, out=out_tensor)
             return model(image, feats, max_memory=cap)
 
-    r = measure(call, 0 if grad else out_bytes)
+    r = measure(call, 0 if grad or own_out else out_bytes)
     if grad:  # the output of forward is part of backward's working set only through autograd: subtract it too
         r["working_bytes"] = max(0, r["working_bytes"] - out_bytes)
     return {**r, "mode": plan.mode, "estimate": plan.estimate, "cap_bytes": parse_memory(cap)}
@@ -66,7 +79,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=448)
     ap.add_argument("--channels", type=int, default=384)
     ap.add_argument("--caps", nargs="+", default=["64MiB", "128MiB", "256MiB", "512MiB", "1GiB", "2GiB"])
-    ap.add_argument("--directions", nargs="+", default=["forward", "backward"], choices=["forward", "backward"])
+    ap.add_argument(
+        "--directions", nargs="+", default=["forward", "backward"], choices=["forward", "forward-out", "backward"]
+    )
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()

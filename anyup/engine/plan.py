@@ -238,7 +238,9 @@ def _with_partial_cache(plan: Plan, g: Geometry) -> Plan:
 def _with_key_prefix(plan: Plan, g: Geometry) -> Plan:
     """A cached plan pools its keys in bands of one cell row and keeps the key-branch activation of as
     many leading pixels (whole chunks) as 90 % of the slack holds: each of them skips the recomputation
-    of the branch up to every GroupNorm (about 8 of the mode's 28 passes)."""
+    of the branch up to every GroupNorm (about 8 of the mode's 28 passes). Not for less than a quarter
+    of the pixels: at 448² under 128 MiB a 3 % prefix saved nothing and, once freed, left the heap
+    fragmented (peak 1.26x the cap, ``benchmarks/memory_cap.py --directions forward-out``)."""
     pixels = g.image_hw[0] * g.image_hw[1]
     rows = min(_key_row_choices(g))
 
@@ -254,7 +256,7 @@ def _with_key_prefix(plan: Plan, g: Geometry) -> Plan:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if est(mid * plan.chunk) <= limit else (lo, mid - 1)
     keep = min(pixels, lo * plan.chunk)
-    if keep < plan.chunk:
+    if keep < max(plan.chunk, pixels // 4):  # a small prefix saves little; freeing it fragments the heap
         return plan
     return dataclasses.replace(plan, key_rows=rows, key_prefix=keep, estimate=est(keep))
 
