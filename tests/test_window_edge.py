@@ -192,3 +192,36 @@ def test_soft_edge_removes_grid_locked_steps_on_a_real_photo():
     r_hard = cell_border_energy(a[0], (14, 14), img[0])
     r_soft = cell_border_energy(b[0], (14, 14), img[0])
     assert r_soft.peak_ratio < r_hard.peak_ratio / 2 and r_soft.peak_ratio < 2.5, (r_hard.peak_ratio, r_soft.peak_ratio)
+
+
+@pytest.mark.parametrize("edge", ["hard", "soft"])
+def test_query_scale_is_a_logit_temperature(edge):
+    """docs/scripts/attention_temperature.py: scaling the query rows by T gives softmax(T * logits).
+
+    T = 0: every cell of the window gets the same logit, so the weights are uniform over the hard
+    window (proportional to coverage under the soft edge). T = 2, one head: w2 = w1**2 / w0,
+    renormalised (the coverage term log(cov) is not scaled, and w0 is proportional to it)."""
+    torch.manual_seed(0)
+    image, feats = torch.randn(1, 3, 40, 56), torch.randn(1, 8, 5, 7)
+    pixels = [(0, 0), (17, 29), (22, 14), (39, 55)]
+    model = AnyUp(AnyUpConfig(window_edge=edge, num_heads=1)).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    d = model.config.dim
+
+    def weights(temperature: float) -> torch.Tensor:
+        model.load_state_dict(state)
+        with torch.no_grad():
+            model.cross_decode.cross_attn.attention.in_proj_weight[:d] *= temperature
+            model.cross_decode.cross_attn.attention.in_proj_bias[:d] *= temperature
+        return model.attention_weights(image, feats, pixels=pixels).double()  # (1, P, h, w)
+
+    w1, w0, w2 = weights(1.0), weights(0.0), weights(2.0)
+    support = w1 > 0
+    assert support.flatten(2).sum(-1).max() > 1  # windows, not only single cells
+    assert torch.equal(w0 > 0, support) and torch.equal(w2 > 0, support)
+    if edge == "hard":
+        counts = support.flatten(2).sum(-1)[..., None, None]
+        torch.testing.assert_close(w0, support.double() / counts, rtol=0, atol=1e-6)
+    expect = torch.where(support, w1**2 / w0.clamp_min(1e-30), 0.0)
+    expect = expect / expect.flatten(2).sum(-1)[..., None, None]
+    torch.testing.assert_close(w2, expect, rtol=1e-3, atol=1e-6)
