@@ -153,6 +153,39 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+def test_zarr_store_opens_while_another_process_creates_it(tmp_path, monkeypatch):
+    """Two processes opening a new zarr store at once (the Ray driver and a reader did, in CI): zarr
+    looks, the other process creates the group, zarr's create then raises ContainsGroupError. The
+    store looks again and opens what the other one made; a store that keeps failing still raises."""
+    zarr = pytest.importorskip("zarr")
+    from anyup.extract import stores
+
+    real = zarr.open_group
+    calls = []
+
+    def racing_open(path, mode="a", **kw):
+        calls.append(path)
+        if len(calls) == 1:  # the other process wins the race
+            other = real(path, mode="a")
+            other.require_group("features")
+            other.attrs["made_by"] = "the other process"
+            raise zarr.errors.ContainsGroupError(path)
+        return real(path, mode=mode, **kw)
+
+    monkeypatch.setattr(zarr, "open_group", racing_open)
+    store = stores.ZarrStore(tmp_path / "race.zarr")
+    assert len(calls) == 2 and store.root.attrs["made_by"] == "the other process"
+    assert store.completed() == set()
+
+    def always_losing(path, mode="a", **kw):
+        raise zarr.errors.ContainsGroupError(path)
+
+    monkeypatch.setattr(zarr, "open_group", always_losing)
+    monkeypatch.setattr(stores.time, "sleep", lambda s: None)
+    with pytest.raises(zarr.errors.ContainsGroupError):
+        stores.ZarrStore(tmp_path / "never.zarr")
+
+
 def test_ray_two_workers_killed_and_resumed(tmp_path):
     """40 images on a local 2-CPU Ray cluster; the driver is killed mid-run and the same command resumed:
     40 complete items, none missing or duplicated, each equal to the single-process result."""

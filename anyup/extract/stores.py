@@ -28,6 +28,7 @@ import io
 import json
 import os
 import tarfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,9 @@ def _settings_mismatch(path, stored: dict, settings: dict) -> None:
         raise ValueError(f"{path} was written with other settings ({detail}); use a new --out or the same settings")
 
 
+OPEN_ATTEMPTS = 5  # ZarrStore: tries to open a store that another process is creating
+
+
 class ZarrStore(Store):
     """One zarr array per item (see the module docstring)."""
 
@@ -112,9 +116,22 @@ class ZarrStore(Store):
             raise ImportError('zarr output needs zarr: pip install "anyup[extract]"') from err
         self.path = Path(path)
         # zarr's own types (JSON-union attrs, array-or-group items) are not what this store reads back; Any.
-        self.root: Any = zarr.open_group(str(self.path), mode="a")
-        self.features: Any = self.root.require_group("features")
-        self.lowres: Any = self.root.require_group("lowres")
+        self.root: Any
+        self.features: Any
+        self.lowres: Any
+        # Opening creates what is missing. Another process (a Ray driver and a reader, two workers) may
+        # create the same group between zarr's look and its write: zarr then raises ContainsGroupError,
+        # and a second look finds the group and opens it.
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                self.root = zarr.open_group(str(self.path), mode="a")
+                self.features = self.root.require_group("features")
+                self.lowres = self.root.require_group("lowres")
+                break
+            except zarr.errors.ContainsGroupError:
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def check_settings(self, settings: dict) -> None:
         stored = self.root.attrs.get("anyup_extract")
