@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from anyup.eval.depth_probe import (
     DepthProbeConfig,
     checkerboard_folds,
+    halves_folds,
     markdown,
     probe_rmse,
     ridge_fit,
@@ -36,6 +37,27 @@ def test_folds_are_disjoint_guarded_checkerboards():
         band = (idx < 3) | (idx >= 13)
         inner &= ~(band[:, None] if axis == 0 else band[None, :])
     assert torch.equal(a | b, inner)
+
+
+def test_halves_folds_and_the_split_option():
+    a, b = halves_folds(10, 21, guard=2)
+    assert a.shape == b.shape == (10, 21) and not (a & b).any()
+    assert a[:, :8].all() and not a[:, 8:].any() and b[:, 12:].all() and not b[:, :12].any()
+    g = torch.Generator().manual_seed(0)
+    h, w = 64, 96
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    depth = 0.5 * yy + 0.2 * torch.sin(4 * yy)  # (H, W): the same rule in both halves
+    valid = torch.ones(h, w, dtype=torch.bool)
+    feats = torch.stack([yy, torch.sin(4 * yy), torch.randn(h, w, generator=g)])  # (3, H, W)
+    halves = DepthProbeConfig(block=16, guard=2, split="halves")
+    assert probe_rmse(feats, depth, valid, halves) < 1e-3
+    # a feature that holds depth in one half only: the checkerboard fits both halves' pixels, the halves
+    # split must extrapolate from one to the other
+    leaky = torch.stack([torch.where(xx < 0, depth, torch.zeros_like(depth)), torch.randn(h, w, generator=g)])
+    checker = replace(halves, split="checkerboard")
+    assert probe_rmse(leaky, depth, valid, halves) > 1.2 * probe_rmse(leaky, depth, valid, checker)
+    with pytest.raises(ValueError, match="split must be one of"):
+        DepthProbeConfig(split="random")
 
 
 def test_ridge_recovers_a_linear_map_and_picks_the_small_penalty():

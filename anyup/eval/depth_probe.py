@@ -16,7 +16,9 @@ motorcycle, opencv-doc's aloe; real photos, real disparity, never used in traini
    checkerboard; fold 1 fits on the black squares and tests on the white ones, fold 2 the other
    way round, and pixels within ``guard`` pixels of a square's border are left out of both (so a
    test pixel's nearest training pixel is at least ``2 * guard`` away). The RMSE is over all test
-   pixels of both folds with valid depth.
+   pixels of both folds with valid depth. ``split="halves"`` (``--split halves``) fits on the left
+   half and tests on the right one, then the other way round (``guard`` px each side of the midline
+   left out): the harder extrapolation of the offline suite's Middlebury probe.
 
 A method's **gain** is bilinear's RMSE minus its RMSE (positive = better than bilinear); the
 ``constant`` column is the RMSE of predicting the training pixels' mean (a probe above it has
@@ -59,6 +61,7 @@ def default_layers() -> list[str]:
 
 
 RIDGE_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalties per training pixel tried by the inner split
+SPLITS = ("checkerboard", "halves")  # how each scene's pixels are split into the two folds
 
 
 @dataclass
@@ -68,6 +71,7 @@ class DepthProbeConfig:
     multiple: int = 32  # both sides rounded to a multiple of this (every layer's stride divides it)
     block: int = 32  # checkerboard square side (pixels)
     guard: int = 4  # pixels at each square's border left out of fitting and testing
+    split: str = "checkerboard"  # or "halves": left half vs right half (guard px each side of the midline)
     ridge: tuple[float, ...] = RIDGE_GRID  # penalties per training pixel (lambda = ridge * N), chosen per fold
     scenes: tuple[str, ...] = ("motorcycle", "aloe")
     layers: list[str] = field(default_factory=default_layers)
@@ -81,6 +85,8 @@ class DepthProbeConfig:
             raise ValueError(f"DepthProbeConfig.input_scale must be in (0, 1], got {self.input_scale}")
         if not 0 <= self.guard < self.block // 2:
             raise ValueError(f"DepthProbeConfig.guard must be in [0, block/2 = {self.block // 2}), got {self.guard}")
+        if self.split not in SPLITS:
+            raise ValueError(f"DepthProbeConfig.split must be one of {SPLITS}, got {self.split!r}")
         if not self.ridge or min(self.ridge) <= 0:
             raise ValueError(f"DepthProbeConfig.ridge must be penalties > 0, got {self.ridge}")
 
@@ -94,6 +100,24 @@ def checkerboard_folds(h: int, w: int, block: int, guard: int) -> tuple[torch.Te
         ((y % block) >= guard) & ((y % block) < block - guard) & ((x % block) >= guard) & ((x % block) < block - guard)
     )
     return colour & inner, ~colour & inner
+
+
+def halves_folds(h: int, w: int, guard: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint (H, W) bool masks: the left and the right half, less ``guard`` px each side of the midline.
+
+    Harder than the checkerboard: a test pixel's training pixels are far away, and the two halves
+    of a scene may hold different things (as in the offline suite's Middlebury probe).
+    """
+    x = torch.arange(w)[None, :].expand(h, w)
+    mid = w // 2
+    return x < mid - guard, x >= mid + guard
+
+
+def probe_folds(h: int, w: int, config: DepthProbeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two folds of ``config.split`` for an (H, W) scene."""
+    if config.split == "halves":
+        return halves_folds(h, w, config.guard)
+    return checkerboard_folds(h, w, config.block, config.guard)
 
 
 class _Ridge:
@@ -147,7 +171,9 @@ def ridge_fit(
 
 
 def probe_rmse(features: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, config: DepthProbeConfig) -> float:
-    """Checkerboard two-fold ridge RMSE of ``features`` (C, H, W) against ``target`` (H, W) where ``valid``.
+    """Two-fold ridge RMSE of ``features`` (C, H, W) against ``target`` (H, W) where ``valid``.
+
+    The folds are ``config.split``'s (:func:`probe_folds`: checkerboard squares, or the two halves).
 
     The penalty of each fold is chosen on its training squares alone (rows of squares of even vs
     odd index: see :func:`ridge_fit`).
@@ -160,7 +186,7 @@ def probe_rmse(features: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     x = features.reshape(c, -1).T  # (H*W, C)
     yv, ok = target.reshape(-1), valid.reshape(-1)
     row_parity = ((torch.arange(h)[:, None] // config.block) % 2 == 0).expand(h, w).reshape(-1)  # (H*W,)
-    folds = [m.reshape(-1) for m in checkerboard_folds(h, w, config.block, config.guard)]
+    folds = [m.reshape(-1) for m in probe_folds(h, w, config)]
     sq, n = 0.0, 0
     for train, test in ((folds[0], folds[1]), (folds[1], folds[0])):
         tr, te = train & ok, test & ok
@@ -300,6 +326,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenes", nargs="+", default=["motorcycle", "aloe"])
     p.add_argument("--short", type=int, default=DepthProbeConfig.short, help="short side of the probed image")
     p.add_argument("--input-scale", type=float, default=1.0, help="the encoder sees the image resized by this")
+    p.add_argument("--split", choices=SPLITS, default=DepthProbeConfig.split,
+                   help="fit on checkerboard squares and test on the others (default), or fit on one half "
+                   "of each scene and test on the other")  # fmt: skip
     p.add_argument("--out", type=Path, help="write the rows as JSON here")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
                    help="print one table of earlier --out files (joined per scene, layer and ratio) and exit")  # fmt: skip
@@ -315,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         print(markdown(rows, list(dict.fromkeys(k for r in rows for k in r if k not in fields))))  # the result
         return 0
     weights = parse_weights(args.references, args.soft_edge, flag="--reference")
-    cfg = DepthProbeConfig(short=args.short, scenes=tuple(args.scenes), input_scale=args.input_scale)
+    cfg = DepthProbeConfig(short=args.short, scenes=tuple(args.scenes), input_scale=args.input_scale, split=args.split)
     if args.layers:
         cfg.layers = list(args.layers)
     methods = methods_from(weights, args.soft_edge)
