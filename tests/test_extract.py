@@ -152,7 +152,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_zarr_store_opens_while_another_process_creates_it(tmp_path, monkeypatch):
     """Two processes opening a new zarr store at once (the Ray driver and a reader did, in CI): zarr
     looks, the other process creates the group, zarr's create then raises ContainsGroupError. The
@@ -186,6 +185,7 @@ def test_zarr_store_opens_while_another_process_creates_it(tmp_path, monkeypatch
         stores.ZarrStore(tmp_path / "never.zarr")
 
 
+@pytest.mark.slow
 def test_ray_two_workers_killed_and_resumed(tmp_path):
     """40 images on a local 2-CPU Ray cluster; the driver is killed mid-run and the same command resumed:
     40 complete items, none missing or duplicated, each equal to the single-process result."""
