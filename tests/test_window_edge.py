@@ -3,8 +3,10 @@ cell's logit biased by ``log(coverage)``; checked against an oracle written from
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from anyup.engine import Window
 from anyup.engine.window import MIN_COVERAGE, window_bounds, window_coverage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+SCRIPTS = Path(__file__).resolve().parents[1] / "docs" / "scripts"
 
 
 def _inputs(b=1, c=6, hw=(23, 31), low=(4, 5), seed=0, dtype=torch.float32):
@@ -206,13 +209,13 @@ def test_query_scale_is_a_logit_temperature(edge):
     pixels = [(0, 0), (17, 29), (22, 14), (39, 55)]
     model = AnyUp(AnyUpConfig(window_edge=edge, num_heads=1)).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    d = model.config.dim
+    spec = importlib.util.spec_from_file_location("attention_temperature", SCRIPTS / "attention_temperature.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
 
     def weights(temperature: float) -> torch.Tensor:
         model.load_state_dict(state)
-        with torch.no_grad():
-            model.cross_decode.cross_attn.attention.in_proj_weight[:d] *= temperature
-            model.cross_decode.cross_attn.attention.in_proj_bias[:d] *= temperature
+        script.scale_logits_(model, temperature)
         return model.attention_weights(image, feats, pixels=pixels).double()  # (1, P, h, w)
 
     w1, w0, w2 = weights(1.0), weights(0.0), weights(2.0)

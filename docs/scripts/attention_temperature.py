@@ -17,6 +17,16 @@ from anyup.model import ARCH_FIELDS
 from anyup.train.checkpoint import export_safetensors
 
 
+def scale_logits_(model: anyup.AnyUp, temperature: float) -> anyup.AnyUp:
+    """Multiply ``model``'s attention logits by ``temperature`` (its query rows, in place); returns it."""
+    attn = model.cross_decode.cross_attn.attention
+    d = model.config.dim
+    with torch.no_grad():
+        attn.in_proj_weight[:d] *= temperature  # query rows
+        attn.in_proj_bias[:d] *= temperature
+    return model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("weights", help="registered name or file")
@@ -25,12 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.temperature >= 0:
         raise SystemExit(f"temperature must be >= 0, got {args.temperature}")
-    model = anyup.load(args.weights)
-    attn = model.cross_decode.cross_attn.attention
-    d = model.config.dim
-    with torch.no_grad():
-        attn.in_proj_weight[:d] *= args.temperature  # query rows
-        attn.in_proj_bias[:d] *= args.temperature
+    model = scale_logits_(anyup.load(args.weights), args.temperature)
     arch = {k: v for k, v in model.config.to_dict().items() if k in ARCH_FIELDS}
     note = f"{args.weights} with the attention logits scaled by {args.temperature} (an ablation, not for use)"
     export_safetensors(model, args.out, {"format": "anyup", "anyup_config": arch, "note": note})
