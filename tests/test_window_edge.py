@@ -202,23 +202,27 @@ def test_query_scale_is_a_logit_temperature(edge):
     """docs/scripts/attention_temperature.py: scaling the query rows by T gives softmax(T * logits).
 
     T = 0: every cell of the window gets the same logit, so the weights are uniform over the hard
-    window (proportional to coverage under the soft edge). T = 2, one head: w2 = w1**2 / w0,
+    window (proportional to coverage under the soft edge) and do not depend on the image. T = 2, one head: w2 = w1**2 / w0,
     renormalised (the coverage term log(cov) is not scaled, and w0 is proportional to it)."""
     torch.manual_seed(0)
     image, feats = torch.randn(1, 3, 40, 56), torch.randn(1, 8, 5, 7)
     pixels = [(0, 0), (17, 29), (22, 14), (39, 55)]
     model = AnyUp(AnyUpConfig(window_edge=edge, num_heads=1)).eval()
+    with torch.no_grad():  # a fresh MultiheadAttention's bias is zero; the query bias must be scaled too
+        model.cross_decode.cross_attn.attention.in_proj_bias.normal_(0.0, 0.5)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     spec = importlib.util.spec_from_file_location("attention_temperature", SCRIPTS / "attention_temperature.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
 
-    def weights(temperature: float) -> torch.Tensor:
+    def weights(temperature: float, img: torch.Tensor = image) -> torch.Tensor:
         model.load_state_dict(state)
         script.scale_logits_(model, temperature)
-        return model.attention_weights(image, feats, pixels=pixels).double()  # (1, P, h, w)
+        return model.attention_weights(img, feats, pixels=pixels).double()  # (1, P, h, w)
 
     w1, w0, w2 = weights(1.0), weights(0.0), weights(2.0)
+    # T = 0 leaves no query at all: the weights are the window's (coverage) alone, whatever the image
+    torch.testing.assert_close(weights(0.0, torch.randn(1, 3, 40, 56)), w0, rtol=0, atol=1e-6)
     support = w1 > 0
     assert support.flatten(2).sum(-1).max() > 1  # windows, not only single cells
     assert torch.equal(w0 > 0, support) and torch.equal(w2 > 0, support)
