@@ -19,7 +19,13 @@ weights (float32, 1 image, features at 1/14 of the side, C channels):
   full-size call (a caller that upsamples many images of one size; ``ours`` is the first full-size
   call of a fresh process); no working memory (the process peak is already set by then);
 * ``ours_grad`` / ``dense_grad``: forward + backward of ``out.square().mean()`` w.r.t. the image
-  and the parameters (checkpointed engine vs the dense reference).
+  and the parameters (checkpointed engine vs the dense reference);
+* ``paired``: ``floor``, ``ours`` and ``ours_bf16`` in *one* process, interleaved: ``--rounds``
+  rounds, each timing every one of them once (order rotated per round), after one untimed
+  full-size call of each. On a shared VM whose speed drifts by tens of percent within minutes,
+  the ratio of two timings taken seconds apart is the one that means something: it reports the
+  per-round ratios ours / floor and bf16 / float32, their medians, and the CPU steal time
+  (``/proc/stat``) over the rounds.
 
     python benchmarks/memory_speed.py --sizes 448 --channels 384 --old-src /tmp/anyup-old
     python benchmarks/memory_speed.py --sizes 2048 --channels 128 --methods ours old bilinear floor --old-src /tmp/anyup-old
@@ -52,6 +58,7 @@ METHODS = (
     "old",
     "ours_grad",
     "dense_grad",
+    "paired",
 )
 DENSE_LIMIT_BYTES = 22 << 30  # beyond this the dense reference would not fit this 24 GB machine
 
@@ -80,10 +87,96 @@ def method_flops(size: int, low: int, c: int, d: int = 128, ratio: float = 0.1) 
     return float(convs + conv3 + proj + attn + unify)
 
 
-def worker(method: str, size: int, channels: int, max_memory: str | None, patch: int = PATCH) -> dict:
+def cpu_times() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from ``/proc/stat`` ((0, 0) where there is none)."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def paired(size: int, channels: int, rounds: int, patch: int = PATCH) -> dict:
+    """floor / ours / ours_bf16 interleaved in this process (see the module docstring)."""
+    import statistics
+
+    import torch
+
+    import anyup
+
+    low = size // patch
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    flops = method_flops(size, low, channels)
+    reps = max(1, round(flops / (2 * n**3)))
+    torch.manual_seed(0)
+    model = anyup.AnyUp().eval()
+    image, feats = torch.randn(1, 3, size, size), torch.randn(1, channels, low, low)
+    half = (image.bfloat16(), feats.bfloat16())
+
+    def floor() -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        return (time.perf_counter() - t0) * flops / (reps * 2 * n**3)
+
+    def timed(args) -> float:
+        t0 = time.perf_counter()
+        model(*args)
+        return time.perf_counter() - t0
+
+    calls = {"floor": floor, "ours": lambda: timed((image, feats)), "ours_bf16": lambda: timed(half)}
+    with torch.no_grad():
+        first = {k: fn() for k, fn in calls.items()}  # untimed warm-up, recorded
+        steal0, total0 = cpu_times()
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        names = list(calls)
+        for r in range(rounds):
+            for k in names[r % 3 :] + names[: r % 3]:
+                times[k].append(calls[k]())
+        steal1, total1 = cpu_times()
+    ratio = [o / f for o, f in zip(times["ours"], times["floor"], strict=True)]
+    bf16 = [h / o for h, o in zip(times["ours_bf16"], times["ours"], strict=True)]
+    return {
+        "method": "paired",
+        "size": size,
+        "first_call_s": first,
+        "seconds_by_round": times,
+        "ours_vs_floor": ratio,
+        "ours_vs_floor_median": statistics.median(ratio),
+        "best_ours_vs_best_floor": min(times["ours"]) / min(times["floor"]),
+        "bf16_vs_f32": bf16,
+        "bf16_vs_f32_median": statistics.median(bf16),
+        "steal_share": (steal1 - steal0) / max(total1 - total0, 1),
+    }
+
+
+def paired_lines(r: dict) -> list[str]:
+    """Markdown bullets for a ``paired`` result."""
+    if "ours_vs_floor" not in r:
+        return [f"* paired: {r.get('note', 'no result')}"]
+    t = r["seconds_by_round"]
+
+    def row(xs: list[float]) -> str:
+        return ", ".join(f"{x:.2f}" for x in xs)
+
+    return [
+        f"* paired, {len(t['ours'])} interleaved rounds in one process (seconds by round): floor {row(t['floor'])}; "
+        f"ours {row(t['ours'])}; ours_bf16 {row(t['ours_bf16'])}",
+        f"* ours / floor by round: {row(r['ours_vs_floor'])}: **median {r['ours_vs_floor_median']:.2f}×** "
+        f"(best / best {r['best_ours_vs_best_floor']:.2f}×)",
+        f"* bf16 / float32 by round: {row(r['bf16_vs_f32'])}: **median {r['bf16_vs_f32_median']:.2f}×**",
+        f"* CPU steal time over the rounds: {100 * r['steal_share']:.1f} % of all CPU time",
+    ]
+
+
+def worker(method: str, size: int, channels: int, max_memory: str | None, patch: int = PATCH, rounds: int = 5) -> dict:
     import torch
     import torch.nn.functional as F
 
+    if method == "paired":
+        return paired(size, channels, rounds, patch)
     low = size // patch
     if method == "floor":
         n = 2048
@@ -178,6 +271,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=PATCH, help="output side / feature side")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--max-memory", default=None, help="cap for ours (bytes or '2GB'; default automatic)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the paired method")
     ap.add_argument("--old-src", default=None, help="checkout of the old engine (commit 35740a5)")
     ap.add_argument(
         "--out", default=None, help="results folder (default: a new benchmarks/results/memory_speed-<time>)"
@@ -185,7 +279,11 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, metavar=("METHOD", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.channels, args.max_memory, args.patch)))
+        print(
+            json.dumps(
+                worker(args.worker[0], int(args.worker[1]), args.channels, args.max_memory, args.patch, args.rounds)
+            )
+        )
         return
     import torch
 
@@ -199,7 +297,7 @@ def main() -> None:
             ):
                 rows.append({"method": method, "size": size, "note": "out of memory"})
                 continue
-            extra = ["--channels", str(args.channels), "--patch", str(args.patch)] + (
+            extra = ["--channels", str(args.channels), "--patch", str(args.patch), "--rounds", str(args.rounds)] + (
                 ["--max-memory", str(args.max_memory)] if args.max_memory else []
             )
             r = run_worker(Path(__file__), [method, str(size), *extra], env={"ANYUP_OLD_SRC": args.old_src or ""})
@@ -210,13 +308,18 @@ def main() -> None:
         f"float32 unless noted, C = {args.channels}, features at 1/{args.patch} of the side; CPU ({os.cpu_count()} cores, "
         f"torch {torch.__version__}, {platform.machine()}), one run of `python benchmarks/memory_speed.py "
         f"{' '.join(sys.argv[1:])}`. Working memory: peak RSS growth minus the output.",
-        "",
-        "| output | method | seconds | working MiB | time vs ours | memory vs ours |",
-        "|---|---|---|---|---|---|",
     ]
+    if any(m != "paired" for m in args.methods):
+        lines += [
+            "",
+            "| output | method | seconds | working MiB | time vs ours | memory vs ours |",
+            "|---|---|---|---|---|---|",
+        ]
     for size in args.sizes:
         ours = by.get(("ours", size), {})
         for method in args.methods:
+            if method == "paired":
+                continue
             r = by.get((method, size), {})
             t, m = r.get("seconds"), r.get("working_bytes")
             tr = f"{t / ours['seconds']:.2f}×" if t and ours.get("seconds") else "—"
@@ -225,6 +328,9 @@ def main() -> None:
                 f"| {size}² | {method} | {fmt_s(t)} | {fmt_mib(m)} | {tr} | {mr} |"
                 + (f" {r['note']}" if r.get("note") else "")
             )
+    for size in args.sizes:
+        if "paired" in args.methods:
+            lines += ["", f"{size}²:", *paired_lines(by.get(("paired", size), {}))]
     md = "\n".join(lines) + "\n"
     write_atomic(folder / "memory_speed.md", md)
     write_atomic(folder / "memory_speed.json", json.dumps(rows, indent=1))
