@@ -4,6 +4,10 @@ Run as is on a machine with a CUDA device (each row synchronised, warm-up first,
 ``torch.cuda.max_memory_allocated`` minus the inputs and the output):
 
     python benchmarks/gpu.py --sizes 448 1024 2048 4096 --channels 384 --attention auto
+
+``--device cpu`` runs the same code on the CPU (no peak memory; small sizes) so that the script
+itself is tested where there is no GPU (``tests/test_benchmarks.py``); its times mean nothing.
+``tools/gpu_check.sh`` runs it with the CUDA tests in one call on a lent GPU machine.
 """
 
 from __future__ import annotations
@@ -19,19 +23,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._harness import fmt_mib, fmt_s, out_dir, write_atomic  # noqa: E402
 
 
-def bench(fn, reps: int = 3) -> tuple[float, int]:
+def bench(fn, device, reps: int = 3) -> tuple[float, int | None]:
+    """Mean seconds of ``fn()`` over ``reps`` after one warm-up, and the CUDA peak memory above
+    what was allocated before (None on the CPU)."""
     import torch
 
+    cuda = device.type == "cuda"
     fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() if cuda else 0
     t0 = time.perf_counter()
     for _ in range(reps):
         out = fn()
         del out
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps, torch.cuda.max_memory_allocated() - base
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / reps
+    return seconds, (torch.cuda.max_memory_allocated() - base) if cuda else None
 
 
 def main() -> None:
@@ -44,24 +54,26 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the script")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("benchmarks/gpu.py needs a CUDA device (none found)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("benchmarks/gpu.py needs a CUDA device (none found; --device cpu for a dry run)")
     import anyup
     from benchmarks.dense_reference import dense_forward
 
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     torch.manual_seed(0)
     model = anyup.AnyUp().to(dev).eval().requires_grad_(False)
     folder = out_dir(args.out, "gpu")
     rows, lines = (
         [],
         [
-            f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}, attention={args.attention}; "
+            f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU (dry run)'}, torch {torch.__version__}, attention={args.attention}; "
             f"`python benchmarks/gpu.py {' '.join(sys.argv[1:])}`. Peak = max allocated minus inputs (output included).",
             "",
-            "| output | dtype | bilinear ms | ours ms | dense ms | ours peak MiB | dense peak MiB | dense/ours time |",
-            "|---|---|---|---|---|---|---|---|",
+            "| output | dtype | bilinear ms | ours ms | dense ms | ours peak MiB | dense peak MiB | dense/ours time "
+            "| max abs diff vs float32 dense |",
+            "|---|---|---|---|---|---|---|---|---|",
         ],
     )
     for size in args.sizes:
@@ -71,13 +83,18 @@ def main() -> None:
             img = torch.randn(1, 3, size, size, device=dev, dtype=dtype)
             fts = torch.randn(1, args.channels, low, low, device=dev, dtype=dtype)
             with torch.no_grad():
-                tb, _ = bench(lambda fts=fts, size=size: F.interpolate(fts, size=(size, size), mode="bilinear"))
-                to, mo = bench(lambda img=img, fts=fts: model(img, fts, attention=args.attention))
+                tb, _ = bench(lambda fts=fts, size=size: F.interpolate(fts, size=(size, size), mode="bilinear"), dev)
+                to, mo = bench(lambda img=img, fts=fts: model(img, fts, attention=args.attention), dev)
                 try:
-                    td, md = bench(lambda img=img, fts=fts: dense_forward(model, img, fts), reps=1)
+                    td, md = bench(lambda img=img, fts=fts: dense_forward(model, img, fts), dev, reps=1)
+                    ref = dense_forward(model, img.float(), fts.float())  # the float32 reference
+                    diff = model(img, fts, attention=args.attention).float() - ref
+                    err: float | None = float(diff.abs().max())  # ours (this dtype) vs the float32 reference
+                    del diff, ref
                 except torch.OutOfMemoryError:
-                    td = md = None
-                    torch.cuda.empty_cache()
+                    td = md = err = None
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
             rows.append(
                 {
                     "size": size,
@@ -87,12 +104,13 @@ def main() -> None:
                     "dense": td,
                     "ours_peak": mo,
                     "dense_peak": md,
+                    "max_abs_diff_vs_float32_dense": err,
                 }
             )
             ratio = f"{td / to:.1f}×" if td else "out of memory"
             lines.append(
                 f"| {size}² | {name} | {tb * 1e3:.1f} | {to * 1e3:.1f} | {fmt_s(td and td * 1e3)} | "
-                f"{fmt_mib(mo)} | {fmt_mib(md)} | {ratio} |"
+                f"{fmt_mib(mo)} | {fmt_mib(md)} | {ratio} | {'—' if err is None else f'{err:.1e}'} |"
             )
             sys.stderr.write(lines[-1] + "\n")
     md_text = "\n".join(lines) + "\n"

@@ -28,3 +28,33 @@ def test_paired_lines_without_a_result_say_why():
 def test_cpu_times_reads_steal_and_total():
     steal, total = memory_speed.cpu_times()
     assert 0 <= steal <= total
+
+
+def test_gpu_check_script_dry_run_on_cpu(tmp_path):
+    """tools/gpu_check.sh (the prepared one-call GPU check) runs its steps end to end on the CPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "DEVICE": "cpu",
+        "SIZES": "56",
+        "ATTN_SIZE": "56",
+        "CHANNELS": "16",
+        "BACKENDS": "matmul sdpa",
+    }
+    res = subprocess.run(["bash", str(repo / "tools" / "gpu_check.sh")], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "torch" in (tmp_path / "env.txt").read_text()
+    assert "skipped" in (tmp_path / "cuda_tests.log").read_text()  # no CUDA here: the CUDA tests skip, with the reason
+    backends = (tmp_path / "attention_backends.md").read_text()
+    assert "| matmul |" in backends and "| sdpa |" in backends
+    table = (tmp_path / "gpu" / "gpu.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 56² |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["float32", "bfloat16"]
+    assert float(rows[0].split("|")[-2]) < 1e-4  # float32 ours vs the float32 dense reference
