@@ -178,6 +178,69 @@ def test_backends_on_cuda(model, name, edge):
     assert (out - ref).abs().max() <= 1e-4
 
 
+def _cap_selecting(m, image, feats, size, mode):
+    """The largest cap (on a 1.1x grid) under which the engine chooses ``mode`` for this call."""
+    for k in range(400, 100, -1):
+        try:
+            if plan_for(m, image, feats, size, EngineOptions(max_memory=int(1.1**k))).mode == mode:
+                return int(1.1**k)
+        except ValueError:
+            break
+    raise AssertionError(f"no cap selects {mode}")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["whole", "resident", "cached", "streamed"])
+def test_every_plan_on_cuda_matches_the_dense_reference(model, mode):
+    m = AnyUp().cuda().eval()
+    m.load_state_dict(model.state_dict())
+    image, feats = _inputs(c=64, hw=(64, 48), low=(8, 6), device="cuda")
+    for size in [(64, 48), (40, 57)]:  # the image's size (maps in the output), and another
+        cap = _cap_selecting(m, image, feats, size, mode)
+        with torch.no_grad():
+            out = m(image, feats, size, max_memory=cap)
+            ref = dense_forward(m, image, feats, size)
+        assert (out - ref).abs().max() <= 1e-4, (mode, size)
+
+
+@needs_cuda
+def test_gradients_on_cuda_equal_the_dense_reference():
+    """The checkpointed, tiled autograd path on CUDA has the dense reference's gradients (float64)."""
+    torch.manual_seed(0)
+    m = AnyUp().double().cuda()
+    image, feats = _inputs(hw=(16, 20), dtype=torch.float64, device="cuda")
+    image.requires_grad_(True)
+    feats.requires_grad_(True)
+    params = [image, feats, *m.parameters()]
+    grads = []
+    for fn in (lambda: m(image, feats, (11, 13), tile_size=4), lambda: dense_forward(m, image, feats, (11, 13))):
+        out = fn()
+        grads.append(torch.autograd.grad((out * out.detach().cos()).sum(), params, allow_unused=True))
+    for a, b in zip(*grads, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+            continue
+        assert (a - b).abs().max() <= 1e-10 * max(1.0, b.abs().max().item())
+
+
+@needs_cuda
+@pytest.mark.parametrize("cap_mib", [64, 256, 1024])
+def test_memory_cap_holds_on_cuda(model, cap_mib):
+    """448² from 32²×384 under a cap: the CUDA peak beyond the inputs and the output stays within 1.15x."""
+    m = AnyUp().cuda().eval()
+    m.load_state_dict(model.state_dict())
+    image, feats = _inputs(c=384, hw=(448, 448), low=(32, 32), device="cuda")
+    with torch.no_grad():
+        m(image[..., :64, :64], feats[..., :4, :4])  # lazy CUDA state (cuBLAS workspaces) outside the count
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = m(image, feats, max_memory=cap_mib << 20)
+        torch.cuda.synchronize()
+    working = torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+    assert working <= 1.15 * (cap_mib << 20), f"{working / 2**20:.0f} MiB under a {cap_mib} MiB cap"
+
+
 # ------------------------------------------------------------------------------------------------
 # Memory plans and the cap
 def test_plan_refuses_a_cap_below_the_minimum_and_names_it(model):

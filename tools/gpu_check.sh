@@ -4,7 +4,8 @@
 #   bash tools/gpu_check.sh          # results under $OUT (the device tool's folder), else out/gpu_check
 #
 # 1. env.txt: the GPU, torch, triton;
-# 2. cuda_tests.log: the CUDA tests (every attention backend on CUDA, hard and soft edge; bfloat16);
+# 2. cuda_tests.log: the CUDA tests (every attention backend, hard and soft edge; every memory plan
+#    vs the dense reference; float64 gradients vs the dense ones; the cap at 64 MiB-1 GiB; bfloat16);
 # 3. attention_backends.md: each backend's whole call at 1024² on CUDA and its max error vs matmul;
 # 4. gpu/gpu.md: the GPU table (benchmarks/gpu.py), 448²-4096², float32 and bfloat16, ours vs
 #    dense vs bilinear, with each output's max error against the float32 dense reference.
