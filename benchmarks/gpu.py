@@ -113,10 +113,10 @@ def main() -> None:
                 f"{fmt_mib(mo)} | {fmt_mib(md)} | {ratio} | {'—' if err is None else f'{err:.1e}'} |"
             )
             sys.stderr.write(lines[-1] + "\n")
-    md_text = "\n".join(lines) + "\n"
-    write_atomic(folder / "gpu.md", md_text)
-    write_atomic(folder / "gpu.json", json.dumps(rows, indent=1))
-    sys.stdout.write(md_text)
+            # written after every row: a run cut short by its time limit keeps the rows it finished
+            write_atomic(folder / "gpu.md", "\n".join(lines) + "\n")
+            write_atomic(folder / "gpu.json", json.dumps(rows, indent=1))
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
 # 3. attention_backends.md: each backend's whole call at 1024² on CUDA and its max error vs matmul;
 # 4. gpu/gpu.md: the GPU table (benchmarks/gpu.py), 448²-4096², float32 and bfloat16, ours vs
 #    dense vs bilinear, with each output's max error against the float32 dense reference.
-# Every step has its own time limit (about 8 minutes in all), so one hang cannot spend the lease.
+# Every step has its own time limit (under 9 minutes in all: run it with the device tool's
+# timeout_s=600), so one hang cannot spend the lease; the GPU table is written row by row.
 # It needs only what the device image has (python3 with torch, triton, pytest): the package runs
 # from this checkout (PYTHONPATH), nothing is installed. DEVICE=cpu SIZES=56 ATTN_SIZE=56
 # CHANNELS=16 BACKENDS="matmul sdpa" is a dry run of the same steps (tests/test_benchmarks.py).
@@ -28,10 +29,10 @@ channels=${CHANNELS:-384}
     $py -c "import triton; print('triton', triton.__version__)"
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
-timeout 150 $py -m pytest -q -p no:cacheprovider -rs tests/test_engine.py -k cuda 2>&1 | tee "$out/cuda_tests.log"
+timeout 200 $py -m pytest -q -p no:cacheprovider -rs tests/test_engine.py -k cuda 2>&1 | tee "$out/cuda_tests.log"
 # shellcheck disable=SC2086  # BACKENDS and SIZES are word lists
-timeout 120 $py benchmarks/attention_backends.py --device "$device" --size "${ATTN_SIZE:-1024}" --channels "$channels" \
+timeout 100 $py benchmarks/attention_backends.py --device "$device" --size "${ATTN_SIZE:-1024}" --channels "$channels" \
     --backends ${BACKENDS:-matmul sdpa flex triton} --out "$out" 2>&1 | tee "$out/attention_backends.log"
 # shellcheck disable=SC2086
-timeout 240 $py benchmarks/gpu.py --device "$device" --sizes $sizes --channels "$channels" --out "$out/gpu" 2>&1 |
+timeout 220 $py benchmarks/gpu.py --device "$device" --sizes $sizes --channels "$channels" --out "$out/gpu" 2>&1 |
     tee "$out/gpu.log"
