@@ -122,6 +122,27 @@ def test_triton_kernel_exact_under_the_interpreter(tmp_path):
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
 
 
+def test_triton_dots_are_full_float32():
+    """Every ``tl.dot`` in the Triton kernel asks for IEEE float32. Triton's default for float32 on
+    NVIDIA GPUs is TF32 (about 1e-3 relative error); the CPU interpreter computes in full float32
+    whatever is asked, so the interpreter test above cannot catch a missing argument."""
+    import ast
+    from pathlib import Path
+
+    import anyup.engine
+
+    source = Path(anyup.engine.__file__).with_name("triton_attention.py").read_text()
+    dots = [
+        n
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "dot"
+    ]
+    assert len(dots) == 3
+    for call in dots:
+        precision = {k.arg: k.value for k in call.keywords}.get("input_precision")
+        assert isinstance(precision, ast.Constant) and precision.value == "ieee", ast.unparse(call)
+
+
 @pytest.mark.slow
 def test_flex_backend_exact():
     """flex_attention with the window as a block mask (compiled by Inductor on the CPU)."""

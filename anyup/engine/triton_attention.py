@@ -5,7 +5,10 @@ Pass 1 (``_stats_kernel``): per query and head, the running max ``m`` and sum ``
 heads-averaged weights ``mean_h exp(logit_h - m_h) / l_h`` are formed once and multiplied with
 the raw values, so the value product is done once, not once per head. The window arrives as an
 additive float32 logit bias (0 or ``log(coverage)`` inside, ``-inf`` outside). Runs on CUDA, and on the
-CPU under ``TRITON_INTERPRET=1`` (how the tests run it).
+CPU under ``TRITON_INTERPRET=1`` (how the tests run it). Every ``tl.dot`` is full float32
+(``input_precision="ieee"``): Triton's default for float32 on NVIDIA tensor cores is TF32 (10-bit
+mantissa, about 1e-3 relative error), which the interpreter does not reproduce, so a kernel exact
+here would have been off by orders of magnitude more than 1e-5 on a GPU.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def _stats_kernel(
                 mask=q_ok[:, None] & k_ok[None, :],
                 other=float("-inf"),
             )
-            s = tl.dot(q, tl.trans(k)) * scale + bias
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias
             m_new = tl.maximum(m, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(s - m_safe[:, None]), axis=1)
@@ -113,12 +116,12 @@ def _apply_kernel(
             )
             m = tl.load(m_ptr + (b * NH + h) * nq + offs_q, mask=q_ok, other=0.0)
             l = tl.load(l_ptr + (b * NH + h) * nq + offs_q, mask=q_ok, other=1.0)
-            s = tl.dot(q, tl.trans(k)) * scale + bias
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias
             w += tl.exp(s - m[:, None]) / l[:, None]
         v = tl.load(
             v_ptr + (b * nk + offs_k[:, None]) * c + offs_c[None, :], mask=k_ok[:, None] & c_ok[None, :], other=0.0
         )
-        acc += tl.dot(w / NH, v)
+        acc += tl.dot(w / NH, v, input_precision="ieee")
     tl.store(o_ptr + (b * nq + offs_q[:, None]) * c + offs_c[None, :], acc, mask=q_ok[:, None] & c_ok[None, :])
 
 
