@@ -55,7 +55,11 @@ def main() -> None:
     ap.add_argument("--attention", default="auto")
     ap.add_argument("--out", default=None)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of the script")
+    ap.add_argument("--tf32", action="store_true", help="let cuDNN/cuBLAS use TF32 for float32 (default: off)")
     args = ap.parse_args()
+    # float32 means IEEE float32 unless --tf32: PyTorch lets cuDNN convolutions use TF32 by default
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs a CUDA device (none found; --device cpu for a dry run)")
     import anyup
@@ -68,7 +72,8 @@ def main() -> None:
     rows, lines = (
         [],
         [
-            f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU (dry run)'}, torch {torch.__version__}, attention={args.attention}; "
+            f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU (dry run)'}, torch {torch.__version__}, attention={args.attention}, "
+            f"TF32 {'on' if args.tf32 else 'off'}; "
             f"`python benchmarks/gpu.py {' '.join(sys.argv[1:])}`. Peak = max allocated minus inputs (output included).",
             "",
             "| output | dtype | bilinear ms | ours ms | dense ms | ours peak MiB | dense peak MiB | dense/ours time "
