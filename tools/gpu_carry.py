@@ -92,7 +92,10 @@ def write_photos(out: Path, max_side: int, source: Path | None) -> int:
                 scale = max_side / min(im.size)
                 if scale < 1:
                     im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
-                im.save(dest / f"{path.stem}.jpg", quality=92)
+                target = dest / f"{path.stem}.jpg"
+                if target.exists():
+                    raise SystemExit(f"two photos would both become {target.name}: rename one of them in {source}")
+                im.save(target, quality=92)
                 n += 1
     return n
 
