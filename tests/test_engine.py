@@ -163,6 +163,36 @@ def test_flex_backend_exact():
         assert (out.double() - _reference(qh, kh, v, mask)).abs().max() <= 1e-5, soft
 
 
+@pytest.mark.slow
+def test_flex_pads_tiles_to_a_few_compiled_shapes(model):
+    """A whole call with the flex backend compiles a few tile shapes, not one per shape: unpadded,
+    224² from 16² compiled eight shapes and then fell back to flex's unfused path (dynamo's
+    recompile limit). Exact against matmul, with the padding."""
+    if not BACKENDS["flex"].available(torch.device("cpu")):
+        pytest.skip("flex_attention is not available in this PyTorch")
+    from torch import _dynamo
+    from torch._dynamo.utils import counters
+
+    _dynamo.reset()
+    counters.clear()
+    image, feats = _inputs(c=8, hw=(224, 224), low=(16, 16))
+    with torch.no_grad():
+        out = model(image, feats, attention="flex")
+        ref = model(image, feats, attention="matmul")
+    assert (out - ref).abs().max() <= 1e-5
+    assert counters["frames"]["total"] <= 4, dict(counters["frames"])
+
+
+def test_flex_padding_helper():
+    from anyup.engine.attention import _pad_to
+
+    x = torch.arange(6.0).view(2, 3)
+    assert torch.equal(_pad_to(x, 0, 4), torch.tensor([[0.0, 1, 2], [3, 4, 5], [0, 0, 0], [0, 0, 0]]))
+    assert torch.equal(_pad_to(x, 1, 4, -1.0), torch.tensor([[0.0, 1, 2, -1], [3, 4, 5, -1]]))
+    assert torch.equal(_pad_to(x > 2, -1, 5), torch.tensor([[False] * 5, [True] * 3 + [False] * 2]))
+    assert _pad_to(x, 1, 3) is x
+
+
 def test_chunk_kernels_eager_match_float64():
     """The eager element-wise chunk kernels: GroupNorm+SiLU and the two-pass moments."""
     from anyup.engine.kernels import EAGER

@@ -80,14 +80,37 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+FLEX_BLOCK = 128  # flex_attention's block size: tiles are padded to multiples of it
+
+
+def _pad_to(x: torch.Tensor, dim: int, size: int, value: float = 0.0) -> torch.Tensor:
+    """``x`` padded with ``value`` at the end of ``dim`` to ``size`` (``x`` itself when it is that long)."""
+    extra = size - x.shape[dim]
+    if extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, extra]
+    return F.pad(x, pad, value=value)
+
+
 def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """flex_attention on one tile, padded to multiples of :data:`FLEX_BLOCK` queries and keys.
+
+    The compiled kernel is specialised to its shapes (``dynamic=False``), and a call's tiles come
+    in many (queries, keys) shapes: unpadded, one call at 224² compiled eight times (70 s) and then
+    hit dynamo's recompile limit, after which flex runs unfused. Padded keys are masked out and
+    padded queries dropped, so the result is unchanged; a call compiles a few shapes at most.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
 
     acc = acc_dtype(qh)
     nh, nq, nk = qh.shape[1], qh.shape[2], kh.shape[2]
+    nq_p, nk_p = (-(-n // FLEX_BLOCK) * FLEX_BLOCK for n in (nq, nk))
 
     allowed = mask if mask.dtype == torch.bool else torch.isfinite(mask)
-    bias = None if mask.dtype == torch.bool else mask.to(acc)
+    allowed = _pad_to(_pad_to(allowed, 0, nq_p, False), 1, nk_p, False)  # (nq_p, nk_p): padding never attends
+    bias = None if mask.dtype == torch.bool else _pad_to(_pad_to(mask.to(acc), 0, nq_p), 1, nk_p)
+    qh, kh, values = _pad_to(qh, 2, nq_p), _pad_to(kh, 2, nk_p), _pad_to(values, 1, nk_p)
+    nq_out, nq, nk = nq, nq_p, nk_p
 
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed[q_idx, kv_idx]
@@ -99,8 +122,8 @@ def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
     v = values.to(acc).unsqueeze(1).expand(-1, nh, -1, -1)
     out = _compiled_flex()(
         qh.to(acc), kh.to(acc), v.contiguous(), block_mask=block, score_mod=None if bias is None else score_mod
-    )  # (B, nh, Nq, C)
-    return out.mean(dim=1).to(values.dtype)
+    )  # (B, nh, Nq_p, C)
+    return out[:, :, :nq_out].mean(dim=1).to(values.dtype)
 
 
 def attend_triton(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
