@@ -31,8 +31,8 @@ channels=${CHANNELS:-384}
 cat "$out/env.txt"
 timeout 200 $py -m pytest -q -p no:cacheprovider -rs tests/test_engine.py -k cuda 2>&1 | tee "$out/cuda_tests.log"
 # shellcheck disable=SC2086  # BACKENDS and SIZES are word lists
-timeout 100 $py benchmarks/attention_backends.py --device "$device" --size "${ATTN_SIZE:-1024}" --channels "$channels" \
+timeout 150 $py benchmarks/attention_backends.py --device "$device" --size "${ATTN_SIZE:-1024}" --channels "$channels" \
     --backends ${BACKENDS:-matmul sdpa flex triton} --out "$out" 2>&1 | tee "$out/attention_backends.log"
 # shellcheck disable=SC2086
-timeout 220 $py benchmarks/gpu.py --device "$device" --sizes $sizes --channels "$channels" --out "$out/gpu" 2>&1 |
+timeout 200 $py benchmarks/gpu.py --device "$device" --sizes $sizes --channels "$channels" --out "$out/gpu" 2>&1 |
     tee "$out/gpu.log"
