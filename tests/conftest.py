@@ -64,3 +64,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def ieee_float32(monkeypatch):
+    """float32 convolutions and GEMMs in full float32 on CUDA (PyTorch lets cuDNN convolutions use
+    TF32 by default, about 1e-3 relative: the dense reference's 1x1 convs would, the engine's
+    GEMMs would not, and the two would differ by that, not by the engine)."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

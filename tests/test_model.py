@@ -13,6 +13,9 @@ from anyup import AnyUp, AnyUpConfig
 from anyup.engine import EngineOptions, plan_for, window_bounds
 from benchmarks.dense_reference import dense_forward
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
 
 def _mode(m, image, feats, size, cap):
     return plan_for(m, image, feats, size, EngineOptions(max_memory=cap)).mode
@@ -208,11 +211,12 @@ def test_gradients_reach_every_parameter():
     assert feats.grad is not None and feats.grad.abs().sum() > 0
 
 
-def test_gradients_equal_the_dense_reference(edge):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_equal_the_dense_reference(edge, device):
     """The checkpointed, tiled autograd path has the dense reference's gradients (float64)."""
     torch.manual_seed(0)
-    m = AnyUp(AnyUpConfig(window_edge=edge)).double()
-    image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
+    m = AnyUp(AnyUpConfig(window_edge=edge)).double().to(device)
+    image, feats = (t.to(device) for t in _inputs(hw=(16, 20), dtype=torch.float64))
     image.requires_grad_(True)
     feats.requires_grad_(True)
     params = [image, feats, *[p for p in m.parameters() if p.requires_grad]]
@@ -376,6 +380,22 @@ def test_every_plan_matches_whole_float64_and_gradients_flow():
     image.requires_grad_(True)
     m(image, feats, (11, 13)).sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["whole", "resident", "cached", "streamed"])
+def test_every_plan_matches_the_dense_reference_float32(mode, device, ieee_float32):
+    """Each memory plan against the dense reference in float32, at the image's size (encoder maps in
+    the output tensor) and at another size; on CUDA too (the plan's memory model differs there)."""
+    torch.manual_seed(0)
+    m = AnyUp().to(device).eval()
+    image, feats = (t.to(device) for t in _inputs(c=64, hw=(64, 48), low=(8, 6)))
+    for size in [(64, 48), (40, 57)]:
+        cap = _cap_for(m, image, feats, size, mode)
+        with torch.no_grad():
+            out = m(image, feats, size, max_memory=cap)
+            ref = dense_forward(m, image, feats, size)
+        assert (out - ref).abs().max() <= 1e-4, (mode, size)
 
 
 @pytest.mark.parametrize("channels", [128, 256, 384])

@@ -29,7 +29,7 @@ channels=${CHANNELS:-384}
     $py -c "import triton; print('triton', triton.__version__)"
 } >"$out/env.txt" 2>&1
 cat "$out/env.txt"
-timeout 200 $py -m pytest -q -p no:cacheprovider -rs tests/test_engine.py -k cuda 2>&1 | tee "$out/cuda_tests.log"
+timeout 200 $py -m pytest -q -p no:cacheprovider -rs tests/test_engine.py tests/test_model.py -k cuda 2>&1 | tee "$out/cuda_tests.log"
 # shellcheck disable=SC2086  # BACKENDS and SIZES are word lists
 timeout 150 $py benchmarks/attention_backends.py --device "$device" --size "${ATTN_SIZE:-1024}" --channels "$channels" \
     --backends ${BACKENDS:-matmul sdpa flex triton} --out "$out" 2>&1 | tee "$out/attention_backends.log"
