@@ -39,6 +39,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -97,6 +98,26 @@ def cpu_times() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
 
 
+def floor_timer(size: int, low: int, channels: int) -> tuple[Callable[[], float], float]:
+    """``(once, flops)``: ``once()`` times the method's multiply-adds (:func:`method_flops`) as
+    2048² GEMMs and returns the seconds they take at that rate (the GEMM warmed up here)."""
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    flops = method_flops(size, low, channels)
+    reps = max(1, round(flops / (2 * n**3)))
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        return (time.perf_counter() - t0) * flops / (reps * 2 * n**3)
+
+    return once, flops
+
+
 def paired(size: int, channels: int, rounds: int, patch: int = PATCH) -> dict:
     """floor / ours / ours_bf16 interleaved in this process (see the module docstring)."""
     import statistics
@@ -106,20 +127,11 @@ def paired(size: int, channels: int, rounds: int, patch: int = PATCH) -> dict:
     import anyup
 
     low = size // patch
-    n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    flops = method_flops(size, low, channels)
-    reps = max(1, round(flops / (2 * n**3)))
+    floor, _ = floor_timer(size, low, channels)
     torch.manual_seed(0)
     model = anyup.AnyUp().eval()
     image, feats = torch.randn(1, 3, size, size), torch.randn(1, channels, low, low)
     half = (image.bfloat16(), feats.bfloat16())
-
-    def floor() -> float:
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, b)
-        return (time.perf_counter() - t0) * flops / (reps * 2 * n**3)
 
     def timed(args) -> float:
         t0 = time.perf_counter()
@@ -133,7 +145,7 @@ def paired(size: int, channels: int, rounds: int, patch: int = PATCH) -> dict:
         times: dict[str, list[float]] = {k: [] for k in calls}
         names = list(calls)
         for r in range(rounds):
-            for k in names[r % 3 :] + names[: r % 3]:
+            for k in names[r % len(names) :] + names[: r % len(names)]:
                 times[k].append(calls[k]())
         steal1, total1 = cpu_times()
     ratio = [o / f for o, f in zip(times["ours"], times["floor"], strict=True)]
@@ -179,17 +191,12 @@ def worker(method: str, size: int, channels: int, max_memory: str | None, patch:
         return paired(size, channels, rounds, patch)
     low = size // patch
     if method == "floor":
-        n = 2048
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        flops = method_flops(size, low, channels)
-        reps = max(1, round(flops / (2 * n**3)))
+        once, flops = floor_timer(size, low, channels)
         # the best of five timings: the floor is what the machine can do (single timings varied 0.9-1.6 s at 448²)
-        best = min(measure(lambda: [torch.mm(a, b) for _ in range(reps)], 0)["seconds"] for _ in range(5))
         return {
             "method": method,
             "size": size,
-            "seconds": best * flops / (reps * 2 * n**3),
+            "seconds": min(once() for _ in range(5)),
             "working_bytes": None,
             "gflop": flops / 1e9,
         }
@@ -328,8 +335,8 @@ def main() -> None:
                 f"| {size}² | {method} | {fmt_s(t)} | {fmt_mib(m)} | {tr} | {mr} |"
                 + (f" {r['note']}" if r.get("note") else "")
             )
-    for size in args.sizes:
-        if "paired" in args.methods:
+    if "paired" in args.methods:
+        for size in args.sizes:
             lines += ["", f"{size}²:", *paired_lines(by.get(("paired", size), {}))]
     md = "\n".join(lines) + "\n"
     write_atomic(folder / "memory_speed.md", md)

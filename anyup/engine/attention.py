@@ -110,7 +110,6 @@ def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
     allowed = _pad_to(_pad_to(allowed, 0, nq_p, False), 1, nk_p, False)  # (nq_p, nk_p): padding never attends
     bias = None if mask.dtype == torch.bool else _pad_to(_pad_to(mask.to(acc), 0, nq_p), 1, nk_p)
     qh, kh, values = _pad_to(qh, 2, nq_p), _pad_to(kh, 2, nk_p), _pad_to(values, 1, nk_p)
-    nq_out, nq, nk = nq, nq_p, nk_p
 
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed[q_idx, kv_idx]
@@ -118,12 +117,12 @@ def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
     def score_mod(score, b, h, q_idx, kv_idx):
         return score + bias[q_idx, kv_idx]
 
-    block = create_block_mask(mask_mod, None, None, nq, nk, device=qh.device)
+    block = create_block_mask(mask_mod, None, None, nq_p, nk_p, device=qh.device)
     v = values.to(acc).unsqueeze(1).expand(-1, nh, -1, -1)
     out = _compiled_flex()(
         qh.to(acc), kh.to(acc), v.contiguous(), block_mask=block, score_mod=None if bias is None else score_mod
     )  # (B, nh, Nq_p, C)
-    return out[:, :, :nq_out].mean(dim=1).to(values.dtype)
+    return out[:, :, :nq].mean(dim=1).to(values.dtype)  # the padded queries dropped
 
 
 def attend_triton(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
