@@ -259,7 +259,7 @@ def _tensor_to_image(source: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"image tensor is empty: shape {tuple(source.shape)}")
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
-    elif t.dtype == torch.uint16:
+    elif t.dtype == getattr(torch, "uint16", None):  # torch.uint16 exists since torch 2.3
         t = t.to(torch.int32).float() / 65535.0
     elif t.dtype == torch.bool:
         t = t.float()

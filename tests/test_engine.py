@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -86,29 +87,37 @@ def test_backend_choice_and_errors(model):
             resolve("triton", torch.device("cpu"))
 
 
-def _interpreter_indexes_scalars() -> bool:
-    """False for Triton's interpreter before 3.7 with a NumPy that refuses ``int()`` of a 1-element
-    1-d array: it passes scalar kernel arguments as such arrays and ``range(0, n, step)`` over one
-    raises TypeError (Triton 3.7 squeezes the array first). Triton 3.6 with NumPy 2.x does this:
-    the GPU image's pair (compiled kernels on a GPU are not affected)."""
+def _interpreter_problem() -> str | None:
+    """Why Triton's interpreter cannot run the kernels here, or None.
+
+    Before Triton 3.0 there is no ``TRITON_INTERPRET`` interpreter. Before 3.7 it passes scalar kernel
+    arguments as 1-element arrays and ``range(0, n, step)`` over one calls ``int()`` on it, which NumPy 2
+    refuses (3.7 squeezes the array first): the GPU image's Triton 3.6 with NumPy 2.x. Compiled kernels
+    on a GPU are not affected."""
+    import importlib.util
+
     import numpy as np
     import triton
 
-    try:
-        int(np.array([1]))
-    except TypeError:
-        return tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 7)
-    return True
+    if importlib.util.find_spec("triton.runtime.interpreter") is None:
+        return f"Triton {triton.__version__} has no TRITON_INTERPRET interpreter (Triton >= 3.0)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # NumPy 1.25-1.26 warn, then convert
+        try:
+            int(np.array([1]))
+        except TypeError:
+            if tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7):
+                return f"Triton {triton.__version__}'s interpreter cannot loop to a scalar argument with this NumPy (fixed in 3.7)"
+    return None
 
 
 @pytest.mark.slow
 def test_triton_kernel_exact_under_the_interpreter(tmp_path):
     """The two-pass Triton kernel, run by Triton's interpreter on the CPU (TRITON_INTERPRET=1)."""
-    triton = pytest.importorskip("triton")
-    if not _interpreter_indexes_scalars():
-        pytest.skip(
-            f"Triton {triton.__version__}'s interpreter cannot loop to a scalar argument with this NumPy (fixed in 3.7)"
-        )
+    pytest.importorskip("triton")
+    problem = _interpreter_problem()
+    if problem:
+        pytest.skip(problem)
     script = textwrap.dedent(
         """
         import torch

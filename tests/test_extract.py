@@ -191,9 +191,6 @@ def test_ray_two_workers_killed_and_resumed(tmp_path):
     40 complete items, none missing or duplicated, each equal to the single-process result."""
     pytest.importorskip("ray")
     pytest.importorskip("zarr")
-    ray_bin = Path(sys.executable).with_name("ray")
-    if not ray_bin.is_file():
-        ray_bin = Path(shutil.which("ray") or "ray")
     _make_images(tmp_path / "imgs", 40)
     inputs = [str(tmp_path / "imgs")]
 
@@ -207,8 +204,9 @@ def test_ray_two_workers_killed_and_resumed(tmp_path):
     port = _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     head = subprocess.Popen(
-        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=150000000",
+        # this interpreter's Ray (workers run the head's Python: the `ray` on PATH may be another one)
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}",
+         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=150000000",
          f"--temp-dir={ray_tmp}", "--node-ip-address=127.0.0.1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip

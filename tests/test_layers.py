@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anyup.layers import FeatureUnification
 
@@ -61,3 +62,20 @@ def test_feature_unification_chunks_keep_the_reference_bits_float32(shape):
         want = _one_conv(fu, x)
         for chunk in (1 << 40, b * c * 128 * MIN_CHUNK, b * c * 128 * (MIN_CHUNK * 2 + 1)):
             assert torch.equal(fu.unify(x, max_chunk_elements=chunk), want), chunk
+
+
+def test_rmsnorm_fallback_matches_torch():
+    """The fallback used before torch 2.4 has nn.RMSNorm's keys, attributes and outputs."""
+    from anyup.layers.norms import _RMSNorm
+
+    if not hasattr(nn, "RMSNorm"):
+        pytest.skip(f"torch {torch.__version__} has no nn.RMSNorm to compare with")
+    ours, theirs = _RMSNorm(16), nn.RMSNorm(16)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    assert (ours.eps, ours.normalized_shape) == (theirs.eps, theirs.normalized_shape)
+    w = torch.rand(16) + 0.5
+    ours.load_state_dict({"weight": w}), theirs.load_state_dict({"weight": w})
+    xf = torch.randn(3, 16) * 100
+    torch.testing.assert_close(ours(xf), theirs(xf), rtol=2e-6, atol=1e-6)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    torch.testing.assert_close(ours.double()(x), theirs.double()(x))

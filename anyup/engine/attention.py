@@ -138,7 +138,9 @@ def _has(module: str) -> bool:
 def _triton_ok(device: torch.device) -> bool:
     if not _has("triton"):
         return False
-    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+    if device.type == "cpu":  # Triton's interpreter (triton.runtime.interpreter, Triton >= 3.0)
+        return os.environ.get("TRITON_INTERPRET") == "1" and _has("triton.runtime.interpreter")
+    return device.type == "cuda"
 
 
 def _flex_ok(device: torch.device) -> bool:

@@ -30,6 +30,22 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.to(acc), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
+class _RMSNorm(nn.Module):
+    """``nn.RMSNorm``'s parameters (``weight``, ``eps``) and maths over the last dim, for torch < 2.4."""
+
+    def __init__(self, normalized_shape: int, eps: float | None = None) -> None:
+        super().__init__()
+        self.normalized_shape, self.eps = (normalized_shape,), eps
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, dim=-1)
+
+
+# nn.RMSNorm since torch 2.4; the fallback has its state-dict keys and attributes (typed as nn.RMSNorm)
+RMSNorm: type[nn.RMSNorm] = getattr(nn, "RMSNorm", None) or _RMSNorm  # type: ignore[assignment]
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | None, dim: int = 1) -> torch.Tensor:
     """RMSNorm over ``dim`` computed in float32 (float64 stays); returns ``x.dtype``."""
     xf = x.to(acc_dtype(x))

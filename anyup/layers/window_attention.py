@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyup.layers.norms import acc_dtype, rms_norm
+from anyup.layers.norms import RMSNorm, acc_dtype, rms_norm
 
 
 def apply_window(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,8 @@ class WindowCrossAttention(nn.Module):
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), num_heads >= 1")
         self.dim, self.num_heads = dim, num_heads
-        self.norm_q = nn.RMSNorm(dim)
-        self.norm_k = nn.RMSNorm(dim)
+        self.norm_q = RMSNorm(dim)
+        self.norm_k = RMSNorm(dim)
         self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
 
     def _project(self, x: torch.Tensor, which: int, norm: nn.RMSNorm) -> torch.Tensor:
