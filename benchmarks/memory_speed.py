@@ -75,7 +75,10 @@ def _bytes(text: str | None) -> int | None:
     return int(text)
 
 
-def method_flops(size: int, low: int, c: int, d: int = 128, ratio: float = 0.1) -> float:
+def stage_flops(size: int, low: int, c: int, d: int = 128, ratio: float = 0.1) -> dict[str, float]:
+    """Multiply-adds (x2) of one call by engine stage: ``encoders`` (the per-pixel 1x1 convs),
+    ``keys`` (the feature unification's filters; the low-res blocks are negligible), ``decode``
+    (the 3x3 query conv, the query projection, logits and value products inside the windows)."""
     from anyup.engine import Window
 
     px = size * size
@@ -85,7 +88,11 @@ def method_flops(size: int, low: int, c: int, d: int = 128, ratio: float = 0.1) 
     cells = Window.build((size, size), (low, low), ratio).mean_cells()
     attn = px * cells * 2 * (d + c)  # logits (all heads) + value product, inside the windows
     unify = low * low * c * d * 25 * 2  # feature unification: every channel against 128 5x5 filters
-    return float(convs + conv3 + proj + attn + unify)
+    return {"encoders": float(convs), "keys": float(unify), "decode": float(conv3 + proj + attn)}
+
+
+def method_flops(size: int, low: int, c: int, d: int = 128, ratio: float = 0.1) -> float:
+    return sum(stage_flops(size, low, c, d, ratio).values())
 
 
 def cpu_times() -> tuple[int, int]:

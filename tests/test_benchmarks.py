@@ -58,3 +58,23 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| 56² |")]
     assert [r.split("|")[2].strip() for r in rows] == ["float32", "bfloat16"]
     assert float(rows[0].split("|")[-2]) < 1e-4  # float32 ours vs the float32 dense reference
+
+
+def test_stages_split_one_call_and_compare_each_stage_with_its_floor(tmp_path):
+    import json
+
+    from benchmarks import stages
+
+    assert stages.main(["--size", "56", "--channels", "16", "--rounds", "2", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "stages.json").read_text())
+    assert set(r["stages"]) == {"encoders", "keys", "decode"} and r["mode"] == "whole"
+    flops = memory_speed.stage_flops(56, 4, 16)
+    for k, s in r["stages"].items():
+        assert len(s["seconds"]) == 2 and all(x > 0 for x in s["seconds"])
+        rates = [g * 1e9 for g in r["gemm_gflops"]]
+        assert s["vs_floor"] == pytest.approx([x * g / flops[k] for x, g in zip(s["seconds"], rates, strict=True)])
+    for i, total in enumerate(r["call_seconds"]):
+        assert total == pytest.approx(sum(s["seconds"][i] for s in r["stages"].values()))
+    assert sum(flops.values()) == pytest.approx(memory_speed.method_flops(56, 4, 16))
+    text = (tmp_path / "stages.md").read_text()
+    assert "| encoders |" in text and "| whole call |" in text and "python benchmarks/stages.py --size 56" in text
