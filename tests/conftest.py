@@ -67,11 +67,21 @@ def one_thread():
 
 
 @pytest.fixture()
-def ieee_float32(monkeypatch):
+def ieee_float32():
     """float32 convolutions and GEMMs in full float32 on CUDA (PyTorch lets cuDNN convolutions use
     TF32 by default, about 1e-3 relative: the dense reference's 1x1 convs would, the engine's
-    GEMMs would not, and the two would differ by that, not by the engine)."""
+    GEMMs would not, and the two would differ by that, not by the engine).
+
+    Saved and restored by hand: the two flags are properties of torch's backend modules, not
+    attributes, and pytest >= 9.2's ``monkeypatch`` then tries to delete them on teardown."""
     import torch
 
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    flags = (torch.backends.cudnn, torch.backends.cuda.matmul)
+    old = [f.allow_tf32 for f in flags]
+    for f in flags:
+        f.allow_tf32 = False
+    try:
+        yield
+    finally:
+        for f, value in zip(flags, old, strict=True):
+            f.allow_tf32 = value
