@@ -100,6 +100,7 @@ def run(size: int, channels: int, rounds: int, patch: int = PATCH, max_memory: s
     return {
         "size": size,
         "channels": channels,
+        "torch": torch.__version__,
         "patch": patch,
         "max_memory": max_memory,
         "mode": mode,
@@ -115,7 +116,7 @@ def run(size: int, channels: int, rounds: int, patch: int = PATCH, max_memory: s
 def report(r: dict, command: str) -> str:
     lines = [
         f"{r['size']}² from {r['size'] // r['patch']}²×{r['channels']}, float32, plan mode `{r['mode']}`; "
-        f"{platform.machine()}, torch {__import__('torch').__version__}; {r['rounds']} rounds of `{command}`. "
+        f"{platform.machine()}, torch {r['torch']}; {r['rounds']} rounds of `{command}`. "
         f"Large-GEMM rate by round: {', '.join(f'{g:.0f}' for g in r['gemm_gflops'])} GFLOP/s; "
         f"CPU steal {100 * r['steal_share']:.1f} %.",
         "",

@@ -69,9 +69,9 @@ def test_stages_split_one_call_and_compare_each_stage_with_its_floor(tmp_path):
     r = json.loads((tmp_path / "stages.json").read_text())
     assert set(r["stages"]) == {"encoders", "keys", "decode"} and r["mode"] == "whole"
     flops = memory_speed.stage_flops(56, 4, 16)
+    rates = [g * 1e9 for g in r["gemm_gflops"]]
     for k, s in r["stages"].items():
         assert len(s["seconds"]) == 2 and all(x > 0 for x in s["seconds"])
-        rates = [g * 1e9 for g in r["gemm_gflops"]]
         assert s["vs_floor"] == pytest.approx([x * g / flops[k] for x, g in zip(s["seconds"], rates, strict=True)])
     for i, total in enumerate(r["call_seconds"]):
         assert total == pytest.approx(sum(s["seconds"][i] for s in r["stages"].values()))
