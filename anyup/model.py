@@ -29,6 +29,7 @@ from anyup._checks import (
     check_size,
 )
 from anyup.engine import EngineOptions, Tile, iter_tiles
+from anyup.engine.workers import check_workers
 from anyup.layers import (
     CrossDecode,
     EncoderStack,
@@ -56,6 +57,7 @@ class AnyUpConfig:
     tile_size: int | None = None  # query tile side in output pixels; None = from the cap
     attention: str = "auto"  # attention backend: auto | matmul | sdpa | flex | triton
     compile: bool = False  # fuse the per-pixel element-wise work with torch.compile (anyup.engine.kernels)
+    cpu_workers: int | None = None  # CPU threads for the per-pixel encoders' chunks; None = torch.get_num_threads()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +114,7 @@ class AnyUp(nn.Module):
         max_memory: int | str | None = None,
         tile_size: int | None = None,
         attention: str | None = None,
+        cpu_workers: int | None = None,
         q_chunk_size: int | None = None,
         vis_attn: bool = False,
     ) -> torch.Tensor:
@@ -126,6 +129,8 @@ class AnyUp(nn.Module):
                 (default: ``config.max_memory``, else automatic). Changes memory and speed, not the result.
             tile_size: side of a query tile in output pixels (default: from the cap).
             attention: attention backend (default ``config.attention``; see :mod:`anyup.engine.attention`).
+            cpu_workers: CPU threads running the per-pixel encoders' chunks, one core each (default
+                ``config.cpu_workers``, else ``torch.get_num_threads()``; see :mod:`anyup.engine.workers`).
             q_chunk_size: the authors' memory hint (queries per chunk); mapped to a square tile of
                 about that many queries. Accepted for drop-in compatibility.
             vis_attn: as in the authors' code, also keep the attention of a 3x3 grid of output
@@ -152,7 +157,14 @@ class AnyUp(nn.Module):
         if out is None:  # ours: the engine may keep encoder maps in it until the decode fills it
             out = workspace = torch.empty(b, c, *size, dtype=features.dtype, device=features.device)
         tiles = self.iter_tiles(
-            image, features, size, max_memory=max_memory, tile_size=tile_size, attention=attention, workspace=workspace
+            image,
+            features,
+            size,
+            max_memory=max_memory,
+            tile_size=tile_size,
+            attention=attention,
+            cpu_workers=cpu_workers,
+            workspace=workspace,
         )
         for t in tiles:
             out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data  # under autograd: differentiable (CopySlices)
@@ -167,6 +179,7 @@ class AnyUp(nn.Module):
         max_memory: int | str | None = None,
         tile_size: int | None = None,
         attention: str | None = None,
+        cpu_workers: int | None = None,
         workspace: torch.Tensor | None = None,
     ) -> Iterator[Tile]:
         """Yield the output as non-overlapping :class:`~anyup.engine.Tile` rectangles covering (H', W') row-major.
@@ -180,7 +193,7 @@ class AnyUp(nn.Module):
         size = check_size(output_size, "output_size", tuple(image.shape[-2:]))
         if workspace is not None:
             check_out(workspace, (features.shape[0], features.shape[1], *size))
-        options = self._options(max_memory, tile_size, attention)
+        options = self._options(max_memory, tile_size, attention, cpu_workers)
         yield from iter_tiles(self, image, features, size, options, workspace=workspace)
 
     def attention_weights(
@@ -207,13 +220,15 @@ class AnyUp(nn.Module):
                 raise ValueError(f"pixel {(y, x)} lies outside the output size {size}")
         return attention_maps(self, image, features, size, list(pixels), self._options(None, None, None))
 
-    def _options(self, max_memory, tile_size, attention) -> EngineOptions:
+    def _options(self, max_memory, tile_size, attention, cpu_workers=None) -> EngineOptions:
         cfg = self.config
+        workers = check_workers(cpu_workers if cpu_workers is not None else cfg.cpu_workers)
         return EngineOptions(
             max_memory=max_memory if max_memory is not None else cfg.max_memory,
             tile_size=tile_size if tile_size is not None else cfg.tile_size,
             attention=attention if attention is not None else cfg.attention,
             compile=cfg.compile,
+            cpu_workers=workers,
         )
 
     def save_pretrained(self, folder: str, push_to_hub: str | None = None):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._harness import fmt_mib, measure, out_dir, run_worker, write_atomic  # noqa: E402
 
 
-def worker(direction: str, size: int, channels: int, cap: str) -> dict:
+def worker(direction: str, size: int, channels: int, cap: str, workers: int | None = None) -> dict:
     """``direction``: forward (the output allocated by forward, whose memory may hold encoder maps),
     forward-out (into a tensor of the caller's: no such slots), or backward."""
     import torch
@@ -42,7 +42,7 @@ def worker(direction: str, size: int, channels: int, cap: str) -> dict:
                 image.requires_grad_(grad),
                 feats,
                 (size, size),
-                EngineOptions(max_memory=cap),
+                EngineOptions(max_memory=cap, cpu_workers=workers),
                 autograd=grad,
                 out_slots=slots,
             )
@@ -50,7 +50,7 @@ def worker(direction: str, size: int, channels: int, cap: str) -> dict:
         t0 = time.perf_counter()
         try:
             with torch.set_grad_enabled(grad):
-                model(image, feats, max_memory=cap)
+                model(image, feats, max_memory=cap, cpu_workers=workers)
             refused = "ran anyway"
         except ValueError as e:
             refused = str(e)
@@ -61,17 +61,17 @@ def worker(direction: str, size: int, channels: int, cap: str) -> dict:
     def call():
         if grad:
             img = image.detach().clone().requires_grad_(True)
-            model(img, feats, max_memory=cap).square().mean().backward()
+            model(img, feats, max_memory=cap, cpu_workers=workers).square().mean().backward()
             return img.grad
         with torch.no_grad():
             if own_out:
-                return model(image, feats, max_memory=cap, out=out_tensor)
-            return model(image, feats, max_memory=cap)
+                return model(image, feats, max_memory=cap, out=out_tensor, cpu_workers=workers)
+            return model(image, feats, max_memory=cap, cpu_workers=workers)
 
     r = measure(call, 0 if grad or own_out else out_bytes)
     if grad:  # the output of forward is part of backward's working set only through autograd: subtract it too
         r["working_bytes"] = max(0, r["working_bytes"] - out_bytes)
-    return {**r, "mode": plan.mode, "estimate": plan.estimate, "cap_bytes": parse_memory(cap)}
+    return {**r, "mode": plan.mode, "workers": plan.workers, "estimate": plan.estimate, "cap_bytes": parse_memory(cap)}
 
 
 def main() -> None:
@@ -82,11 +82,12 @@ def main() -> None:
     ap.add_argument(
         "--directions", nargs="+", default=["forward", "backward"], choices=["forward", "forward-out", "backward"]
     )
+    ap.add_argument("--workers", type=int, default=None, help="cpu_workers (default: automatic)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.size, args.channels, args.worker[1])))
+        print(json.dumps(worker(args.worker[0], args.size, args.channels, args.worker[1], args.workers)))
         return
     folder = out_dir(args.out, "memory_cap")
     rows = []
@@ -94,23 +95,27 @@ def main() -> None:
         f"{args.size}² output from {args.size // 14}²×{args.channels} features, float32, one run of "
         f"`python benchmarks/memory_cap.py {' '.join(sys.argv[1:])}`.",
         "",
-        "| direction | cap | plan | model estimate MiB | peak working MiB | peak / cap | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| direction | cap | plan | workers | model estimate MiB | peak working MiB | peak / cap | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for direction in args.directions:
         for cap in args.caps:
-            r = run_worker(Path(__file__), [direction, cap, "--size", str(args.size), "--channels", str(args.channels)])
+            extra = [] if args.workers is None else ["--workers", str(args.workers)]
+            r = run_worker(
+                Path(__file__), [direction, cap, "--size", str(args.size), "--channels", str(args.channels), *extra]
+            )
             rows.append({"direction": direction, "cap": cap, **r})
             sys.stderr.write(f"{direction} {cap}: {r}\n")
             if "refused" in r:
                 msg = r["refused"]
-                lines.append(f"| {direction} | {cap} | refused in {r['seconds']:.2f} s | — | — | — | {msg[:140]} |")
+                lines.append(f"| {direction} | {cap} | refused in {r['seconds']:.2f} s | — | — | — | — | {msg[:140]} |")
             elif "note" in r:
-                lines.append(f"| {direction} | {cap} | {r['note']} | | | | |")
+                lines.append(f"| {direction} | {cap} | {r['note']} | | | | | |")
             else:
                 ratio = r["working_bytes"] / r["cap_bytes"]
                 lines.append(
-                    f"| {direction} | {cap} | {r['mode']} | {fmt_mib(r['estimate'])} | {fmt_mib(r['working_bytes'])} | "
+                    f"| {direction} | {cap} | {r['mode']} | {r['workers']} | {fmt_mib(r['estimate'])} | "
+                    f"{fmt_mib(r['working_bytes'])} | "
                     f"{ratio:.2f} | {r['seconds']:.1f} |"
                 )
     md = "\n".join(lines) + "\n"

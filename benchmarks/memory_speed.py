@@ -20,12 +20,13 @@ weights (float32, 1 image, features at 1/14 of the side, C channels):
   call of a fresh process); no working memory (the process peak is already set by then);
 * ``ours_grad`` / ``dense_grad``: forward + backward of ``out.square().mean()`` w.r.t. the image
   and the parameters (checkpointed engine vs the dense reference);
-* ``paired``: ``floor``, ``ours`` and ``ours_bf16`` in *one* process, interleaved: ``--rounds``
-  rounds, each timing every one of them once (order rotated per round), after one untimed
-  full-size call of each. On a shared VM whose speed drifts by tens of percent within minutes,
-  the ratio of two timings taken seconds apart is the one that means something: it reports the
-  per-round ratios ours / floor and bf16 / float32, their medians, and the CPU steal time
-  (``/proc/stat``) over the rounds.
+* ``paired``: ``floor``, ``ours``, ``ours_bf16`` and ``ours_1worker`` (``cpu_workers=1``: the
+  encoders' chunks one at a time, :mod:`anyup.engine.workers`) in *one* process, interleaved:
+  ``--rounds`` rounds, each timing every one of them once (order rotated per round), after one
+  untimed full-size call of each. On a shared VM whose speed drifts by tens of percent within
+  minutes, the ratio of two timings taken seconds apart is the one that means something: it
+  reports the per-round ratios ours / floor, bf16 / float32 and one worker / ours, their
+  medians, and the CPU steal time (``/proc/stat``) over the rounds.
 
     python benchmarks/memory_speed.py --sizes 448 --channels 384 --old-src /tmp/anyup-old
     python benchmarks/memory_speed.py --sizes 2048 --channels 128 --methods ours old bilinear floor --old-src /tmp/anyup-old
@@ -140,12 +141,17 @@ def paired(size: int, channels: int, rounds: int, patch: int = PATCH) -> dict:
     image, feats = torch.randn(1, 3, size, size), torch.randn(1, channels, low, low)
     half = (image.bfloat16(), feats.bfloat16())
 
-    def timed(args) -> float:
+    def timed(args, **kw) -> float:
         t0 = time.perf_counter()
-        model(*args)
+        model(*args, **kw)
         return time.perf_counter() - t0
 
-    calls = {"floor": floor, "ours": lambda: timed((image, feats)), "ours_bf16": lambda: timed(half)}
+    calls = {
+        "floor": floor,
+        "ours": lambda: timed((image, feats)),
+        "ours_bf16": lambda: timed(half),
+        "ours_1worker": lambda: timed((image, feats), cpu_workers=1),  # the encoders' chunks one at a time
+    }
     with torch.no_grad():
         first = {k: fn() for k, fn in calls.items()}  # untimed warm-up, recorded
         steal0, total0 = cpu_times()
@@ -157,6 +163,9 @@ def paired(size: int, channels: int, rounds: int, patch: int = PATCH) -> dict:
         steal1, total1 = cpu_times()
     ratio = [o / f for o, f in zip(times["ours"], times["floor"], strict=True)]
     bf16 = [h / o for h, o in zip(times["ours_bf16"], times["ours"], strict=True)]
+    one = [w / o for w, o in zip(times["ours_1worker"], times["ours"], strict=True)]
+    from anyup.engine import EngineOptions, plan_for
+
     return {
         "method": "paired",
         "size": size,
@@ -167,6 +176,9 @@ def paired(size: int, channels: int, rounds: int, patch: int = PATCH) -> dict:
         "best_ours_vs_best_floor": min(times["ours"]) / min(times["floor"]),
         "bf16_vs_f32": bf16,
         "bf16_vs_f32_median": statistics.median(bf16),
+        "workers": plan_for(model, image, feats, (size, size), EngineOptions()).workers,
+        "one_worker_vs_ours": one,
+        "one_worker_vs_ours_median": statistics.median(one),
         "steal_share": (steal1 - steal0) / max(total1 - total0, 1),
     }
 
@@ -186,6 +198,14 @@ def paired_lines(r: dict) -> list[str]:
         f"* ours / floor by round: {row(r['ours_vs_floor'])}: **median {r['ours_vs_floor_median']:.2f}×** "
         f"(best / best {r['best_ours_vs_best_floor']:.2f}×)",
         f"* bf16 / float32 by round: {row(r['bf16_vs_f32'])}: **median {r['bf16_vs_f32_median']:.2f}×**",
+        *(
+            [
+                f"* ours runs {r['workers']} worker thread(s); one worker (`cpu_workers=1`) / ours by round: "
+                f"{row(r['one_worker_vs_ours'])}: **median {r['one_worker_vs_ours_median']:.2f}×**"
+            ]
+            if "one_worker_vs_ours" in r
+            else []
+        ),
         f"* CPU steal time over the rounds: {100 * r['steal_share']:.1f} % of all CPU time",
     ]
 

@@ -16,6 +16,7 @@ call's time without the final dtype cast.
 
     python benchmarks/stages.py --size 448 --channels 384 --rounds 5
     python benchmarks/stages.py --size 2048 --channels 128 --patch 16 --max-memory 2GiB --rounds 1
+    python benchmarks/stages.py --size 448 --channels 384 --rounds 7 --workers 1 2   # A/B in one process
 """
 
 from __future__ import annotations
@@ -59,30 +60,9 @@ def one_call(model, image, feats, options) -> tuple[dict[str, float], str]:
     return {"encoders": t1 - t0, "keys": t2 - t1, "decode": t3 - t2}, plan.mode
 
 
-def run(size: int, channels: int, rounds: int, patch: int = PATCH, max_memory: str | None = None) -> dict:
-    import torch
-
-    import anyup
-    from anyup.engine import EngineOptions
-
-    low = size // patch
-    torch.manual_seed(0)
-    model = anyup.AnyUp().eval()
-    image, feats = torch.randn(1, 3, size, size), torch.randn(1, channels, low, low)
-    options = EngineOptions(max_memory=max_memory)
-    flops = stage_flops(size, low, channels)
-    gemm_once, total_flops = floor_timer(size, low, channels)
-    one_call(model, image, feats, options)  # untimed: first-call allocations
-    steal0, all0 = cpu_times()
-    seconds: dict[str, list[float]] = {k: [] for k in STAGES}
-    rates: list[float] = []
-    mode = ""
-    for _ in range(rounds):
-        t, mode = one_call(model, image, feats, options)
-        for k in STAGES:
-            seconds[k].append(t[k])
-        rates.append(total_flops / gemm_once())  # FLOP/s of large GEMMs, this round
-    steal1, all1 = cpu_times()
+def _summary(seconds: dict[str, list[float]], rates: list[float], flops: dict[str, float]) -> dict:
+    rounds = len(rates)
+    total_flops = sum(flops.values())
     total = [sum(seconds[k][r] for k in STAGES) for r in range(rounds)]
     stages = {}
     for k in STAGES:
@@ -97,7 +77,53 @@ def run(size: int, channels: int, rounds: int, patch: int = PATCH, max_memory: s
             "share_median": statistics.median(s / t for s, t in zip(seconds[k], total, strict=True)),
         }
     call_ratio = [t * rate / total_flops for t, rate in zip(total, rates, strict=True)]
-    return {
+    return {"stages": stages, "call_seconds": total, "call_vs_floor_median": statistics.median(call_ratio)}
+
+
+def run(
+    size: int,
+    channels: int,
+    rounds: int,
+    patch: int = PATCH,
+    max_memory: str | None = None,
+    workers: list[int | None] | None = None,
+) -> dict:
+    """Time the stages; with several ``workers`` settings (``cpu_workers``, None = automatic) each
+    round times one call per setting, in rotated order, and the report compares them round by round."""
+    import torch
+
+    import anyup
+    from anyup.engine import EngineOptions
+
+    settings = workers or [None]
+    low = size // patch
+    torch.manual_seed(0)
+    model = anyup.AnyUp().eval()
+    image, feats = torch.randn(1, 3, size, size), torch.randn(1, channels, low, low)
+    options = {w: EngineOptions(max_memory=max_memory, cpu_workers=w) for w in settings}
+    flops = stage_flops(size, low, channels)
+    gemm_once, total_flops = floor_timer(size, low, channels)
+    for w in settings:
+        one_call(model, image, feats, options[w])  # untimed: first-call allocations
+    steal0, all0 = cpu_times()
+    seconds: dict[int | None, dict[str, list[float]]] = {w: {k: [] for k in STAGES} for w in settings}
+    rates: list[float] = []
+    mode = ""
+    used: dict[int | None, int] = {}
+    for r in range(rounds):
+        for i in range(len(settings)):
+            w = settings[(r + i) % len(settings)]
+            t, mode = one_call(model, image, feats, options[w])
+            for k in STAGES:
+                seconds[w][k].append(t[k])
+        rates.append(total_flops / gemm_once())  # FLOP/s of large GEMMs, this round
+    steal1, all1 = cpu_times()
+    from anyup.engine import plan_for
+
+    for w in settings:
+        used[w] = plan_for(model, image, feats, (size, size), options[w]).workers
+    first = _summary(seconds[settings[0]], rates, flops)
+    result = {
         "size": size,
         "channels": channels,
         "torch": torch.__version__,
@@ -106,20 +132,30 @@ def run(size: int, channels: int, rounds: int, patch: int = PATCH, max_memory: s
         "mode": mode,
         "rounds": rounds,
         "gemm_gflops": [r / 1e9 for r in rates],
-        "stages": stages,
-        "call_seconds": total,
-        "call_vs_floor_median": statistics.median(call_ratio),
+        "workers": used[settings[0]],
+        **first,
         "steal_share": (steal1 - steal0) / max(all1 - all0, 1),
     }
+    if len(settings) > 1:
+        base = seconds[settings[0]]
+        subs = {w: first if w == settings[0] else _summary(seconds[w], rates, flops) for w in settings}
+        result["by_workers"] = {str(used[w]): subs[w] for w in settings}
+
+        def ratio(a: list[float], b: list[float]) -> float:  # median of the per-round ratios
+            return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+        result["speedup_vs_first"] = {
+            str(used[w]): {
+                **{k: ratio(base[k], seconds[w][k]) for k in STAGES},
+                "call": ratio(first["call_seconds"], subs[w]["call_seconds"]),
+            }
+            for w in settings[1:]
+        }
+    return result
 
 
-def report(r: dict, command: str) -> str:
+def _table(r: dict) -> list[str]:
     lines = [
-        f"{r['size']}² from {r['size'] // r['patch']}²×{r['channels']}, float32, plan mode `{r['mode']}`; "
-        f"{platform.machine()}, torch {r['torch']}; {r['rounds']} rounds of `{command}`. "
-        f"Large-GEMM rate by round: {', '.join(f'{g:.0f}' for g in r['gemm_gflops'])} GFLOP/s; "
-        f"CPU steal {100 * r['steal_share']:.1f} %.",
-        "",
         "| stage | GFLOP | floor s | seconds (median) | × its floor (median) | share of the call |",
         "|---|---|---|---|---|---|",
     ]
@@ -132,6 +168,31 @@ def report(r: dict, command: str) -> str:
         f"| whole call | {sum(s['gflop'] for s in r['stages'].values()):.1f} | | "
         f"{statistics.median(r['call_seconds']):.2f} | {r['call_vs_floor_median']:.2f}× | |"
     )
+    return lines
+
+
+def report(r: dict, command: str) -> str:
+    lines = [
+        f"{r['size']}² from {r['size'] // r['patch']}²×{r['channels']}, float32, plan mode `{r['mode']}`; "
+        f"{platform.machine()}, torch {r['torch']}; {r['rounds']} rounds of `{command}`. "
+        f"Large-GEMM rate by round: {', '.join(f'{g:.0f}' for g in r['gemm_gflops'])} GFLOP/s; "
+        f"CPU steal {100 * r['steal_share']:.1f} %.",
+        "",
+    ]
+    if "by_workers" not in r:
+        lines += [f"Worker threads: {r['workers']}.", "", *_table(r)]
+        return "\n".join(lines) + "\n"
+    for w, sub in r["by_workers"].items():
+        lines += [f"**{w} worker thread{'s' if w != '1' else ''}**", "", *_table(sub), ""]
+    first = next(iter(r["by_workers"]))
+    lines += [
+        f"Speed-up over {first} worker{'s' if first != '1' else ''} (median of the per-round ratios):",
+        "",
+        "| workers | encoders | keys | decode | whole call |",
+        "|---|---|---|---|---|",
+    ]
+    for w, sp in r["speedup_vs_first"].items():
+        lines.append(f"| {w} | {sp['encoders']:.2f}× | {sp['keys']:.2f}× | {sp['decode']:.2f}× | {sp['call']:.2f}× |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,11 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patch", type=int, default=PATCH, help="features at size // patch")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--max-memory", default=None, help="the engine's cap (e.g. 2GiB); default automatic")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="cpu_workers settings to compare in one process (default: the automatic one)",
+    )
     ap.add_argument("--out", default=None, help="results folder (default: a new one under benchmarks/results/)")
     args = ap.parse_args(argv)
+    if args.workers and min(args.workers) < 1:
+        ap.error(f"--workers must be positive ints, got {args.workers}")
     if args.rounds < 1 or args.size < args.patch:
         ap.error(f"need --rounds >= 1 and --size >= --patch; got {args.rounds}, {args.size}, {args.patch}")
-    r = run(args.size, args.channels, args.rounds, args.patch, args.max_memory)
+    r = run(args.size, args.channels, args.rounds, args.patch, args.max_memory, args.workers)
     out = out_dir(args.out, "stages")
     command = "python benchmarks/stages.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write_atomic(out / "stages.json", json.dumps(r, indent=1))

@@ -10,15 +10,17 @@ from benchmarks import memory_speed
 def test_paired_interleaves_and_reports_per_round_ratios():
     r = memory_speed.worker("paired", 56, 16, None, 14, rounds=3)
     t = r["seconds_by_round"]
-    assert set(t) == {"floor", "ours", "ours_bf16"} and all(len(v) == 3 for v in t.values())
+    assert set(t) == {"floor", "ours", "ours_bf16", "ours_1worker"} and all(len(v) == 3 for v in t.values())
     assert all(s > 0 for v in t.values() for s in v)
     assert r["ours_vs_floor"] == pytest.approx([o / f for o, f in zip(t["ours"], t["floor"], strict=True)])
     assert r["bf16_vs_f32"] == pytest.approx([h / o for h, o in zip(t["ours_bf16"], t["ours"], strict=True)])
     assert r["ours_vs_floor_median"] == pytest.approx(sorted(r["ours_vs_floor"])[1])
     assert r["best_ours_vs_best_floor"] == pytest.approx(min(t["ours"]) / min(t["floor"]))
+    assert r["one_worker_vs_ours"] == pytest.approx([w / o for w, o in zip(t["ours_1worker"], t["ours"], strict=True)])
     assert 0.0 <= r["steal_share"] <= 1.0
     lines = memory_speed.paired_lines(r)
     assert any(f"median {r['ours_vs_floor_median']:.2f}×" in line for line in lines)
+    assert any(f"median {r['one_worker_vs_ours_median']:.2f}×" in line for line in lines)
 
 
 def test_paired_lines_without_a_result_say_why():
@@ -78,3 +80,23 @@ def test_stages_split_one_call_and_compare_each_stage_with_its_floor(tmp_path):
     assert sum(flops.values()) == pytest.approx(memory_speed.method_flops(56, 4, 16))
     text = (tmp_path / "stages.md").read_text()
     assert "| encoders |" in text and "| whole call |" in text and "python benchmarks/stages.py --size 56" in text
+
+
+def test_stages_compare_worker_counts_round_by_round(tmp_path):
+    import json
+
+    from benchmarks import stages
+
+    argv = ["--size", "56", "--channels", "16", "--rounds", "2", "--workers", "1", "2", "--out", str(tmp_path)]
+    assert stages.main(argv) == 0
+    r = json.loads((tmp_path / "stages.json").read_text())
+    assert r["workers"] == 1 and set(r["by_workers"]) == {"1", "2"}
+    one, two = r["by_workers"]["1"], r["by_workers"]["2"]
+    assert r["stages"] == one["stages"]
+    for k in ("encoders", "keys", "decode"):
+        want = sorted(a / b for a, b in zip(one["stages"][k]["seconds"], two["stages"][k]["seconds"], strict=True))
+        assert r["speedup_vs_first"]["2"][k] == pytest.approx(sum(want) / 2)  # median of two rounds
+    text = (tmp_path / "stages.md").read_text()
+    assert "**2 worker threads**" in text and "| 2 |" in text
+    with pytest.raises(SystemExit):
+        stages.main(["--workers", "0"])

@@ -415,8 +415,8 @@ def test_encoder_maps_in_the_output_tensor_match_whole_float64(monkeypatch, chan
     seen = []
     real = engine_run.make_plan
 
-    def spy(g, cap, tile_size, autograd):
-        plan = real(g, cap, tile_size, autograd)
+    def spy(g, cap, tile_size, autograd, workers=1):
+        plan = real(g, cap, tile_size, autograd, workers)
         seen.append((plan.mode, plan.out_slots, g.out_slots))
         return plan
 
@@ -454,8 +454,8 @@ def test_streamed_partial_encoding_cache_matches_whole_float64(monkeypatch, cach
         want = m(image, feats, (11, 13), max_memory="4GiB")
         real = engine_run.make_plan
 
-        def streamed(g, cap, tile_size, autograd):
-            plan = real(g, cap, tile_size, autograd)
+        def streamed(g, cap, tile_size, autograd, workers=1):
+            plan = real(g, cap, tile_size, autograd, workers)
             return dataclasses.replace(plan, mode="streamed", chunk=48, key_rows=2, tile=5, cache_pixels=cache_pixels)
 
         monkeypatch.setattr(engine_run, "make_plan", streamed)
@@ -478,8 +478,8 @@ def test_cached_key_prefix_matches_whole_float64(monkeypatch, key_prefix):
         want = m(image, feats, (16, 20), max_memory="4GiB")
         real = engine_run.make_plan
 
-        def cached(g, cap, tile_size, autograd):
-            plan = real(g, cap, tile_size, autograd)
+        def cached(g, cap, tile_size, autograd, workers=1):
+            plan = real(g, cap, tile_size, autograd, workers)
             return dataclasses.replace(
                 plan, mode="cached", chunk=48, key_rows=1, tile=5, cache_pixels=320, key_prefix=key_prefix
             )
@@ -515,8 +515,8 @@ def test_attention_sub_tiles_match_whole_tiles_float64(monkeypatch, mode):
     real = engine_run.make_plan
 
     def forced(sub):
-        def make(g, cap, tile_size, autograd):
-            plan = real(g, cap, tile_size, autograd)
+        def make(g, cap, tile_size, autograd, workers=1):
+            plan = real(g, cap, tile_size, autograd, workers)
             extra = {} if mode == "autograd" else {"mode": mode, "chunk": 48, "key_rows": 2}
             return dataclasses.replace(plan, tile=7, attn_tile=sub, **extra)
 

@@ -17,7 +17,9 @@ Layout everywhere: channels-first pixel blocks ``(B, C, P)`` cut from ``(B, C, H
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -39,6 +41,43 @@ class FrozenNorm:
     shift: torch.Tensor
 
 
+class PassMoments:
+    """One pass's per-chunk moments, written in place as the chunks finish (any thread, any order).
+
+    ``mean`` and ``root_m2`` are (K, B, C) float64 for the pass's K chunks, ``pixels`` their sizes.
+    Preallocated so that no small tensor lives from its chunk to the end of the pass: kept among
+    the chunks' large temporaries, such tensors fragmented the heap (hundreds of MiB of RSS)."""
+
+    def __init__(self, chunks: Sequence[tuple[int, int]], batch: int, channels: int, device: torch.device) -> None:
+        self.index = {p0: k for k, (p0, _) in enumerate(chunks)}
+        self.pixels = [p1 - p0 for p0, p1 in chunks]
+        self.mean = torch.zeros(len(chunks), batch, channels, dtype=torch.float64, device=device)
+        self.root_m2 = torch.zeros_like(self.mean)
+
+    def put(self, p0: int, part: ChunkMoments) -> None:
+        """Store the moments of the chunk starting at pixel ``p0``."""
+        k = self.index[p0]
+        self.mean[k].copy_(part.mean)
+        self.root_m2[k].copy_(part.root_m2)
+
+
+class ChunkMoments(NamedTuple):
+    """One chunk's per-channel moments: mean and root of M2, each (B, C) in the compute dtype, and its pixel count."""
+
+    mean: torch.Tensor
+    root_m2: torch.Tensor
+    pixels: int
+
+
+def chunk_moments(x: torch.Tensor, scratch: torch.Tensor, kernels: ChunkKernels = EAGER) -> ChunkMoments:
+    """Per-channel moments of chunk x (B, C, P); ``scratch`` (B, C, >= P) may receive the centred chunk.
+
+    Safe to run on several chunks at once (worker threads); merge a pass's results, in chunk order,
+    with :meth:`GroupNormStats.merge`, so the statistics do not depend on which thread ran which chunk."""
+    mean_c, root_m2_c = kernels.moments(x, scratch)  # (B, C) each
+    return ChunkMoments(mean_c, root_m2_c, x.shape[-1])
+
+
 @dataclass
 class _Moments:
     """Running count, mean and M2 per (B, G) in float64 (Chan's parallel algorithm)."""
@@ -47,17 +86,24 @@ class _Moments:
     mean: torch.Tensor | None = None
     m2: torch.Tensor | None = None
 
-    def add(self, x: torch.Tensor, groups: int, scratch: torch.Tensor, kernels: ChunkKernels) -> None:
-        """Accumulate chunk x (B, C, P): per-channel two-pass moments, merged into groups in float64.
+    def add(self, part: PassMoments, groups: int) -> None:
+        """Merge a pass's per-chunk, per-channel moments into the groups' running ones.
 
-        ``scratch`` (B, C, >= P) may receive the centred chunk (no allocation per chunk)."""
-        b, c, p = x.shape
-        mean_c, m2_c = kernels.moments(x, scratch)  # (B, C) each (mean, root of M2), compute dtype
-        m2_c = m2_c.double().square().view(b, groups, -1)  # (B, G, C/G)
-        mean_c = mean_c.double().view(b, groups, -1)
+        All chunks at once in float64: per channel, the pixel-weighted mean and the sum of the
+        chunks' M2 plus their spread around it; then channels into groups; then Chan's formula
+        with what came before. A function of the chunks' moments alone, not of the order threads
+        finished in."""
+        means = part.mean  # (K, B, C) float64
+        m2s = part.root_m2.square()  # (K, B, C)
+        k, b, _ = means.shape
+        pixels = sum(part.pixels)
+        counts = torch.tensor(part.pixels, dtype=torch.float64, device=means.device).view(k, 1, 1)
+        mean_c = (means * counts).sum(dim=0) / pixels  # (B, C) over all K chunks
+        m2_c = m2s.sum(dim=0) + (counts * (means - mean_c).square()).sum(dim=0)  # (B, C)
+        mean_c, m2_c = mean_c.view(b, groups, -1), m2_c.view(b, groups, -1)  # (B, G, C/G)
         mean = mean_c.mean(dim=-1)  # (B, G)
-        m2 = m2_c.sum(dim=-1) + p * (mean_c - mean.unsqueeze(-1)).square().sum(dim=-1)
-        n = p * (c // groups)
+        m2 = m2_c.sum(dim=-1) + pixels * (mean_c - mean.unsqueeze(-1)).square().sum(dim=-1)
+        n = pixels * mean_c.shape[-1]
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
@@ -87,9 +133,13 @@ class GroupNormStats:
     def first_unknown(self) -> int | None:
         return next((i for i, f in enumerate(self.frozen) if f is None), None)
 
-    def collect(self, index: int, x: torch.Tensor, scratch: torch.Tensor) -> None:
-        """Accumulate a chunk (B, C, P) of GroupNorm ``index``'s input (``scratch``: (B, C, >= P))."""
-        self._pending.setdefault(index, _Moments()).add(x, self.norms[index].num_groups, scratch, self.kernels)
+    def moments(self, x: torch.Tensor, scratch: torch.Tensor) -> ChunkMoments:
+        """A chunk's moments (:func:`chunk_moments`) with this stack's kernels; thread-safe."""
+        return chunk_moments(x, scratch, self.kernels)
+
+    def merge(self, index: int, part: PassMoments) -> None:
+        """Add a pass's chunk moments to GroupNorm ``index``'s."""
+        self._pending.setdefault(index, _Moments()).add(part, self.norms[index].num_groups)
 
     def freeze(self, dtype: torch.dtype) -> None:
         """Turn the accumulated moments into scale/shift (after a full pass over all pixels)."""
@@ -187,14 +237,24 @@ class RopeTable:
         self.xs = pixel_coordinates(width, device).to(acc)
         self.width = width
 
-    def apply(self, x: torch.Tensor, p0: int, out: torch.Tensor) -> torch.Tensor:
-        """RoPE of chunk x (B, D, P) whose first pixel has flat index ``p0``, written to ``out``."""
+    def scratch(self, dim: int, pixels: int) -> list[torch.Tensor]:
+        """Buffers for :meth:`apply` on chunks of up to ``pixels`` pixels: three (D, P) in the angles' dtype."""
+        return [torch.empty(dim, pixels, dtype=self.ys.dtype, device=self.ys.device) for _ in range(3)]
+
+    def apply(self, x: torch.Tensor, p0: int, out: torch.Tensor, scratch: list[torch.Tensor]) -> torch.Tensor:
+        """RoPE of chunk x (B, D, P) whose first pixel has flat index ``p0``, written to ``out``.
+
+        The angles and their cosines and sines go to ``scratch`` (:meth:`scratch`): no allocation of
+        chunk size per call (long passes of such allocations fragmented the heap by hundreds of MiB)."""
         n = x.shape[-1]
         idx = torch.arange(p0, p0 + n, device=x.device)
-        angle = (
-            self.ys[idx // self.width].view(1, -1) * self.f0 + self.xs[idx % self.width].view(1, -1) * self.f1
-        )  # (D, P)
-        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        angle, cos, sin = (t[:, :n] for t in scratch)  # (D, P) each
+        torch.mul(self.ys[idx // self.width].view(1, -1), self.f0, out=angle)
+        torch.mul(self.xs[idx % self.width].view(1, -1), self.f1, out=sin)
+        angle.add_(sin)
+        torch.cos(angle, out=cos)
+        torch.sin(angle, out=sin)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         half = x.shape[1] // 2
         torch.mul(x, cos, out=out)
         out[:, :half].addcmul_(x[:, half:], sin[:half], value=-1.0)

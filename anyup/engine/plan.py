@@ -4,7 +4,8 @@ Working memory (bytes beyond the model, the inputs and the output) is the sum of
 engine allocates. With ``es`` the compute element size (4 for float32), ``B`` the batch, ``D``
 the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B*D*H*W*es``:
 
-* **chunk scratch**: 9 buffers of ``B*D*P*es`` plus rotary angles ``5*D*P*4`` (``P`` pixels a chunk);
+* **chunk scratch**: 9 buffers of ``B*D*P*es`` plus rotary angles ``5*D*P*4`` (``P`` pixels a chunk),
+  once per worker thread (``Plan.workers``, :mod:`anyup.engine.workers`);
 * **low resolution** (keys, feature unification): ``10*B*D*h*w*es + 2*B*C*h*w*es`` plus the
   unification's response chunks ``3 * fu_elements * es``;
 * **attention tile** of ``s x s`` queries against the ``Nk`` cells they reach:
@@ -140,6 +141,7 @@ class Plan:
     attn_tile: int = 0  # side of the attention tiles inside a decode tile (0: the decode tile's)
     out_slots: int = 0  # of the mode's full-resolution maps, those kept in the output tensor
     key_prefix: int = 0  # cached: leading pixels whose key-branch activation is kept while the keys are made
+    workers: int = 1  # threads running the per-pixel encoders' chunks (anyup.engine.workers)
 
     @property
     def attention_side(self) -> int:
@@ -169,10 +171,10 @@ def _query_rows(g: Geometry, t: int) -> int:
     return min(g.image_hw[0], math.ceil((t + 2) * g.image_hw[0] / g.out_hw[0]) + 2)
 
 
-def _fixed_bytes(g: Geometry, chunk: int, fu: int) -> int:
+def _fixed_bytes(g: Geometry, chunk: int, fu: int, workers: int = 1) -> int:
     b, d, c, es = g.batch, g.dim, g.channels, g.elem
     h, w = g.low_hw
-    scratch = 9 * b * d * chunk * es + 5 * d * chunk * 4
+    scratch = (9 * b * d * chunk * es + 5 * d * chunk * 4) * workers
     low = 10 * b * d * h * w * es + 2 * b * c * h * w * es + 3 * fu * es
     return scratch + low
 
@@ -201,8 +203,9 @@ def _estimate(
     fu: int,
     sub: int | None = None,
     key_prefix: int = 0,
+    workers: int = 1,
 ) -> int:
-    fixed = _fixed_bytes(g, chunk, fu)
+    fixed = _fixed_bytes(g, chunk, fu, workers)
     tile_b = _tile_bytes(g, tile, sub)
     if mode == "autograd":
         # kept: 7 stage outputs (checkpoint inputs) + ~11 while one ResBlock is recomputed with its
@@ -245,7 +248,9 @@ def _with_key_prefix(plan: Plan, g: Geometry) -> Plan:
     rows = min(_key_row_choices(g))
 
     def est(key_prefix: int = 0) -> int:
-        return _estimate(g, "cached", plan.chunk, rows, plan.tile, plan.fu_elements, plan.attn_tile, key_prefix)
+        return _estimate(
+            g, "cached", plan.chunk, rows, plan.tile, plan.fu_elements, plan.attn_tile, key_prefix, plan.workers
+        )
 
     base = est()
     if base > plan.cap:
@@ -261,8 +266,32 @@ def _with_key_prefix(plan: Plan, g: Geometry) -> Plan:
     return dataclasses.replace(plan, key_rows=rows, key_prefix=keep, estimate=est(keep))
 
 
-def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> Plan:
+def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool, workers: int = 1) -> Plan:
     """The fastest plan whose estimate fits ``cap``; a ValueError naming the minimum if none does.
+
+    The plan for one worker thread (:func:`_plan_for_workers`) decides the mode, chunk, tile and
+    feature-unification path; extra workers (up to ``workers``, halving) only come on top where
+    the cap also holds their chunk scratch without changing any of those. So the worker count never
+    changes which arithmetic runs, and the smallest cap a call needs is the one-worker minimum.
+    """
+    base = _plan_for_workers(g, cap, tile_size, autograd, 1)
+    if autograd:  # the checkpointed modules run in the calling thread
+        return base
+    for n in sorted({max(1, workers >> s) for s in range(workers.bit_length())}, reverse=True):
+        if n == 1:
+            break
+        try:
+            plan = _plan_for_workers(g, cap, tile_size, autograd, n)
+        except ValueError:
+            continue
+        same = ("mode", "chunk", "tile", "attn_tile", "fu_elements")
+        if all(getattr(plan, k) == getattr(base, k) for k in same):
+            return plan
+    return base
+
+
+def _plan_for_workers(g: Geometry, cap: int, tile_size: int | None, autograd: bool, workers: int) -> Plan:
+    """The fastest plan with ``workers`` threads' chunk scratch; a ValueError naming the minimum if none.
 
     Preference: mode (whole, resident, cached, streamed), then the largest chunk, then the largest
     tile up to about one window, then the largest key band. Without ``tile_size`` the attention runs in sub-tiles whose
@@ -294,19 +323,23 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
                 chunks,
                 fu,
                 tile_size is None,
+                workers,
             )
             if best is not None:
                 return best
+        rows = [g.low_hw[0]] if mode in ("whole", "resident", "autograd") else _key_row_choices(g)
         for chunk in chunks:  # a small chunk slows every GEMM; a smaller tile costs less
             for t in tiles:
-                for key_rows in [g.low_hw[0]] if mode in ("whole", "resident", "autograd") else _key_row_choices(g):
+                for key_rows in rows:
                     for f in (fu, small_fu):
                         sub = t if tile_size is not None else g.attention_side(t)
-                        est = _estimate(g, mode, chunk, key_rows, t, f, sub)
+                        est = _estimate(g, mode, chunk, key_rows, t, f, sub, workers=workers)
                         if est <= cap:
                             cached = pixels if mode == "cached" else 0
                             slots = min(MODE_MAPS[mode], g.out_slots)
-                            plan = Plan(mode, chunk, key_rows, int(t), f, est, cap, cached, int(sub), slots)
+                            plan = Plan(
+                                mode, chunk, key_rows, int(t), f, est, cap, cached, int(sub), slots, workers=workers
+                            )
                             if mode == "cached":
                                 return _with_key_prefix(plan, g)
                             return _with_partial_cache(plan, g) if mode == "streamed" else plan
@@ -321,7 +354,7 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool) -> P
 
 
 def _best_streamed(
-    g: Geometry, cap: int, tiles: list[int], chunks: list[int], fu: int, split: bool = True
+    g: Geometry, cap: int, tiles: list[int], chunks: list[int], fu: int, split: bool = True, workers: int = 1
 ) -> Plan | None:
     """Among streamed plans with tiles of at least a quarter of the default: the largest chunk, then the
     largest partial encoding cache (recomputing the encoding costs more than a smaller tile),
@@ -331,11 +364,11 @@ def _best_streamed(
         for chunk in chunks:
             for key_rows in _key_row_choices(g):
                 sub = g.attention_side(t) if split else t
-                est = _estimate(g, "streamed", chunk, key_rows, t, fu, sub)
+                est = _estimate(g, "streamed", chunk, key_rows, t, fu, sub, workers=workers)
                 if est > cap:
                     continue
                 plan = _with_partial_cache(
-                    Plan("streamed", chunk, key_rows, int(t), fu, est, cap, attn_tile=int(sub)), g
+                    Plan("streamed", chunk, key_rows, int(t), fu, est, cap, attn_tile=int(sub), workers=workers), g
                 )
                 key = (chunk, plan.cache_pixels, t, key_rows)
                 if best is None or key > best[0]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -33,9 +33,10 @@ import torch.nn.functional as F
 from anyup._checks import parse_memory
 from anyup.engine.attention import AttentionBackend, resolve
 from anyup.engine.kernels import EAGER, ChunkKernels, chunk_kernels
-from anyup.engine.pixels import RopeTable, StackProgram
+from anyup.engine.pixels import PassMoments, RopeTable, StackProgram
 from anyup.engine.plan import CPU_LOGITS_BYTES, Geometry, Plan, default_max_memory, make_plan
 from anyup.engine.window import Window
+from anyup.engine.workers import ChunkWorkers, check_workers, default_workers
 from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class EngineOptions:
     tile_size: int | None = None  # query tile side in output pixels; None = from the cap
     attention: str = "auto"  # see anyup.engine.attention
     compile: bool = False  # fused element-wise chunk kernels (see anyup.engine.kernels)
+    cpu_workers: int | None = None  # threads for the encoders' chunks (anyup.engine.workers); None = automatic
 
 
 def compute_dtype(features: torch.Tensor) -> torch.dtype:
@@ -112,10 +114,13 @@ def plan_for(
         isinstance(options.tile_size, bool) or not isinstance(options.tile_size, int) or options.tile_size < 1
     ):
         raise ValueError(f"tile_size must be a positive int, got {options.tile_size!r}")
+    workers = check_workers(options.cpu_workers)
+    if workers is None or features.device.type != "cpu":
+        workers = default_workers(features.device) if workers is None else 1
     g = geometry(model, image, features, out_hw, compute_dtype(features))
     if out_slots and not autograd:
         g = dataclasses.replace(g, out_slots=out_slots)
-    return make_plan(g, cap, options.tile_size, autograd)
+    return make_plan(g, cap, options.tile_size, autograd, workers)
 
 
 def workspace_slots(model, image: torch.Tensor, features: torch.Tensor, out: torch.Tensor | None) -> int:
@@ -236,9 +241,12 @@ class PixelEncoders:
         d = model.config.dim
         self.d = d
         p = plan.chunk
+        self.workers = ChunkWorkers(plan.workers)
         self._buf = [
-            torch.empty(self.b, d, p, dtype=self.dtype, device=self.device) for _ in range(8)
-        ]  # 7: the statistics' scratch
+            [torch.empty(self.b, d, p, dtype=self.dtype, device=self.device) for _ in range(8)]
+            for _ in range(self.workers.count)
+        ]  # per worker thread; 7: the statistics' scratch
+        self._rope_buf = [self.rope.scratch(d, p) for _ in range(self.workers.count)]
         self._workspace = None if workspace is None else workspace.view(self.b, workspace.shape[1], self.n)
         self._slots_used = 0
         self.encoding: torch.Tensor | None = None  # (B, D, H*W) RoPE'd image encoding (or a prefix: streamed)
@@ -279,10 +287,11 @@ class PixelEncoders:
             yield p0, p1
             p0 = p1
 
-    def _b(self, i: int, n: int) -> torch.Tensor:
-        return self._buf[i][:, :, :n]
+    def _b(self, i: int, n: int, w: int = 0) -> torch.Tensor:
+        """Scratch buffer ``i`` of worker ``w``, its first ``n`` pixels: (B, D, n)."""
+        return self._buf[w][i][:, :, :n]
 
-    def _encoding_chunk(self, p0: int, p1: int) -> torch.Tensor:
+    def _encoding_chunk(self, p0: int, p1: int, w: int = 0) -> torch.Tensor:
         """RoPE'd image encoding of pixels [p0, p1): (B, D, n), cached or recomputed.
 
         :meth:`_chunks` never straddles the end of the cache, so a chunk is either inside the
@@ -290,8 +299,8 @@ class PixelEncoders:
         if self.encoding is not None and p1 <= self.encoding.shape[-1]:
             return self.encoding[:, :, p0:p1]
         n = p1 - p0
-        x = self.img.run(self.image[:, :, p0:p1], self._b(0, n), self._b(1, n), self._b(2, n))
-        return self.rope.apply(x, p0, self._b(3, n))
+        x = self.img.run(self.image[:, :, p0:p1], self._b(0, n, w), self._b(1, n, w), self._b(2, n, w))
+        return self.rope.apply(x, p0, self._b(3, n, w), self._rope_buf[w])
 
     # -- statistics --------------------------------------------------------------------------
     def gather_statistics(self) -> None:
@@ -311,32 +320,39 @@ class PixelEncoders:
             self._streamed_statistics()
 
     def _streamed_statistics(self) -> None:
-        for i in range(self.img.num_norms):
-            for p0, p1 in self._chunks():
+        img = self.img
+        for i in range(img.num_norms):
+
+            def upto(p0: int, p1: int, w: int, i: int = i) -> tuple[torch.Tensor]:
                 n = p1 - p0
-                x = self.img.run(self.image[:, :, p0:p1], self._b(0, n), self._b(1, n), self._b(2, n), stop=i)
-                self.img.stats.collect(i, x, self._b(7, n))
-            self.img.stats.freeze(self.dtype)
+                return (img.run(self.image[:, :, p0:p1], self._b(0, n, w), self._b(1, n, w), self._b(2, n, w), stop=i),)
+
+            self._pass(upto, (img,), i)
         keep = self.plan.cache_pixels
         if keep:
             enc = torch.empty(self.b, self.d, keep, dtype=self.dtype, device=self.device)
-            for p0, p1 in self._chunks(0, keep):
-                enc[:, :, p0:p1] = self._encoding_chunk(p0, p1)
+
+            def fill(p0: int, p1: int, w: int) -> None:
+                enc[:, :, p0:p1] = self._encoding_chunk(p0, p1, w)
+
+            self.workers.map(fill, list(self._chunks(0, keep)))
             self.encoding = enc  # (B, D, keep): a prefix of the pixels
         self._branch_statistics((self.key, self.query))
 
     def _branch_statistics(self, progs: tuple[StackProgram, ...]) -> None:
         """One pass per GroupNorm of the branches ``progs``, recomputing each chunk up to that norm."""
         for i in range(self.key.num_norms):
-            for p0, p1 in self._chunks():
+
+            def upto(p0: int, p1: int, w: int, i: int = i) -> list[torch.Tensor]:
                 n = p1 - p0
-                e = self._encoding_chunk(p0, p1)
-                for prog in progs:
-                    prog.stats.collect(
-                        i, prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n), stop=i), self._b(7, n)
-                    )
-            for prog in progs:
-                prog.stats.freeze(self.dtype)
+                e = self._encoding_chunk(p0, p1, w)  # in buffer 3 or the cache: buffers 0-2 are free again
+                scratch = ((4, 5, 6), (0, 1, 2))  # each branch its own, so both activations survive to the moments
+                return [
+                    prog.run(e, self._b(a, n, w), self._b(b, n, w), self._b(c, n, w), stop=i)
+                    for prog, (a, b, c) in zip(progs, scratch, strict=True)
+                ]
+
+            self._pass(upto, progs, i)
 
     def _cached_keys(self) -> None:
         """``cached`` mode: the key branch's statistics, one pass per GroupNorm over all pixels.
@@ -347,69 +363,108 @@ class PixelEncoders:
         prog, keep = self.key, self.plan.key_prefix
         store = torch.empty(self.b, self.d, keep, dtype=self.dtype, device=self.device) if keep else None
         for i in range(prog.num_norms):
-            for p0, p1 in self._chunks():
+
+            def upto(p0: int, p1: int, w: int, i: int = i) -> tuple[torch.Tensor]:
                 n = p1 - p0
-                e = self._encoding_chunk(p0, p1)
+                e = self._encoding_chunk(p0, p1, w)
                 if store is not None and p1 <= keep:
-                    act = self._advance(prog, i, e, store[:, :, p0:p1])
-                else:
-                    act = prog.run(e, self._b(4, n), self._b(5, n), self._b(6, n), stop=i)
-                prog.stats.collect(i, act, self._b(7, n))
-            prog.stats.freeze(self.dtype)
+                    return (self._advance(prog, i, e, store[:, :, p0:p1], w),)
+                return (prog.run(e, self._b(4, n, w), self._b(5, n, w), self._b(6, n, w), stop=i),)
+
+            self._pass(upto, (prog,), i)
         if store is not None:  # the last ResBlock's second half: the key branch's output
             last = len(prog.blocks) - 1
-            for p0, p1 in self._chunks(0, keep):
+
+            def finish(p0: int, p1: int, w: int) -> None:
                 n = p1 - p0
                 xs = store[:, :, p0:p1]
-                prog.half2(last, prog.half1(last, xs, self._b(0, n), self._b(1, n)), self._b(0, n), xs)
+                prog.half2(last, prog.half1(last, xs, self._b(0, n, w), self._b(1, n, w)), self._b(0, n, w), xs)
+
+            self.workers.map(finish, list(self._chunks(0, keep)))
         self.key_prefix = store
 
-    def _advance(self, prog: StackProgram, i: int, e: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    def _advance(self, prog: StackProgram, i: int, e: torch.Tensor, xs: torch.Tensor, w: int = 0) -> torch.Tensor:
         """A kept chunk's activation ``xs`` (B, D, n) brought to GroupNorm ``i``'s input, which is returned."""
         n = xs.shape[-1]
         if i == 0:
             return prog.first_into(e, xs)
         j = (i - 1) // 2
+        a, y = self._b(0, n, w), self._b(1, n, w)
         if i % 2:  # the inner activation of ResBlock j (not kept)
-            return prog.half1(j, xs, self._b(0, n), self._b(1, n))
-        prog.half2(j, prog.half1(j, xs, self._b(0, n), self._b(1, n)), self._b(0, n), xs)  # ResBlock j done
+            return prog.half1(j, xs, a, y)
+        prog.half2(j, prog.half1(j, xs, a, y), a, xs)  # ResBlock j done
         return xs
 
     def _image_encoding(self, x_map: torch.Tensor) -> torch.Tensor:
         """The RoPE'd image encoding over all pixels into ``x_map`` (B, D, H*W), one map of memory."""
         self._layerwise_in_place(self.img, self.image, x_map)
-        for p0, p1 in self._chunks():
-            x_map[:, :, p0:p1] = self.rope.apply(x_map[:, :, p0:p1], p0, self._b(1, p1 - p0))
+        self._rope_in_place(x_map)
         return x_map
 
+    def _rope_in_place(self, x_map: torch.Tensor) -> None:
+        def rope(p0: int, p1: int, w: int) -> None:
+            x_map[:, :, p0:p1] = self.rope.apply(x_map[:, :, p0:p1], p0, self._b(1, p1 - p0, w), self._rope_buf[w])
+
+        self.workers.map(rope, list(self._chunks()))
+
+    def _pass(
+        self,
+        fn: Callable[[int, int, int], Sequence[torch.Tensor] | None],
+        progs: Sequence[StackProgram] = (),
+        index: int = 0,
+    ) -> None:
+        """One pass over all pixels, chunk by chunk on the workers: ``fn(p0, p1, worker)``.
+
+        With ``progs``, ``fn`` returns for each of them its chunk (B, D, n) of GroupNorm ``index``'s
+        input; their moments are kept per chunk, merged in chunk order after the pass, and the norm
+        frozen. Without, what ``fn`` returns is not used."""
+        chunks = list(self._chunks())
+        parts = [PassMoments(chunks, self.b, self.d, self.device) for _ in progs]
+
+        def run(p0: int, p1: int, w: int) -> None:
+            acts = fn(p0, p1, w)
+            if not progs:
+                return
+            assert acts is not None, "a statistics pass returns each branch's activation"
+            for prog, part, act in zip(progs, parts, acts, strict=True):
+                part.put(p0, prog.stats.moments(act, self._b(7, p1 - p0, w)))
+
+        self.workers.map(run, chunks)
+        for prog, part in zip(progs, parts, strict=True):
+            prog.stats.merge(index, part)
+            prog.stats.freeze(self.dtype)
+
     def _first_layer(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor) -> None:
-        for p0, p1 in self._chunks():
+        in_place = x_map.data_ptr() == source.data_ptr()
+
+        def first(p0: int, p1: int, w: int) -> tuple[torch.Tensor]:
             xs = x_map[:, :, p0:p1]
-            if x_map.data_ptr() == source.data_ptr():  # in place over the source: go through scratch
-                xs.copy_(prog.first_into(source[:, :, p0:p1], self._b(0, p1 - p0)))
+            if in_place:  # in place over the source: go through scratch
+                xs.copy_(prog.first_into(source[:, :, p0:p1], self._b(0, p1 - p0, w)))
             else:
                 prog.first_into(source[:, :, p0:p1], xs)
-            if prog.num_norms:
-                prog.stats.collect(0, xs, self._b(7, p1 - p0))
-        prog.stats.freeze(self.dtype)
+            return (xs,)
+
+        self._pass(first, (prog,) if prog.num_norms else ())
 
     def _layerwise(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor, y_map: torch.Tensor) -> None:
         """Run ``prog`` layer by layer over full maps: ``x_map`` ends with the output (B, D, H*W)."""
         self._first_layer(prog, source, x_map)
         for j in range(len(prog.blocks)):
-            for p0, p1 in self._chunks():
-                ys = y_map[:, :, p0:p1]
-                prog.half1(j, x_map[:, :, p0:p1], self._b(0, p1 - p0), ys)
-                prog.stats.collect(2 * j + 1, ys, self._b(7, p1 - p0))
-            prog.stats.freeze(self.dtype)
             last = j == len(prog.blocks) - 1
-            for p0, p1 in self._chunks():
+
+            def inner(p0: int, p1: int, w: int, j: int = j) -> tuple[torch.Tensor]:
+                ys = y_map[:, :, p0:p1]
+                prog.half1(j, x_map[:, :, p0:p1], self._b(0, p1 - p0, w), ys)
+                return (ys,)
+
+            def outer(p0: int, p1: int, w: int, j: int = j) -> tuple[torch.Tensor]:
                 xs = x_map[:, :, p0:p1]
-                prog.half2(j, y_map[:, :, p0:p1], self._b(0, p1 - p0), xs)
-                if not last:
-                    prog.stats.collect(2 * j + 2, xs, self._b(7, p1 - p0))
-            if not last:
-                prog.stats.freeze(self.dtype)
+                prog.half2(j, y_map[:, :, p0:p1], self._b(0, p1 - p0, w), xs)
+                return (xs,)
+
+            self._pass(inner, (prog,), 2 * j + 1)
+            self._pass(outer, () if last else (prog,), 2 * j + 2)
 
     def _layerwise_in_place(self, prog: StackProgram, source: torch.Tensor, x_map: torch.Tensor) -> torch.Tensor:
         """As :meth:`_layerwise` with one map: each ResBlock's inner activation is computed twice
@@ -417,28 +472,26 @@ class PixelEncoders:
         ``x_map`` may be ``source`` (the branch then replaces its input). Returns ``x_map``."""
         self._first_layer(prog, source, x_map)
         for j in range(len(prog.blocks)):
-            for p0, p1 in self._chunks():
-                n = p1 - p0
-                ys = prog.half1(j, x_map[:, :, p0:p1], self._b(0, n), self._b(1, n))
-                prog.stats.collect(2 * j + 1, ys, self._b(7, n))
-            prog.stats.freeze(self.dtype)
             last = j == len(prog.blocks) - 1
-            for p0, p1 in self._chunks():
+
+            def inner(p0: int, p1: int, w: int, j: int = j) -> tuple[torch.Tensor]:
+                n = p1 - p0
+                return (prog.half1(j, x_map[:, :, p0:p1], self._b(0, n, w), self._b(1, n, w)),)
+
+            def block(p0: int, p1: int, w: int, j: int = j) -> tuple[torch.Tensor]:
                 n = p1 - p0
                 xs = x_map[:, :, p0:p1]
-                ys = prog.half1(j, xs, self._b(0, n), self._b(1, n))
-                prog.half2(j, ys, self._b(0, n), xs)
-                if not last:
-                    prog.stats.collect(2 * j + 2, xs, self._b(7, n))
-            if not last:
-                prog.stats.freeze(self.dtype)
+                prog.half2(j, prog.half1(j, xs, self._b(0, n, w), self._b(1, n, w)), self._b(0, n, w), xs)
+                return (xs,)
+
+            self._pass(inner, (prog,), 2 * j + 1)
+            self._pass(block, () if last else (prog,), 2 * j + 2)
         return x_map
 
     def _whole(self) -> None:
         x, k, y = self._map(), self._map(), self._map()
         self._layerwise(self.img, self.image, x, y)
-        for p0, p1 in self._chunks():
-            x[:, :, p0:p1] = self.rope.apply(x[:, :, p0:p1], p0, self._b(1, p1 - p0))
+        self._rope_in_place(x)
         self.encoding = x
         self._layerwise(self.key, x, k, y)
         self.key_map = k
@@ -450,13 +503,17 @@ class PixelEncoders:
         """The branch ``prog`` on image rows [y0, y1): (B, D, y1-y0, W) (streamed modes)."""
         band = torch.empty(self.b, self.d, (y1 - y0) * self.w, dtype=self.dtype, device=self.device)
         kept = self.key_prefix if prog is self.key else None
-        for p0, p1 in self._chunks(y0 * self.w, y1 * self.w):
+
+        def rows(p0: int, p1: int, w: int) -> None:
             n = p1 - p0
             dst = band[:, :, p0 - y0 * self.w : p1 - y0 * self.w]
             if kept is not None and p1 <= kept.shape[-1]:
                 dst.copy_(kept[:, :, p0:p1])
-                continue
-            dst.copy_(prog.run(self._encoding_chunk(p0, p1), self._b(4, n), self._b(5, n), self._b(6, n)))
+                return
+            e = self._encoding_chunk(p0, p1, w)
+            dst.copy_(prog.run(e, self._b(4, n, w), self._b(5, n, w), self._b(6, n, w)))
+
+        self.workers.map(rows, list(self._chunks(y0 * self.w, y1 * self.w)))
         return band.view(self.b, self.d, y1 - y0, self.w)
 
     def image_keys(self, low_hw) -> torch.Tensor:
@@ -469,14 +526,17 @@ class PixelEncoders:
         key_map = None if self.key_map is None else self.key_map.view(self.b, self.d, self.h, self.w)
         self.key_map = None
         rows = self.plan.key_rows if key_map is None else max(1, KEY_BAND_PIXELS // max(1, self.n // h))
-        parts = []
+        # Written band by band into one tensor allocated first: small per-band results kept among the
+        # bands' MiB-sized temporaries fragmented the heap (a 128 MiB cap peaked 1.3-1.5x over it).
+        keys = torch.empty(self.b, self.d, h, w, dtype=self.dtype, device=self.device)
         for l0 in range(0, h, rows):
             l1 = min(h, l0 + rows)
             s, e = starts[l0], ends[l1 - 1]
             band = key_map[:, :, s:e] if key_map is not None else self.branch_rows(self.key, s, e)  # (B, D, e-s, W)
-            parts.append(adaptive_avg_pool_2d(band.double(), (self.h, self.w), (h, w), (l0, l1), s).to(self.dtype))
+            keys[:, :, l0:l1] = adaptive_avg_pool_2d(band.double(), (self.h, self.w), (h, w), (l0, l1), s)
+            del band
         self.key_prefix = None
-        return torch.cat(parts, dim=2).contiguous()  # (B, D, h, w)
+        return keys  # (B, D, h, w)
 
     def query_rows(self, out_hw: tuple[int, int], a: int, z: int) -> torch.Tensor:
         """Query branch pooled to the output size, output rows [a, z): (B, D, z-a, W').
