@@ -211,6 +211,12 @@ class Upsampler:
             (:mod:`anyup.engine.kernels`; the first call compiles for a few seconds).
         window_edge: ``"hard"`` or ``"soft"`` (:mod:`anyup.engine.window`); ``None`` keeps the edge
             stored with the weights (``"hard"`` for the published ones).
+        attention: AnyUp's attention backend, ``"auto"``, ``"matmul"``, ``"sdpa"``, ``"flex"`` or
+            ``"triton"`` (:mod:`anyup.engine.attention`; all give the same result within 1e-5);
+            ``None`` means ``"auto"``. One that cannot run on ``device`` fails here, naming why.
+        cpu_workers: CPU threads running AnyUp's per-pixel encoders, one core each
+            (:mod:`anyup.engine.workers`); ``None``: ``torch.get_num_threads()`` on the CPU, 1 elsewhere.
+            Changes speed, not the result.
 
     Example:
         >>> up = Upsampler("efficientnet_lite0", "anyup_multi_backbone")    # doctest: +SKIP
@@ -232,12 +238,17 @@ class Upsampler:
         progress: bool = False,
         compile: bool = False,
         window_edge: str | None = None,
+        attention: str | None = None,
+        cpu_workers: int | None = None,
     ) -> None:
         from anyup.encoders import Encoder, create
+        from anyup.engine.attention import resolve
         from anyup.engine.window import check_edge
+        from anyup.engine.workers import check_workers
 
         if window_edge is not None:
             check_edge(window_edge)
+        check_workers(cpu_workers)
 
         if isinstance(dtype, str):
             if dtype not in DTYPES:
@@ -250,6 +261,8 @@ class Upsampler:
         ):
             raise ValueError(f"input_size must be a positive int up to {MAX_INPUT_SIDE} or None, got {input_size!r}")
         self.device = torch.device(device)
+        if attention is not None:
+            resolve(attention, self.device)  # unknown or unavailable here: fails now, not on the first image
         self.dtype = dtype
         self.max_memory = parse_memory(max_memory)  # bytes, or a size such as "2GB"
         self.progress = progress
@@ -266,6 +279,10 @@ class Upsampler:
         self.model.config.compile = bool(compile)
         if window_edge is not None:
             self.model.config.window_edge = window_edge
+        if attention is not None:
+            self.model.config.attention = attention
+        if cpu_workers is not None:
+            self.model.config.cpu_workers = cpu_workers
 
     @property
     def encoder_name(self) -> str:

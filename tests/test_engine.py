@@ -9,15 +9,13 @@ import textwrap
 
 import pytest
 import torch
+from _devices import needs_cuda
 
 import anyup
 from anyup import AnyUp, AnyUpConfig
 from anyup.engine import BACKENDS, EngineOptions, Window, parse_memory, plan_for, resolve
 from anyup.engine.attention import attend_matmul
 from benchmarks.dense_reference import dense_forward
-
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
 
 
 def _inputs(b=1, c=6, hw=(23, 31), low=(4, 5), seed=0, dtype=torch.float32, device="cpu"):
@@ -162,7 +160,8 @@ def test_triton_kernel_exact_under_the_interpreter(tmp_path):
         print("ok")
         """
     )
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.getcwd()}
+    path = os.pathsep.join([os.getcwd(), os.path.join(os.getcwd(), "tests")])  # tests/_devices.py too
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
 

@@ -7,14 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from _devices import DEVICES
 
 import anyup
 from anyup import AnyUp, AnyUpConfig
 from anyup.engine import EngineOptions, plan_for, window_bounds
 from benchmarks.dense_reference import dense_forward
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def _mode(m, image, feats, size, cap):

@@ -384,3 +384,57 @@ def test_upsample_window_edge_flag(tmp_path, photos, random_model_file, capsys):
     assert up.model.config.window_edge == "soft"
     with pytest.raises(ValueError, match="window_edge must be one of 'hard', 'soft'; got 'fuzzy'"):
         Upsampler("efficientnet_lite0", str(random_model_file), window_edge="fuzzy")
+
+
+def test_upsample_engine_flags(tmp_path, photos, random_model_file, capsys, monkeypatch):
+    """`--attention` and `--cpu-workers` reach the engine; they change the speed, not the result."""
+    import anyup.engine.run as run
+    from anyup import Upsampler
+
+    seen: list[tuple[str, object]] = []
+    resolve, make_plan = run.resolve, run.make_plan
+    monkeypatch.setattr(run, "resolve", lambda name, device: seen.append(("attention", name)) or resolve(name, device))
+    monkeypatch.setattr(
+        run,
+        "make_plan",
+        lambda *a: seen.append(("workers", a[4])) or make_plan(*a),  # (geometry, cap, tile, autograd, workers)
+    )
+    outs = {}
+    for attention, workers in (("matmul", "1"), ("matmul", "2"), ("sdpa", "2")):
+        seen.clear()
+        out = tmp_path / f"{attention}-{workers}"
+        args = ["upsample", str(photos / "chelsea.png"), "--model", str(random_model_file), "--input-size", "64"]
+        rc = main([*args, "--attention", attention, "--cpu-workers", workers, "--no-png", "--out", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        assert ("attention", attention) in seen and ("workers", int(workers)) in seen
+        outs[attention, workers] = _read(out / "chelsea.safetensors")[0]["features"]
+    # chunk moments merged in a fixed order; float32 GEMMs may round differently on one thread than on two
+    torch.testing.assert_close(outs["matmul", "1"], outs["matmul", "2"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(outs["sdpa", "2"], outs["matmul", "2"], rtol=0, atol=1e-5)
+
+    for bad, message in (
+        (["--cpu-workers", "0"], "cpu_workers must be None"),
+        (["--attention", "nope"], "invalid choice"),
+    ):
+        try:
+            rc = main(
+                [
+                    "upsample",
+                    str(photos / "chelsea.png"),
+                    "--model",
+                    str(random_model_file),
+                    *bad,
+                    "--out",
+                    str(tmp_path),
+                ]
+            )
+        except SystemExit as exit:  # argparse refuses a value outside the choices
+            rc = exit.code
+        assert rc != 0 and message in capsys.readouterr().err
+    up = Upsampler("efficientnet_lite0", str(random_model_file), attention="sdpa", cpu_workers=3)
+    assert (up.model.config.attention, up.model.config.cpu_workers) == ("sdpa", 3)
+    with pytest.raises(ValueError, match="attention must be one of auto, matmul, sdpa, flex, triton; got 'fast'"):
+        Upsampler("efficientnet_lite0", str(random_model_file), attention="fast")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="attention backend 'triton' is not available on cpu"):
+        Upsampler("efficientnet_lite0", str(random_model_file), attention="triton")

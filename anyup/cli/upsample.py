@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anyup.cli._flags import add_command, add_device, add_encoder, add_list, add_model, build_upsampler
+from anyup.engine.attention import ATTENTION_CHOICES
 from anyup.weights import DEFAULT_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compile",
         action="store_true",
         help="fuse AnyUp's per-pixel element-wise work with torch.compile (first call compiles; needs a C++ compiler)",
+    )
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION_CHOICES,
+        default=None,
+        help="AnyUp's attention backend (same result from each, within 1e-5): auto picks triton on CUDA "
+        "when installed, else matmul; default: auto",
+    )
+    p.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads for AnyUp's per-pixel encoders, one core each (default: torch's thread count; "
+        "changes speed, not the result)",
     )
     p.add_argument(
         "--window-edge",
@@ -162,6 +178,8 @@ def _cmd_upsample(args: argparse.Namespace) -> int:
         progress=True,
         compile=args.compile,
         window_edge=args.window_edge,
+        attention=args.attention,
+        cpu_workers=args.cpu_workers,
     )
     out_dir = ensure_writable_dir(args.out)  # before any work; removes temp files of killed runs
     jobs = list(zip(paths, unique_stems(paths)))
