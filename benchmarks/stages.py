@@ -10,9 +10,9 @@ memory holds encoder maps until the decode, ``Plan.out_slots``). Each round time
 
 A stage's *floor* is its multiply-adds (``memory_speed.stage_flops``) at that round's GEMM rate;
 the report gives each stage's median seconds, its median ratio to its floor, and its share of
-the call. Rounds follow one untimed full-size call. The stage split mirrors
-``anyup.engine.run.encode`` / ``decode`` (what :meth:`anyup.AnyUp.forward` runs), so the sum is one
-call's time without the final dtype cast.
+the call. Rounds follow one untimed full-size call. The stages are the engine's own functions
+(``anyup.engine.run.pixel_encoders``, ``low_res_keys``, ``decode``: what :func:`~anyup.engine.run.encode`
+and :meth:`anyup.AnyUp.forward` run), so the sum is one call's time without the final dtype cast.
 
     python benchmarks/stages.py --size 448 --channels 384 --rounds 5
     python benchmarks/stages.py --size 2048 --channels 128 --patch 16 --max-memory 2GiB --rounds 1
@@ -41,7 +41,7 @@ def one_call(model, image, feats, options) -> tuple[dict[str, float], str]:
     """Seconds per stage of one no-grad call, and the plan's mode."""
     import torch
 
-    from anyup.engine.run import PixelEncoders, chunk_kernels, decode, low_res_keys, plan_for, resolve, workspace_slots
+    from anyup.engine.run import decode, low_res_keys, pixel_encoders, plan_for, resolve, workspace_slots
 
     b, c = feats.shape[:2]
     out_hw = tuple(image.shape[-2:])
@@ -49,8 +49,7 @@ def one_call(model, image, feats, options) -> tuple[dict[str, float], str]:
         t0 = time.perf_counter()
         out = torch.empty(b, c, *out_hw)
         plan = plan_for(model, image, feats, out_hw, options, False, workspace_slots(model, image, feats, out))
-        enc = PixelEncoders(model, image, plan, chunk_kernels(options.compile), out if plan.out_slots else None)
-        enc.gather_statistics()
+        enc = pixel_encoders(model, image, feats, plan, options, out if plan.out_slots else None)
         t1 = time.perf_counter()
         keys = low_res_keys(model, enc.image_keys(feats.shape[-2:]), feats, plan)  # (B, D, h, w)
         t2 = time.perf_counter()

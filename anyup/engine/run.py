@@ -191,13 +191,26 @@ def encode(
 ) -> tuple[PixelEncoders, torch.Tensor, torch.Tensor]:
     """Everything before the decoder (no autograd): the full-resolution encoders with their
     statistics gathered, the keys (B, D, h, w), and the features in the compute dtype."""
-    options = options or EngineOptions()
-    dtype = compute_dtype(features)
-    feats_c = features.to(dtype)
-    enc = PixelEncoders(model, image.to(dtype), plan, chunk_kernels(options.compile), workspace)
-    enc.gather_statistics()
+    feats_c = features.to(compute_dtype(features))
+    enc = pixel_encoders(model, image, features, plan, options, workspace)
     keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
     return enc, keys, feats_c
+
+
+def pixel_encoders(
+    model,
+    image: torch.Tensor,
+    features: torch.Tensor,
+    plan: Plan,
+    options: EngineOptions | None = None,
+    workspace: torch.Tensor | None = None,
+) -> PixelEncoders:
+    """The full-resolution encoders of ``image`` in the compute dtype of ``features``, with every
+    GroupNorm's statistics gathered (the first stage of :func:`encode`)."""
+    options = options or EngineOptions()
+    enc = PixelEncoders(model, image.to(compute_dtype(features)), plan, chunk_kernels(options.compile), workspace)
+    enc.gather_statistics()
+    return enc
 
 
 def low_res_keys(model, kimg: torch.Tensor, features: torch.Tensor, plan: Plan) -> torch.Tensor:
