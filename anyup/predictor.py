@@ -216,7 +216,7 @@ class Upsampler:
             ``None`` means ``"auto"``. One that cannot run on ``device`` fails here, naming why.
         cpu_workers: CPU threads running AnyUp's per-pixel encoders, one core each
             (:mod:`anyup.engine.workers`); ``None``: ``torch.get_num_threads()`` on the CPU, 1 elsewhere.
-            Changes speed, not the result.
+            Changes speed; results agree to float32 rounding.
 
     Example:
         >>> up = Upsampler("efficientnet_lite0", "anyup_multi_backbone")    # doctest: +SKIP

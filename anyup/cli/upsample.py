@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N",
         help="CPU threads for AnyUp's per-pixel encoders, one core each (default: torch's thread count; "
-        "changes speed, not the result)",
+        "changes speed; results agree to float32 rounding)",
     )
     p.add_argument(
         "--window-edge",
