@@ -12,6 +12,7 @@ import torch
 from anyup import AnyUp, AnyUpConfig
 from anyup.engine import EngineOptions, plan_for
 from anyup.engine import run as engine_run
+from anyup.engine import workers as workers_module
 from anyup.engine.plan import Geometry, make_plan
 from anyup.engine.workers import ChunkWorkers, check_workers, default_workers, openmp_backend
 
@@ -197,3 +198,40 @@ def test_model_under_inference_mode_with_workers(monkeypatch):
     with torch.inference_mode():
         got = m(image, feats, cpu_workers=2)
     assert (got - want).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("mode", ["whole", "streamed"])
+def test_concurrent_calls_from_several_threads_share_the_pool(monkeypatch, mode):
+    """Calls from several Python threads at once (a server's request threads) share one process-wide
+    pool; one asks for more workers than the pool has, so it is replaced while the others run. Each
+    call keeps its own scratch and statistics: every output equals the lone one-worker call's."""
+    monkeypatch.setattr(engine_run, "make_plan", _forced(mode, **MODES[mode]))  # chunks of 48 pixels
+    torch.manual_seed(0)
+    m = AnyUp().double().eval()
+    inputs = [_inputs(c=3 + i, dtype=torch.float64) for i in range(4)]
+    with torch.no_grad():
+        want = [m(image, feats, cpu_workers=1) for image, feats in inputs]
+    got: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(inputs))}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(inputs))
+
+    def serve(i: int) -> None:
+        try:
+            start.wait()
+            with torch.no_grad():
+                for _ in range(2):
+                    got[i].append(m(*inputs[i], cpu_workers=2 + i))  # 2..5 workers: the pool grows mid-flight
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert workers_module._POOL_SIZE >= 5
+    for i, outs in got.items():
+        assert len(outs) == 2
+        for out in outs:
+            assert (out - want[i]).abs().max() <= 1e-12
