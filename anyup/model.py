@@ -29,6 +29,7 @@ from anyup._checks import (
     check_size,
 )
 from anyup.engine import EngineOptions, Tile, iter_tiles
+from anyup.engine.autograd import write_tiles
 from anyup.engine.workers import check_workers
 from anyup.layers import (
     CrossDecode,
@@ -166,9 +167,7 @@ class AnyUp(nn.Module):
             cpu_workers=cpu_workers,
             workspace=workspace,
         )
-        for t in tiles:
-            out[:, :, t.y0 : t.y1, t.x0 : t.x1] = t.data  # under autograd: differentiable (CopySlices)
-        return out
+        return write_tiles(out, tiles)  # out[:, :, t.y0:t.y1, t.x0:t.x1] = t.data for each tile t
 
     def iter_tiles(
         self,

@@ -100,3 +100,15 @@ def test_stages_compare_worker_counts_round_by_round(tmp_path):
     assert "**2 worker threads**" in text and "| 2 |" in text
     with pytest.raises(SystemExit):
         stages.main(["--workers", "0"])
+
+
+def test_grad_step_times_a_training_step_and_reports_gradient_checksums(capsys):
+    from benchmarks import grad_step
+
+    r = grad_step.run(size=56, channels=8, rounds=2, max_memory="1GiB")
+    assert len(r["seconds"]) == 2 and all(s > 0 for s in r["seconds"])
+    assert r["features_grad_sum"] != 0 and r["parameter_grad_abs_sum"] > 0
+    again = grad_step.run(size=56, channels=8, rounds=1, max_memory="1GiB")
+    assert again["features_grad_sum"] == r["features_grad_sum"]  # deterministic: comparable across commits
+    assert grad_step.main(["--size", "56", "--channels", "8", "--rounds", "1"]) == 0
+    assert "forward + backward: seconds by round" in capsys.readouterr().out

@@ -229,6 +229,42 @@ def test_gradients_equal_the_dense_reference(edge, device):
         assert (a - b).abs().max() <= 1e-10 * max(1.0, b.abs().max().item()), name
 
 
+def _graph_nodes(fn) -> set[str]:
+    seen, todo, names = set(), [fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(nxt for nxt, _ in node.next_functions)
+    return names
+
+
+def test_tile_writes_pass_the_gradient_through_without_a_copy_per_tile():
+    """Under autograd the tiles are written by one differentiable op each that hands its tile a view
+    of the output gradient (no CopySlices: that clones the whole gradient once per tile). Into an
+    ``out=`` that needs a gradient itself, the writes fall back to CopySlices; both are exact."""
+    torch.manual_seed(0)
+    m = AnyUp().double()
+    image, feats = _inputs(hw=(16, 20), dtype=torch.float64)
+    feats.requires_grad_(True)
+    weight = torch.randn(1, feats.shape[1], 11, 13, dtype=torch.float64)
+    out = m(image, feats, (11, 13), tile_size=4)  # 3 x 4 tiles
+    nodes = _graph_nodes(out.grad_fn)
+    assert "_WriteTileBackward" in nodes and "CopySlices" not in nodes, nodes
+    (got,) = torch.autograd.grad((out * weight).sum(), feats)
+    (want,) = torch.autograd.grad((dense_forward(m, image, feats, (11, 13)) * weight).sum(), feats)
+    assert (got - want).abs().max() <= 1e-10 * want.abs().max()
+
+    base = torch.randn(1, feats.shape[1], 11, 13, dtype=torch.float64, requires_grad=True)
+    into = base * 2  # needs a gradient: the tiles overwrite it, so base's gradient must be zero
+    out = m(image, feats, (11, 13), tile_size=4, out=into)
+    assert "CopySlices" in _graph_nodes(out.grad_fn)
+    g_feats, g_base = torch.autograd.grad((out * weight).sum(), (feats, base))
+    assert (g_feats - want).abs().max() <= 1e-10 * want.abs().max() and not g_base.any()
+
+
 def test_gradcheck_float64(edge):
     torch.manual_seed(0)
     m = AnyUp(AnyUpConfig(dim=8, num_heads=2, num_groups=2, window_ratio=0.3, window_edge=edge)).double()

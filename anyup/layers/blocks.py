@@ -18,14 +18,22 @@ from anyup.layers.norms import GroupNorm32
 class PointwiseConv2d(nn.Conv2d):
     """Bias-free 1x1 convolution in the input's dtype (weights cast on the fly).
 
-    (B, Cin, H, W) -> (B, Cout, H, W).
+    (B, Cin, H, W) -> (B, Cout, H, W). Computed as one matrix product over the pixels (a 1x1
+    convolution is one): on the CPU oneDNN's 1x1 convolution ran at about 60 GFLOP/s where the
+    same GEMM ran at 90-110, forward and backward (448², 128 channels). The keys of ``nn.Conv2d``.
     """
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__(in_ch, out_ch, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight.to(x.dtype))
+        b, c, h, w = x.shape
+        weight = self.matrix.to(x.dtype)  # (Cout, Cin)
+        if b == 1:  # a plain GEMM (torch.matmul would fold a (1, Cin, H*W) operand through a transposed copy)
+            y = torch.mm(weight, x.reshape(c, h * w))  # (Cout, H*W)
+        else:
+            y = torch.bmm(weight.expand(b, -1, -1), x.reshape(b, c, h * w))  # (B, Cout, H*W)
+        return y.view(b, self.out_channels, h, w)
 
     @property
     def matrix(self) -> torch.Tensor:
