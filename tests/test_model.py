@@ -264,6 +264,13 @@ def test_tile_writes_pass_the_gradient_through_without_a_copy_per_tile():
     g_feats, g_base = torch.autograd.grad((out * weight).sum(), (feats, base))
     assert (g_feats - want).abs().max() <= 1e-10 * want.abs().max() and not g_base.any()
 
+    big = torch.zeros(1, feats.shape[1], 20, 30, dtype=torch.float64)  # out= a view of a larger tensor
+    m(image, feats, (11, 13), tile_size=4, out=big[:, :, 2:13, 3:16])
+    around = torch.zeros_like(big)
+    around[:, :, 2:13, 3:16] = weight
+    (g_view,) = torch.autograd.grad((big * around).sum(), feats)
+    assert (g_view - want).abs().max() <= 1e-10 * want.abs().max()
+
 
 def test_gradcheck_float64(edge):
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ class _WriteTile(torch.autograd.Function):
     """``out[:, :, y0:y1, x0:x1] = tile`` in place, differentiable, for tiles that do not overlap.
 
     PyTorch's own slice assignment (``CopySlices``) clones the whole output gradient in backward,
-    once per tile: at 448² with C = 384 that was ~140 copies of 300 MB. Here backward hands the tile
+    once per tile: a 448² step with C = 384 spent 7.9 s on 121 copies of 300 MB. Here backward hands the tile
     its slice of the gradient (a view) and passes the gradient on unchanged. That is exact when
     every tile writes its own rectangle of a tensor that needs no gradient itself (the output
     :meth:`anyup.AnyUp.forward` allocates, or an ``out=`` of the caller's): the rectangle's earlier
