@@ -49,6 +49,7 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
         "ATTN_SIZE": "56",
         "CHANNELS": "16",
         "BACKENDS": "matmul sdpa",
+        "GRAD_SIZE": "56",
     }
     res = subprocess.run(["bash", str(repo / "tools" / "gpu_check.sh")], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -60,6 +61,8 @@ def test_gpu_check_script_dry_run_on_cpu(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| 56² |")]
     assert [r.split("|")[2].strip() for r in rows] == ["float32", "bfloat16"]
     assert float(rows[0].split("|")[-2]) < 1e-4  # float32 ours vs the float32 dense reference
+    steps = (tmp_path / "grad_step.txt").read_text()
+    assert "ours, cpu, 56²" in steps and "dense, cpu, 56²" in steps
 
 
 def test_stages_split_one_call_and_compare_each_stage_with_its_floor(tmp_path):
@@ -110,5 +113,8 @@ def test_grad_step_times_a_training_step_and_reports_gradient_checksums(capsys):
     assert r["features_grad_sum"] != 0 and r["parameter_grad_abs_sum"] > 0
     again = grad_step.run(size=56, channels=8, rounds=1, max_memory="1GiB")
     assert again["features_grad_sum"] == r["features_grad_sum"]  # deterministic: comparable across commits
-    assert grad_step.main(["--size", "56", "--channels", "8", "--rounds", "1"]) == 0
-    assert "forward + backward: seconds by round" in capsys.readouterr().out
+    dense = grad_step.run(size=56, channels=8, rounds=1, max_memory="1GiB", method="dense")
+    assert abs(dense["features_grad_sum"] - r["features_grad_sum"]) <= 1e-4 * abs(r["features_grad_sum"])
+    assert grad_step.main(["--size", "56", "--channels", "8", "--rounds", "1", "--methods", "ours", "dense"]) == 0
+    printed = capsys.readouterr().out
+    assert "ours, cpu, 56²" in printed and "dense, cpu, 56²" in printed
