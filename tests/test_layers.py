@@ -79,3 +79,24 @@ def test_rmsnorm_fallback_matches_torch():
     torch.testing.assert_close(ours(xf), theirs(xf), rtol=2e-6, atol=1e-6)
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     torch.testing.assert_close(ours.double()(x), theirs.double()(x))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pointwise_conv_is_the_1x1_convolution(batch):
+    """PointwiseConv2d runs as a GEMM; it equals F.conv2d with its weight, for contiguous and strided
+    (channels-last, sliced) inputs, in float64 and with gradients, and keeps nn.Conv2d's keys."""
+    from anyup.layers.blocks import PointwiseConv2d
+
+    torch.manual_seed(0)
+    layer = PointwiseConv2d(5, 7).double()
+    assert list(layer.state_dict()) == ["weight"] and layer.weight.shape == (7, 5, 1, 1)
+    x = torch.randn(batch, 5, 9, 11, dtype=torch.float64)
+    for inp in (x, x.to(memory_format=torch.channels_last), x[:, :, 2:7, 1:10]):
+        inp = inp.detach().requires_grad_(True)
+        got = layer(inp)
+        want = F.conv2d(inp, layer.weight)
+        assert got.shape == want.shape and (got - want).abs().max() <= 1e-12
+        g_got = torch.autograd.grad(got.square().sum(), (inp, layer.weight))
+        g_want = torch.autograd.grad(want.square().sum(), (inp, layer.weight))
+        assert all((a - b).abs().max() <= 1e-10 for a, b in zip(g_got, g_want, strict=True))
+    assert layer(x.float()).dtype == torch.float32  # the weight is cast to the input's dtype
