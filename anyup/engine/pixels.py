@@ -62,11 +62,11 @@ class PassMoments:
 
 
 class ChunkMoments(NamedTuple):
-    """One chunk's per-channel moments: mean and root of M2, each (B, C) in the compute dtype, and its pixel count."""
+    """One chunk's per-channel moments: mean and root of M2, each (B, C) in the compute dtype
+    (its pixel count is the chunk's size, which :class:`PassMoments` knows)."""
 
     mean: torch.Tensor
     root_m2: torch.Tensor
-    pixels: int
 
 
 def chunk_moments(x: torch.Tensor, scratch: torch.Tensor, kernels: ChunkKernels = EAGER) -> ChunkMoments:
@@ -75,7 +75,7 @@ def chunk_moments(x: torch.Tensor, scratch: torch.Tensor, kernels: ChunkKernels 
     Safe to run on several chunks at once (worker threads); merge a pass's results, in chunk order,
     with :meth:`GroupNormStats.merge`, so the statistics do not depend on which thread ran which chunk."""
     mean_c, root_m2_c = kernels.moments(x, scratch)  # (B, C) each
-    return ChunkMoments(mean_c, root_m2_c, x.shape[-1])
+    return ChunkMoments(mean_c, root_m2_c)
 
 
 @dataclass

@@ -277,9 +277,7 @@ def make_plan(g: Geometry, cap: int, tile_size: int | None, autograd: bool, work
     base = _plan_for_workers(g, cap, tile_size, autograd, 1)
     if autograd:  # the checkpointed modules run in the calling thread
         return base
-    for n in sorted({max(1, workers >> s) for s in range(workers.bit_length())}, reverse=True):
-        if n == 1:
-            break
+    for n in sorted({workers >> s for s in range(workers.bit_length())} - {1}, reverse=True):  # e.g. 5, 2
         try:
             plan = _plan_for_workers(g, cap, tile_size, autograd, n)
         except ValueError:

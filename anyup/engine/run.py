@@ -115,8 +115,10 @@ def plan_for(
     ):
         raise ValueError(f"tile_size must be a positive int, got {options.tile_size!r}")
     workers = check_workers(options.cpu_workers)
-    if workers is None or features.device.type != "cpu":
-        workers = default_workers(features.device) if workers is None else 1
+    if workers is None:
+        workers = default_workers(features.device)
+    elif features.device.type != "cpu":
+        workers = 1
     g = geometry(model, image, features, out_hw, compute_dtype(features))
     if out_slots and not autograd:
         g = dataclasses.replace(g, out_slots=out_slots)
@@ -418,7 +420,7 @@ class PixelEncoders:
         def rope(p0: int, p1: int, w: int) -> None:
             x_map[:, :, p0:p1] = self.rope.apply(x_map[:, :, p0:p1], p0, self._b(1, p1 - p0, w), self._rope_buf[w])
 
-        self.workers.map(rope, list(self._chunks()))
+        self._pass(rope)
 
     def _pass(
         self,
