@@ -350,6 +350,45 @@ def test_window_dense_mask_matches_tiles():
     )
 
 
+@pytest.mark.parametrize("edge", ["hard", "soft"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_bias_is_the_mask_as_a_logit_bias(edge, dtype):
+    """The decode's per-tile bias (row table + column table) admits exactly the mask's cells:
+    0 inside for the hard edge, the soft edge's bias as it is; ``out=`` writes the same values."""
+    w = Window.build((17, 23), (14, 15), 0.1, edge=edge, bias_dtype=dtype)
+    for box in [(0, 17, 0, 23), (3, 9, 5, 12), (16, 17, 22, 23), (0, 1, 0, 1)]:
+        bias, mask = w.bias(*box), w.mask(*box)
+        assert bias.dtype == dtype and bias.shape == mask.shape
+        if edge == "hard":
+            assert mask.dtype == torch.bool
+            assert torch.equal(bias, torch.zeros_like(bias).masked_fill(~mask, float("-inf")))
+        else:
+            assert torch.equal(bias, mask)
+        buf = torch.full((bias.numel() + 5,), float("nan"), dtype=dtype)  # a larger scratch, as the decode's
+        out = w.bias(*box, out=buf[: bias.numel()].view(bias.shape))
+        assert torch.equal(out, bias) and out.data_ptr() == buf.data_ptr()
+
+
+def test_scratch_buffers_give_the_same_bits_and_are_reused():
+    """With the decode's scratch the weights are the same bits as freshly allocated ones, for tiles
+    that grow and shrink, and the buffers are allocated once, at the largest tile."""
+    from anyup.engine.attention import Scratch, attention_weights
+
+    scratch = Scratch()
+    cases = [_tile_case(seed=s, b=1, nq=nq, nk=nk) for s, (nq, nk) in enumerate([(37, 23), (64, 90), (5, 7), (64, 90)])]
+    ptrs = []
+    for soft in (False, True):
+        for qh, kh, v, mask in cases:
+            bias = mask if not soft else torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+            fresh = attention_weights(qh, kh, bias)
+            reused = attention_weights(qh, kh, bias, scratch)
+            assert torch.equal(fresh, reused)
+            assert torch.equal(attend_matmul(qh, kh, v, bias), attend_matmul(qh, kh, v, bias, scratch))
+            ptrs.append(reused.data_ptr())
+    assert len(set(ptrs[1:])) == 1  # after the first growth (to 64 x 90) every tile reuses one buffer
+    assert scratch.buffer(Scratch.WEIGHTS, (1, 64, 90), torch.float32, torch.device("cpu")).data_ptr() == ptrs[-1]
+
+
 # ------------------------------------------------------------------------------------------------
 # Drop-in for the authors' API
 def test_authors_forward_arguments(model):

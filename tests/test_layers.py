@@ -100,3 +100,29 @@ def test_pointwise_conv_is_the_1x1_convolution(batch):
         g_want = torch.autograd.grad(want.square().sum(), (inp, layer.weight))
         assert all((a - b).abs().max() <= 1e-10 for a, b in zip(g_got, g_want, strict=True))
     assert layer(x.float()).dtype == torch.float32  # the weight is cast to the input's dtype
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_rms_norm_linear_is_the_norm_then_the_linear_map(bias):
+    """The folded projection equals RMSNorm then ``F.linear``: float64 to rounding, float32 within a
+    few ulps on a channels-first map's transposed view, half dtypes bit for bit (they keep the
+    unfolded order); zero rows stay finite; gradients pass gradcheck."""
+    from anyup.layers.norms import rms_norm, rms_norm_linear
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 45, generator=g, dtype=torch.float64).transpose(1, 2) * 3  # (B, N, D), strided
+    x[0, 7] = 0.0  # a zero row: its norm is 0 and 1/rms is 1/sqrt(eps)
+    nw = torch.rand(16, generator=g, dtype=torch.float64) + 0.5
+    w = torch.randn(8, 16, generator=g, dtype=torch.float64) / 4
+    b = torch.randn(8, generator=g, dtype=torch.float64) if bias else None
+    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 0.0)]:
+        args = [t if t is None else t.to(dtype) for t in (x, nw, w, b)]
+        ref = F.linear(rms_norm(args[0], args[1], None, dim=-1), args[2].to(dtype), args[3])
+        out = rms_norm_linear(args[0], args[1], None, args[2], args[3])
+        assert out.dtype == dtype and out.shape == (2, 45, 8) and torch.isfinite(out).all()
+        assert (out.double() - ref.double()).abs().max() <= tol * max(1.0, float(ref.abs().max()))
+    small = x[:, 5:9]  # the zero row among three others: gradcheck's cost grows with the inputs
+    leaves = [t.clone().requires_grad_() for t in (small, nw, w) + ((b,) if bias else ())]
+    assert torch.autograd.gradcheck(
+        lambda xx, nn_, ww, *bb: rms_norm_linear(xx, nn_, 1e-6, ww, bb[0] if bb else None), tuple(leaves)
+    )

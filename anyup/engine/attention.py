@@ -37,7 +37,32 @@ import torch.nn.functional as F
 
 from anyup.layers.norms import acc_dtype
 
-AttendFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+AttendFn = Callable[..., torch.Tensor]  # (qh, kh, values, mask, scratch=None) -> (B, Nq, C)
+
+
+class Scratch:
+    """Buffers one decode reuses from tile to tile (no autograd): the window bias, the logits, their
+    softmax and the averaged weights.
+
+    A tile's logits are megabytes (B*nh*Nq*Nk float32); allocated afresh per tile, such a block
+    comes from ``mmap`` and every tile pays a page fault per 4 KiB before it can be written
+    (1 ms of the 2048² tile's ~3 ms for the tiles that reach 28x28 cells; the bias's sum took 6x
+    its in-cache time). The buffers only grow, to the largest tile; each call of the decode holds
+    its own (threads share none).
+    """
+
+    BIAS, LOGITS, SOFTMAX, WEIGHTS = range(4)
+
+    def __init__(self) -> None:
+        self._bufs: list[torch.Tensor | None] = [None] * 4
+
+    def buffer(self, i: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Buffer ``i`` (one of the class constants) as a contiguous ``shape`` of ``dtype`` on ``device``."""
+        n = math.prod(shape)
+        buf = self._bufs[i]
+        if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+            buf = self._bufs[i] = torch.empty(n, dtype=dtype, device=device)
+        return buf[:n].view(shape)
 
 
 @dataclass(frozen=True)
@@ -57,13 +82,17 @@ def window_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
 
 
-def attention_weights(qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attention_weights(
+    qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor, scratch: Scratch | None = None
+) -> torch.Tensor:
     """Heads-averaged masked softmax weights (B, Nq, Nk), float32 (float64 stays).
 
     ``qh`` (B, nh, Nq, hd), ``kh`` (B, nh, Nk, hd), ``mask`` (Nq, Nk) bool or float bias. The logits
     are one ``baddbmm``: the window bias is the GEMM's addend and ``1/sqrt(hd)`` its scale, instead
     of a GEMM followed by a scaling pass and a masking pass over the logits (the logits are the
-    largest tensor of a tile; 20 % less time per tile at 2048² from 128²).
+    largest tensor of a tile; 20 % less time per tile at 2048² from 128²). With ``scratch`` (no
+    autograd) the logits, their softmax and the weights live in its reused buffers, and the result
+    is a view of them, valid until the next tile.
     """
     acc = acc_dtype(qh)
     b, nh, nq, hd = qh.shape
@@ -71,17 +100,28 @@ def attention_weights(qh: torch.Tensor, kh: torch.Tensor, mask: torch.Tensor) ->
     q = qh.to(acc).reshape(b * nh, nq, hd)
     k = kh.to(acc).reshape(b * nh, nk, hd)
     bias = window_bias(mask, acc).expand(b * nh, nq, nk)  # no copy: baddbmm reads it once per head
-    logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(hd))  # (B*nh, Nq, Nk)
-    return logits.view(b, nh, nq, nk).softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
+    alpha = 1.0 / math.sqrt(hd)
+    if scratch is None:
+        logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=alpha)  # (B*nh, Nq, Nk)
+        return logits.view(b, nh, nq, nk).softmax(dim=-1).mean(dim=1)  # (B, Nq, Nk)
+    dev = q.device
+    logits = scratch.buffer(Scratch.LOGITS, (b * nh, nq, nk), acc, dev)
+    torch.baddbmm(bias, q, k.transpose(1, 2), alpha=alpha, out=logits)  # (B*nh, Nq, Nk)
+    probs = torch.softmax(logits, dim=-1, out=scratch.buffer(Scratch.SOFTMAX, (b * nh, nq, nk), acc, dev))
+    return torch.mean(probs.view(b, nh, nq, nk), dim=1, out=scratch.buffer(Scratch.WEIGHTS, (b, nq, nk), acc, dev))
 
 
-def attend_matmul(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = attention_weights(qh, kh, mask)  # (B, Nq, Nk)
+def attend_matmul(
+    qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scratch: Scratch | None = None
+) -> torch.Tensor:
+    weights = attention_weights(qh, kh, mask, scratch)  # (B, Nq, Nk)
     out = torch.matmul(values.transpose(1, 2), weights.to(values.dtype).transpose(1, 2))  # (B, C, Nq)
     return out.transpose(1, 2)  # (B, Nq, C), a view: channels-first tiles need no copy
 
 
-def attend_sdpa(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attend_sdpa(
+    qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scratch: Scratch | None = None
+) -> torch.Tensor:
     acc = acc_dtype(qh)
     nh = qh.shape[1]
     v = values.to(acc).unsqueeze(1).expand(-1, nh, -1, -1)  # (B, nh, Nk, C), no copy
@@ -109,7 +149,9 @@ def _pad_to(x: torch.Tensor, dim: int, size: int, value: float = 0.0) -> torch.T
     return F.pad(x, pad, value=value)
 
 
-def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attend_flex(
+    qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scratch: Scratch | None = None
+) -> torch.Tensor:
     """flex_attention on one tile, padded to multiples of :data:`FLEX_BLOCK` queries and keys.
 
     The compiled kernel is specialised to its shapes (``dynamic=False``), and a call's tiles come
@@ -142,7 +184,9 @@ def attend_flex(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: 
     return out[:, :, :nq].mean(dim=1).to(values.dtype)  # the padded queries dropped
 
 
-def attend_triton(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def attend_triton(
+    qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scratch: Scratch | None = None
+) -> torch.Tensor:
     from anyup.engine.triton_attention import windowed_attention
 
     return windowed_attention(qh, kh, values, mask)

@@ -115,5 +115,5 @@ def iter_tiles_autograd(
             ra, rb, ca, cb = window.reach(i0, i1, j0, j1)
             k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)
             v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)
-            o = _ck(tile_fn, q_t, k_sub, v_sub, window.mask(i0, i1, j0, j1))
+            o = _ck(tile_fn, q_t, k_sub, v_sub, window.bias(i0, i1, j0, j1))
             yield Tile(i0, i1, j0, j1, o.transpose(1, 2).reshape(b, c, i1 - i0, j1 - j0).to(features.dtype))

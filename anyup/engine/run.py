@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from anyup._checks import parse_memory
-from anyup.engine.attention import AttentionBackend, resolve
+from anyup.engine.attention import AttentionBackend, Scratch, resolve
 from anyup.engine.kernels import EAGER, ChunkKernels, chunk_kernels
 from anyup.engine.pixels import PassMoments, RopeTable, StackProgram
 from anyup.engine.plan import CPU_LOGITS_BYTES, Geometry, Plan, default_max_memory, make_plan
@@ -91,7 +91,7 @@ def geometry(
         dim=cfg.dim,
         heads=cfg.num_heads,
         ratio=cfg.window_ratio,
-        mask_elem=4 if cfg.window_edge == "soft" else 1,
+        mask_elem=torch.empty((), dtype=acc_dtype(features)).element_size(),  # Window.bias: the logits' dtype
         elem=torch.empty((), dtype=dtype).element_size(),
         logits_budget=CPU_LOGITS_BYTES if features.device.type == "cpu" else None,
     )
@@ -619,6 +619,8 @@ def decode(
     kh, values, window = decoder_inputs(model, keys, values_map, out_hw)
     nh, hd = kh.shape[1], kh.shape[-1]
     t, s = plan.tile, plan.attention_side
+    scratch = Scratch()  # the tiles' bias and logits buffers, reused (no page faults per tile)
+    bias_dtype = window.row_bias.dtype
     for b0 in range(0, hq, t):
         b1 = min(hq, b0 + t)
         a, z = max(0, b0 - 1), min(hq, b1 + 1)  # one halo row each side for the 3x3 conv
@@ -629,11 +631,12 @@ def decode(
             for j0 in range(0, wq, s):
                 j1 = min(wq, j0 + s)
                 ra, rb, ca, cb = window.reach(i0, i1, j0, j1)
-                mask = window.mask(i0, i1, j0, j1)  # (th*tw, nr*nc)
+                nq, nk = (i1 - i0) * (j1 - j0), (rb - ra) * (cb - ca)
+                bias = window.bias(i0, i1, j0, j1, scratch.buffer(Scratch.BIAS, (nq, nk), bias_dtype, kh.device))
                 qh = qh_band[:, :, i0 - b0 : i1 - b0, j0:j1].reshape(b, nh, -1, hd)  # (B, nh, th*tw, hd)
                 k_sub = kh[:, :, ra:rb, ca:cb].reshape(b, nh, -1, hd)  # (B, nh, nr*nc, hd)
                 v_sub = values[:, ra:rb, ca:cb].reshape(b, -1, c)  # (B, nr*nc, C)
-                o = backend.attend(qh, k_sub, v_sub, mask)  # (B, th*tw, C)
+                o = backend.attend(qh, k_sub, v_sub, bias, scratch)  # (B, th*tw, C)
                 yield Tile(i0, i1, j0, j1, o.transpose(1, 2).unflatten(2, (i1 - i0, j1 - j0)))  # a view, no copy
 
 

@@ -60,6 +60,13 @@ def _log_coverage(start: torch.Tensor, stop: torch.Tensor, cov: torch.Tensor, dt
     return log_cov.masked_fill(~inside, float("-inf"))
 
 
+def _hard_bias(start: torch.Tensor, stop: torch.Tensor, low_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """(out_len, low_len) ``dtype``: 0 inside ``[start, stop)``, ``-inf`` outside (the hard edge as a bias)."""
+    k = torch.arange(low_len, device=start.device)[None, :]
+    inside = (k >= start[:, None]) & (k < stop[:, None])
+    return torch.zeros(inside.shape, dtype=dtype, device=start.device).masked_fill_(~inside, float("-inf"))
+
+
 def check_edge(edge: str) -> str:
     """``window_edge``: one of :data:`WINDOW_EDGES`."""
     if edge not in WINDOW_EDGES:
@@ -77,8 +84,9 @@ class Window:
     row_stop: torch.Tensor  # (H',)
     col_start: torch.Tensor  # (W',)
     col_stop: torch.Tensor  # (W',)
-    row_log: torch.Tensor | None = None  # soft edge: (H', h) log-coverage, -inf outside; None = hard
-    col_log: torch.Tensor | None = None  # soft edge: (W', w)
+    row_bias: torch.Tensor  # (H', h) the logit bias of every row over the grid rows: -inf outside the window,
+    col_bias: torch.Tensor  # (W', w) inside 0 (hard edge) or log(coverage) (soft edge); the tile's bias is their sum
+    soft: bool = False
 
     @classmethod
     def build(
@@ -93,16 +101,13 @@ class Window:
         """The windows of one decode; ``bias_dtype`` is the soft edge's bias dtype (the logits')."""
         r0, r1 = window_bounds(out_hw[0], low_hw[0], ratio, device)
         c0, c1 = window_bounds(out_hw[1], low_hw[1], ratio, device)
-        row_log = col_log = None
-        if check_edge(edge) == "soft":
-            row_log = _log_coverage(r0, r1, window_coverage(out_hw[0], low_hw[0], ratio, device), bias_dtype)
-            col_log = _log_coverage(c0, c1, window_coverage(out_hw[1], low_hw[1], ratio, device), bias_dtype)
         out, low = (int(out_hw[0]), int(out_hw[1])), (int(low_hw[0]), int(low_hw[1]))
-        return cls(out, low, r0, r1, c0, c1, row_log, col_log)
-
-    @property
-    def soft(self) -> bool:
-        return self.row_log is not None
+        if check_edge(edge) == "soft":
+            row_bias = _log_coverage(r0, r1, window_coverage(out[0], low[0], ratio, device), bias_dtype)
+            col_bias = _log_coverage(c0, c1, window_coverage(out[1], low[1], ratio, device), bias_dtype)
+        else:
+            row_bias, col_bias = _hard_bias(r0, r1, low[0], bias_dtype), _hard_bias(c0, c1, low[1], bias_dtype)
+        return cls(out, low, r0, r1, c0, c1, row_bias, col_bias, edge == "soft")
 
     def reach(self, i0: int, i1: int, j0: int, j1: int) -> tuple[int, int, int, int]:
         """The rectangle of cells ``[ra, rb) x [ca, cb)`` that output rows ``[i0, i1)`` and columns ``[j0, j1)`` can see."""
@@ -114,16 +119,29 @@ class Window:
         Hard edge: bool (True = may attend). Soft edge: additive logit bias (``bias_dtype``) (``log(coverage)``,
         ``-inf`` = may not attend). The attention backends take either.
         """
+        if self.soft:
+            return self.bias(i0, i1, j0, j1)
         ra, rb, ca, cb = self.reach(i0, i1, j0, j1)
-        if self.row_log is not None and self.col_log is not None:
-            rows = self.row_log[i0:i1, ra:rb]  # (th, nr)
-            cols = self.col_log[j0:j1, ca:cb]  # (tw, nc)
-            return (rows[:, None, :, None] + cols[None, :, None, :]).reshape((i1 - i0) * (j1 - j0), -1)
         dev = self.row_start.device
         rows, cols = torch.arange(ra, rb, device=dev), torch.arange(ca, cb, device=dev)
         row_ok = (rows >= self.row_start[i0:i1, None]) & (rows < self.row_stop[i0:i1, None])  # (th, nr)
         col_ok = (cols >= self.col_start[j0:j1, None]) & (cols < self.col_stop[j0:j1, None])  # (tw, nc)
         return (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape((i1 - i0) * (j1 - j0), -1)
+
+    def bias(self, i0: int, i1: int, j0: int, j1: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tile's additive logit bias over its reach, ((i1-i0)*(j1-j0), nr*nc) in ``bias_dtype``, either edge.
+
+        ``-inf`` where the query may not attend; otherwise 0 (hard edge) or ``log(coverage)`` (soft).
+        One broadcast sum of the row and column tables: the decode's per-tile mask costs one pass
+        over the tile's size instead of building a boolean mask and converting it. ``out``: a
+        contiguous buffer of that shape and dtype to write it into (the decode's reused scratch).
+        """
+        ra, rb, ca, cb = self.reach(i0, i1, j0, j1)
+        th, tw = i1 - i0, j1 - j0
+        rows = self.row_bias[i0:i1, ra:rb, None]  # (th, nr, 1)
+        cols = self.col_bias[j0:j1, None, ca:cb]  # (tw, 1, nc)
+        four = None if out is None else out.view(th, tw, rb - ra, cb - ca)
+        return torch.add(rows[:, None], cols[None], out=four).view(th * tw, -1)  # (th*tw, nr*nc)
 
     def pixel_mask(self, y: int, x: int) -> torch.Tensor:
         """The mask (or bias) of output pixel ``(y, x)`` over the whole grid: (1, h*w)."""

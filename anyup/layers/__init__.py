@@ -2,7 +2,7 @@
 
 from anyup.layers.blocks import EncoderStack, EncoderStackSpec, PointwiseConv2d, ReflectConv2d, ResBlock
 from anyup.layers.feature_unification import FeatureUnification
-from anyup.layers.norms import GroupNorm32, acc_dtype, rms_norm
+from anyup.layers.norms import GroupNorm32, acc_dtype, rms_norm, rms_norm_linear
 from anyup.layers.pooling import adaptive_avg_pool_2d, pool_ranges
 from anyup.layers.rope import RoPE2d, pixel_coordinates
 from anyup.layers.window_attention import CrossDecode, WindowCrossAttention
@@ -23,4 +23,5 @@ __all__ = [
     "pixel_coordinates",
     "pool_ranges",
     "rms_norm",
+    "rms_norm_linear",
 ]

@@ -54,3 +54,32 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | None, dim: int 
     shape[dim] = -1
     out = xf * torch.rsqrt(xf.pow(2).mean(dim=dim, keepdim=True) + eps_v) * weight.to(xf.dtype).view(shape)
     return out.to(x.dtype)
+
+
+def rms_norm_linear(
+    x: torch.Tensor, norm_weight: torch.Tensor, eps: float | None, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``F.linear(rms_norm(x, norm_weight, eps, dim=-1), weight, bias)``, the norm folded into the GEMM.
+
+    ``x`` (..., D) any float dtype and strides (a channels-first map's transposed view is read as
+    it is); returns (..., D_out) in ``x.dtype``. In float32/float64 the norm's per-channel weight
+    is folded into the GEMM's weight and each row's ``1/rms`` scales the GEMM's output, so the
+    full-size input is read once for its norms and once by the GEMM, instead of three element-wise
+    passes writing normalised copies first (the query projection of a 2048-wide band: 88 -> 56 ms).
+    Same maths; the rounding differs from the unfolded order by about one ulp of the result. Half
+    dtypes keep the unfolded order (normalised in float32, then the GEMM): folding would round the
+    weights and the unscaled GEMM to 8 bits first (1.4x the error in bfloat16).
+    """
+    acc = acc_dtype(x)
+    w, b = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
+    if x.dtype != acc:
+        return F.linear(rms_norm(x, norm_weight, eps, dim=-1), w, b)
+    eps_v = torch.finfo(x.dtype).eps if eps is None else eps
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # (..., 1), one pass over x
+    inv = torch.rsqrt(norm.square() / x.shape[-1] + eps_v)  # (..., 1) 1/rms
+    y = F.linear(x, w * norm_weight.to(acc))  # (..., D_out): the norm's weight on the inputs
+    if b is None:
+        return y * inv
+    if torch.is_grad_enabled() and (y.requires_grad or b.requires_grad):
+        return torch.addcmul(b, y, inv)
+    return torch.addcmul(b, y, inv, out=y)  # in place: no second full-size tensor

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyup.layers.norms import RMSNorm, acc_dtype, rms_norm
+from anyup.layers.norms import RMSNorm, acc_dtype, rms_norm_linear
 
 
 def apply_window(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,10 +48,9 @@ class WindowCrossAttention(nn.Module):
     def _project(self, x: torch.Tensor, which: int, norm: nn.RMSNorm) -> torch.Tensor:
         """(B, D, ...) -> (B, heads, N, D/heads), RMS-normalised then projected."""
         b, d = x.shape[:2]
-        x = rms_norm(x.reshape(b, d, -1).transpose(1, 2), norm.weight, norm.eps, dim=-1)  # (B, N, D)
-        w = self.attention.in_proj_weight[which * d : (which + 1) * d].to(x.dtype)
-        bias = self.attention.in_proj_bias[which * d : (which + 1) * d].to(x.dtype)
-        y = F.linear(x, w, bias)  # (B, N, D)
+        w = self.attention.in_proj_weight[which * d : (which + 1) * d]
+        bias = self.attention.in_proj_bias[which * d : (which + 1) * d]
+        y = rms_norm_linear(x.reshape(b, d, -1).transpose(1, 2), norm.weight, norm.eps, w, bias)  # (B, N, D)
         return y.view(b, -1, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, nh, N, hd)
 
     def project_queries(self, q: torch.Tensor) -> torch.Tensor:
