@@ -6,7 +6,7 @@ the model width (128), ``C`` the feature channels, ``nh`` heads, ``map(H, W) = B
 
 * **chunk scratch**: 9 buffers of ``B*D*P*es`` plus rotary angles ``5*D*P*4`` (``P`` pixels a chunk),
   once per worker thread (``Plan.workers``, :mod:`anyup.engine.workers`);
-* **low resolution** (keys, feature unification): ``10*B*D*h*w*es + 2*B*C*h*w*es`` plus the
+* **low resolution** (keys, feature unification, the decode's channels-last values): ``10*B*D*h*w*es + 3*B*C*h*w*es`` plus the
   unification's response chunks ``3 * fu_elements * es``;
 * **attention tile** of ``s x s`` queries against the ``Nk`` cells they reach:
   ``B*nh*s*s*Nk*4 * 2`` (logits, softmax) ``+ B*s*s*Nk*4`` (weights) ``+ B*s*s*(2*C + 2*D)*es``
@@ -175,7 +175,7 @@ def _fixed_bytes(g: Geometry, chunk: int, fu: int, workers: int = 1) -> int:
     b, d, c, es = g.batch, g.dim, g.channels, g.elem
     h, w = g.low_hw
     scratch = (9 * b * d * chunk * es + 5 * d * chunk * 4) * workers
-    low = 10 * b * d * h * w * es + 2 * b * c * h * w * es + 3 * fu * es
+    low = 10 * b * d * h * w * es + 3 * b * c * h * w * es + 3 * fu * es  # features: cast, normalised, channels-last
     return scratch + low
 
 

@@ -595,7 +595,10 @@ def decoder_inputs(
     b, _, h, w = values_map.shape
     kh = model.cross_decode.cross_attn.project_keys(keys)  # (B, nh, h*w, hd)
     kh = kh.view(b, kh.shape[1], h, w, kh.shape[-1])
-    values = values_map.permute(0, 2, 3, 1)  # (B, h, w, C)
+    # (B, h, w, C) channels-last, one copy per decode (none when the map is already channels-last): a
+    # tile's values are then whole rows of C; gathered from the channels-first map they were strided
+    # reads, 0.1-0.2 ms of each 2048² tile's ~2 ms
+    values = values_map.permute(0, 2, 3, 1).contiguous()
     cfg = model.config
     bias = acc_dtype(values_map)  # the logits' dtype
     window = Window.build(out_hw, (h, w), cfg.window_ratio, values_map.device, cfg.window_edge, bias)
