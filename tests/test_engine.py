@@ -389,6 +389,35 @@ def test_scratch_buffers_give_the_same_bits_and_are_reused():
     assert scratch.buffer(Scratch.WEIGHTS, (1, 64, 90), torch.float32, torch.device("cpu")).data_ptr() == ptrs[-1]
 
 
+_HEAP_SCRIPT = """
+import os, torch
+from anyup.engine.heap import release_free_memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+big = torch.ones(8 << 20); del big  # a freed 32 MB mmap raises glibc's dynamic mmap threshold
+base = rss()
+blocks = [torch.ones(64 << 10) for _ in range(200)]  # 200 x 256 KiB, now from the heap, touched
+keep = blocks.pop()  # the last one pins the heap's top: the others cannot be trimmed from it
+del blocks
+retained = rss() - base
+if not release_free_memory():
+    print("unavailable")
+else:
+    print(retained, retained - (rss() - base))
+"""
+
+
+def test_release_free_memory_returns_the_heaps_free_pages():
+    """The engine's stage-boundary trim (glibc ``malloc_trim``) gives freed heap blocks back: without
+    it 50 MB of freed 256 KiB tensors stay resident behind one live block (in a fresh process)."""
+    out = subprocess.run([sys.executable, "-c", _HEAP_SCRIPT], capture_output=True, text=True, check=True).stdout
+    if out.strip() == "unavailable":
+        pytest.skip(f"no glibc malloc_trim on this platform ({sys.platform})")
+    retained, released = (int(v) for v in out.split())
+    assert retained > 40e6, retained  # glibc kept the freed blocks' pages
+    assert released > 40e6, released  # and malloc_trim returned them
+
+
 # ------------------------------------------------------------------------------------------------
 # Drop-in for the authors' API
 def test_authors_forward_arguments(model):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from anyup._checks import parse_memory
 from anyup.engine.attention import AttentionBackend, Scratch, resolve
+from anyup.engine.heap import release_free_memory
 from anyup.engine.kernels import EAGER, ChunkKernels, chunk_kernels
 from anyup.engine.pixels import PassMoments, RopeTable, StackProgram
 from anyup.engine.plan import CPU_LOGITS_BYTES, Geometry, Plan, default_max_memory, make_plan
@@ -195,7 +196,12 @@ def encode(
     statistics gathered, the keys (B, D, h, w), and the features in the compute dtype."""
     feats_c = features.to(compute_dtype(features))
     enc = pixel_encoders(model, image, features, plan, options, workspace)
+    cpu = features.device.type == "cpu"
+    if cpu:
+        release_free_memory()  # the encoders' temporaries are dead: their heap pages go back before the keys
     keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
+    if cpu:
+        release_free_memory()  # and the keys' before the decode (anyup.engine.heap)
     return enc, keys, feats_c
 
 
