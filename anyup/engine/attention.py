@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from anyup.engine.window import window_bias
 from anyup.layers.norms import acc_dtype
 
 AttendFn = Callable[..., torch.Tensor]  # (qh, kh, values, mask, scratch=None) -> (B, Nq, C)
@@ -71,15 +72,6 @@ class AttentionBackend:
     attend: AttendFn
     available: Callable[[torch.device], bool]
     description: str
-
-
-def window_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The window as an additive logit bias (Nq, Nk) in ``dtype``: 0 inside and ``-inf`` outside for a
-    bool mask (hard edge), the soft edge's ``log(coverage)`` bias as it is."""
-    if mask.dtype != torch.bool:
-        return mask.to(dtype)
-    zero = torch.zeros((), dtype=dtype, device=mask.device)
-    return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
 
 
 def attention_weights(

@@ -17,6 +17,8 @@ import ctypes.util
 import functools
 import sys
 
+import torch
+
 
 @functools.cache
 def _malloc_trim():
@@ -31,10 +33,14 @@ def _malloc_trim():
     return trim
 
 
-def release_free_memory() -> bool:
-    """Return the heap's free pages to the OS (glibc ``malloc_trim(0)``). True if it ran."""
+def release_free_memory(device: torch.device | None = None) -> bool:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim(0)``). True if it ran.
+
+    ``device``: the device of the call's tensors; only a CPU call's temporaries live in the heap,
+    so for any other device nothing is done.
+    """
     trim = _malloc_trim()
-    if trim is None:
+    if trim is None or (device is not None and device.type != "cpu"):
         return False
     trim(0)
     return True

@@ -196,12 +196,9 @@ def encode(
     statistics gathered, the keys (B, D, h, w), and the features in the compute dtype."""
     feats_c = features.to(compute_dtype(features))
     enc = pixel_encoders(model, image, features, plan, options, workspace)
-    cpu = features.device.type == "cpu"
-    if cpu:
-        release_free_memory()  # the encoders' temporaries are dead: their heap pages go back before the keys
+    release_free_memory(features.device)  # the encoders' temporaries are dead: their heap pages go back
     keys = low_res_keys(model, enc.image_keys(feats_c.shape[-2:]), feats_c, plan)  # (B, D, h, w)
-    if cpu:
-        release_free_memory()  # and the keys' before the decode (anyup.engine.heap)
+    release_free_memory(features.device)  # and the keys' before the decode (anyup.engine.heap)
     return enc, keys, feats_c
 
 

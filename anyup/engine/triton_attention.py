@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from anyup.engine.window import window_bias
+
 
 @triton.jit
 def _stats_kernel(
@@ -137,10 +139,7 @@ def windowed_attention(qh: torch.Tensor, kh: torch.Tensor, values: torch.Tensor,
     q = qh.float().contiguous()
     k = kh.float().contiguous()
     v = values.float().contiguous()
-    if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, device=q.device, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
-    else:
-        bias = mask.float().contiguous()
+    bias = window_bias(mask, torch.float32).contiguous()  # (Nq, Nk): 0 / log(coverage) inside, -inf outside
     m = torch.empty(b, nh, nq, device=q.device, dtype=torch.float32)
     l = torch.empty_like(m)
     out = torch.empty(b, nq, c, device=q.device, dtype=torch.float32)

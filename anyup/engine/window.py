@@ -49,22 +49,28 @@ def window_coverage(out_len: int, low_len: int, ratio: float, device: torch.devi
     return (torch.minimum(hi, k + 1) - torch.maximum(lo, k)).clamp(0, 1)
 
 
+def window_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The window as an additive logit bias in ``dtype``: 0 inside and ``-inf`` outside for a bool
+    mask (hard edge), a float bias (the soft edge's ``log(coverage)``) as it is."""
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=mask.device)
+    return torch.where(mask, zero, torch.full((), float("-inf"), dtype=dtype, device=mask.device))
+
+
+def _inside(start: torch.Tensor, stop: torch.Tensor, low_len: int) -> torch.Tensor:
+    """(out_len, low_len) bool: low-res index ``k`` lies in ``[start, stop)`` of the output index."""
+    k = torch.arange(low_len, device=start.device)[None, :]
+    return (k >= start[:, None]) & (k < stop[:, None])
+
+
 def _log_coverage(start: torch.Tensor, stop: torch.Tensor, cov: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(out_len, low_len) ``dtype``: ``log(coverage)`` inside ``[start, stop)``, ``-inf`` outside.
 
     The support is the hard window's (its float32 bounds), so both edges admit the same cells.
     """
-    k = torch.arange(cov.shape[1], device=cov.device)[None, :]
-    inside = (k >= start[:, None]) & (k < stop[:, None])
     log_cov = cov.clamp_min(MIN_COVERAGE).log().to(dtype)
-    return log_cov.masked_fill(~inside, float("-inf"))
-
-
-def _hard_bias(start: torch.Tensor, stop: torch.Tensor, low_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """(out_len, low_len) ``dtype``: 0 inside ``[start, stop)``, ``-inf`` outside (the hard edge as a bias)."""
-    k = torch.arange(low_len, device=start.device)[None, :]
-    inside = (k >= start[:, None]) & (k < stop[:, None])
-    return torch.zeros(inside.shape, dtype=dtype, device=start.device).masked_fill_(~inside, float("-inf"))
+    return log_cov.masked_fill(~_inside(start, stop, cov.shape[1]), float("-inf"))
 
 
 def check_edge(edge: str) -> str:
@@ -106,7 +112,8 @@ class Window:
             row_bias = _log_coverage(r0, r1, window_coverage(out[0], low[0], ratio, device), bias_dtype)
             col_bias = _log_coverage(c0, c1, window_coverage(out[1], low[1], ratio, device), bias_dtype)
         else:
-            row_bias, col_bias = _hard_bias(r0, r1, low[0], bias_dtype), _hard_bias(c0, c1, low[1], bias_dtype)
+            row_bias = window_bias(_inside(r0, r1, low[0]), bias_dtype)
+            col_bias = window_bias(_inside(c0, c1, low[1]), bias_dtype)
         return cls(out, low, r0, r1, c0, c1, row_bias, col_bias, edge == "soft")
 
     def reach(self, i0: int, i1: int, j0: int, j1: int) -> tuple[int, int, int, int]:
