@@ -27,6 +27,7 @@ from anyup._checks import (
     check_output_memory,
     check_ratio,
     check_size,
+    functorch_active,
 )
 from anyup.engine import EngineOptions, Tile, iter_tiles
 from anyup.engine.autograd import write_tiles
@@ -155,7 +156,9 @@ class AnyUp(nn.Module):
         else:
             check_output_memory((b, c, *size), features.dtype, features.device)
         workspace = None
-        if out is None:  # ours: the engine may keep encoder maps in it until the decode fills it
+        if (
+            out is None and not functorch_active()
+        ):  # ours: the engine may keep encoder maps in it until the decode fills it
             out = workspace = torch.empty(b, c, *size, dtype=features.dtype, device=features.device)
         tiles = self.iter_tiles(
             image,
@@ -167,7 +170,7 @@ class AnyUp(nn.Module):
             cpu_workers=cpu_workers,
             workspace=workspace,
         )
-        return write_tiles(out, tiles)  # out[:, :, t.y0:t.y1, t.x0:t.x1] = t.data for each tile t
+        return write_tiles(out, tiles)  # out[:, :, t.y0:t.y1, t.x0:t.x1] = t.data per tile t (None: concatenated)
 
     def iter_tiles(
         self,

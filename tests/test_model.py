@@ -281,6 +281,65 @@ def test_gradcheck_float64(edge):
     assert torch.autograd.gradcheck(lambda i, f: m(i, f, (5, 4), tile_size=2), (image, feats), eps=1e-6, atol=1e-5)
 
 
+def _func_model(edge):
+    torch.manual_seed(0)
+    return AnyUp(AnyUpConfig(dim=8, num_heads=2, num_groups=2, window_ratio=0.3, window_edge=edge)).double()
+
+
+def test_torch_func_transforms_agree_with_autograd(edge):
+    """grad, vmap(grad) (per-sample gradients), vmap, jacrev and jvp trace the model and agree with
+    autograd, finite differences and the batched call."""
+    from torch.func import functional_call, grad, jacrev, jvp, vmap
+
+    m = _func_model(edge)
+    image, feats = _inputs(b=2, c=3, hw=(9, 11), low=(3, 4), dtype=torch.float64)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    kw = {"output_size": (7, 8), "tile_size": 3}
+
+    def loss(p, i, f):
+        return functional_call(m, p, (i, f), kw).square().sum()
+
+    g_params, g_feats = grad(loss, argnums=(0, 2))(params, image, feats)
+    f = feats.clone().requires_grad_(True)
+    loss(dict(m.named_parameters()), image, f).backward()
+    for k, p in m.named_parameters():
+        want = p.grad if p.grad is not None else torch.zeros_like(p)  # value/output projections are unused
+        torch.testing.assert_close(g_params[k], want, rtol=1e-9, atol=1e-12, msg=k)
+    torch.testing.assert_close(g_feats, f.grad, rtol=1e-9, atol=1e-12)
+
+    per_sample = vmap(grad(lambda p, i, f: loss(p, i[None], f[None])), in_dims=(None, 0, 0))(params, image, feats)
+    second = grad(loss)(params, image[1:], feats[1:])
+    for k in params:
+        torch.testing.assert_close(per_sample[k][1], second[k], rtol=1e-9, atol=1e-12, msg=k)
+
+    with torch.no_grad():
+        batched = m(image, feats, **kw)
+        mapped = vmap(lambda i, f: m(i[None], f[None], **kw)[0])(image, feats)
+    torch.testing.assert_close(mapped, batched, rtol=0, atol=1e-12)
+
+    jac = jacrev(lambda f: m(image[:1], f, (4, 5)))(feats[:1])  # (1, C, 4, 5, 1, C, 3, 4)
+    f1 = feats[:1].clone().requires_grad_(True)
+    (row,) = torch.autograd.grad(m(image[:1], f1, (4, 5))[0, 1, 2, 3], f1)
+    torch.testing.assert_close(jac[0, 1, 2, 3], row, rtol=1e-9, atol=1e-12)
+
+    tangent = torch.randn(feats.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, t_out = jvp(lambda f: m(image, f, **kw), (feats,), (tangent,))
+    eps = 1e-6
+    with torch.no_grad():
+        fd = (m(image, feats + eps * tangent, **kw) - m(image, feats - eps * tangent, **kw)) / (2 * eps)
+    torch.testing.assert_close(t_out, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_torch_func_refuses_out_and_names_the_transform():
+    from torch.func import grad
+
+    m = _func_model("hard")
+    image, feats = _inputs(c=3, hw=(9, 11), low=(3, 4), dtype=torch.float64)
+    out = torch.empty(1, 3, 9, 11, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"out= cannot be used inside torch\.func"):
+        grad(lambda f: m(image, f, out=out).sum())(feats)
+
+
 def test_deterministic(model):
     image, feats = _inputs(b=2)
     with torch.no_grad():

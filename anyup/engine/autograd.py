@@ -5,6 +5,11 @@ non-reentrant): forward keeps only segment inputs, backward recomputes one segme
 Working memory is then about 13 full-resolution maps plus one tile, instead of every activation
 and a dense (H'*W', h*w) attention (see :mod:`anyup.engine.plan`). Gradients are those of the
 plain computation (tests compare with the dense reference by gradcheck in float64).
+
+Inside :mod:`torch.func` transforms (``grad``, ``vjp``, ``jacrev``, ``vmap``, ...) the same maths
+runs without checkpoints, which those transforms do not support (saved-tensor hooks), and the
+output is assembled by concatenation instead of written into a preallocated tensor: working memory
+is then that of the plain computation, not capped (:func:`functorch_active`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from anyup._checks import functorch_active
 from anyup.engine.attention import AttentionBackend
 from anyup.engine.plan import Plan
 from anyup.layers import pixel_coordinates
@@ -45,13 +51,21 @@ class _WriteTile(torch.autograd.Function):
         return grad, grad[:, :, y0:y1, x0:x1], None
 
 
-def write_tiles(out: torch.Tensor, tiles: Iterable) -> torch.Tensor:
+def write_tiles(out: torch.Tensor | None, tiles: Iterable) -> torch.Tensor:
     """Write each :class:`~anyup.engine.Tile` of ``tiles`` into ``out`` (B, C, H', W'); returns ``out``.
 
     Under autograd the writes are differentiable without a copy of the output's gradient per tile
     (:class:`_WriteTile`) when ``out`` itself needs no gradient (decided before the first write);
-    otherwise plain slice assignments (``CopySlices``).
+    otherwise plain slice assignments (``CopySlices``). ``out=None``: the tiles concatenated
+    (:func:`assemble_tiles`), the only form inside :mod:`torch.func` transforms, which reject ``out``.
     """
+    if functorch_active() and out is not None:
+        raise ValueError(
+            "out= cannot be used inside torch.func transforms (grad, vmap, jacrev, ...): they cannot write "
+            "into a tensor created outside them; call the model without out="
+        )
+    if out is None:
+        return assemble_tiles(tiles)
     pass_through = not out.requires_grad
     for t in tiles:
         if pass_through and torch.is_grad_enabled() and t.data.requires_grad:
@@ -61,7 +75,22 @@ def write_tiles(out: torch.Tensor, tiles: Iterable) -> torch.Tensor:
     return out
 
 
+def assemble_tiles(tiles: Iterable) -> torch.Tensor:
+    """The (B, C, H', W') output from row-major, non-overlapping tiles by concatenation, without
+    in-place writes (the form :mod:`torch.func` transforms can trace)."""
+    rows: list[list[torch.Tensor]] = []
+    y0 = None
+    for t in tiles:
+        if t.y0 != y0:
+            rows.append([])
+            y0 = t.y0
+        rows[-1].append(t.data)  # (B, C, th, tw)
+    return torch.cat([torch.cat(r, dim=3) for r in rows], dim=2)  # (B, C, H', W')
+
+
 def _ck(fn, *args):
+    if functorch_active():  # torch.func does not support checkpoint's saved-tensor hooks
+        return fn(*args)
     return checkpoint(fn, *args, use_reentrant=False)
 
 

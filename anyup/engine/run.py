@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from anyup._checks import parse_memory
+from anyup._checks import functorch_active, parse_memory
 from anyup.engine.attention import AttentionBackend, Scratch, resolve
 from anyup.engine.heap import release_free_memory
 from anyup.engine.kernels import EAGER, ChunkKernels, chunk_kernels
@@ -147,6 +147,9 @@ def workspace_slots(model, image: torch.Tensor, features: torch.Tensor, out: tor
 
 
 def needs_autograd(model, image: torch.Tensor, features: torch.Tensor) -> bool:
+    """Whether the call must run through the modules' maths (autograd, or a :mod:`torch.func` transform)."""
+    if functorch_active():  # the streamed engine's threads and in-place buffers are invisible to it
+        return True
     if not torch.is_grad_enabled():
         return False
     return image.requires_grad or features.requires_grad or any(p.requires_grad for p in model.parameters())

@@ -68,7 +68,7 @@ class FeatureUnification(nn.Module):
         starts = list(range(0, n, step))
         if len(starts) > 1 and n - starts[-1] < MIN_CHUNK:
             starts.pop()  # a short tail joins the previous chunk
-        out = torch.empty(b, k, n, dtype=acc, device=features.device)
+        pieces = []  # concatenated, not written into a preallocated map: torch.func's vmap can trace it
         for i, p0 in enumerate(starts):
             p1 = starts[i + 1] if i + 1 < len(starts) else n
             r0, r1 = p0 // w, (p1 - 1) // w + 1  # feature rows the chunk spans
@@ -76,7 +76,8 @@ class FeatureUnification(nn.Module):
             resp = torch.bmm(basis.expand(b * c, k, ks * ks), patches).to(acc)  # (B*C, K, m), flat c*K + k
             resp.div_(taps[..., p0:p1])
             grid = resp.view(b, k, c, -1).softmax(dim=1)  # (K, C) grid, softmax over a
-            out[:, :, p0:p1] = grid.mean(dim=2)  # (B, K, m)
+            pieces.append(grid.mean(dim=2))  # (B, K, m)
+        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # (B, K, h*w)
         return out.view(b, k, h, w).to(features.dtype)  # (B, K, h, w), float32 as the reference
 
     def _taps(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyup.layers._func import functorch_active
+
 
 def acc_dtype(x: torch.Tensor) -> torch.dtype:
     """Accumulation dtype for norms and softmax: float64 stays float64, everything else float32."""
@@ -80,6 +82,6 @@ def rms_norm_linear(
     y = F.linear(x, w * norm_weight.to(acc))  # (..., D_out): the norm's weight on the inputs
     if b is None:
         return y * inv
-    if torch.is_grad_enabled() and (y.requires_grad or b.requires_grad):
+    if (torch.is_grad_enabled() and (y.requires_grad or b.requires_grad)) or functorch_active():
         return torch.addcmul(b, y, inv)
     return torch.addcmul(b, y, inv, out=y)  # in place: no second full-size tensor
