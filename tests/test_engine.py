@@ -448,6 +448,51 @@ def test_torch_hub_load_as_in_the_authors_readme(tmp_path, golden_file, monkeypa
 
 # ------------------------------------------------------------------------------------------------
 # Precision
+def test_autocast_does_not_change_the_engines_dtypes(model):
+    """Under CPU autocast the engine keeps its own dtypes (float32 logits and softmax): the same
+    bits as without it, with and without gradients, and the same attention maps. Before, autocast
+    ran the attention logits in bfloat16 (1e-2 relative error on a float32 call)."""
+    image, feats = _inputs(b=2, c=5, hw=(19, 23), low=(4, 5))
+    with torch.no_grad():
+        want = model(image, feats, (17, 21), tile_size=6)
+        want_bf16 = model(image, feats.bfloat16(), (17, 21))
+    want_maps = model.attention_weights(image, feats, (17, 21), [(3, 4), (16, 0)])
+    f = feats.clone().requires_grad_(True)
+    model(image, f, (17, 21), tile_size=6).square().sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            got = model(image, feats, (17, 21), tile_size=6)
+            got_bf16 = model(image, feats.bfloat16(), (17, 21))
+        got_maps = model.attention_weights(image, feats, (17, 21), [(3, 4), (16, 0)])
+        f2 = feats.clone().requires_grad_(True)
+        out = model(image, f2, (17, 21), tile_size=6)
+        assert torch.is_autocast_enabled("cpu")  # the caller's state is back after the call
+    out.float().square().sum().backward()
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert got_bf16.dtype == torch.bfloat16 and torch.equal(got_bf16, want_bf16)
+    assert torch.equal(got_maps, want_maps)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(f2.grad, f.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad_path", [False, True])
+def test_iter_tiles_leaves_the_callers_state_between_tiles(grad_path):
+    """The caller's loop body runs in its own grad and autocast mode, not the engine's (a head
+    trained on each streamed tile gets its gradients)."""
+    torch.manual_seed(0)
+    m = AnyUp().eval().requires_grad_(grad_path)  # no parameter needs a gradient: the no-grad engine
+    image, feats = _inputs(c=4, hw=(20, 22), low=(4, 4))
+    head = torch.nn.Conv2d(4, 2, 1)
+    seen = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for t in m.iter_tiles(image, feats, tile_size=8):
+            seen.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+            head.zero_grad()
+            head(t.data.detach().float()).float().square().mean().backward()
+            assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    assert len(seen) == 9 and all(s == (True, True) for s in seen)
+
+
 def test_bfloat16_on_cpu_computes_in_float32(model):
     image, feats = _inputs(hw=(32, 40), low=(4, 5))
     with torch.no_grad():

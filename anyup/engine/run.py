@@ -21,11 +21,12 @@ so backward recomputes instead of storing (:mod:`anyup.engine.autograd`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from anyup.engine.workers import ChunkWorkers, check_workers, default_workers
 from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KEY_BAND_PIXELS = 1 << 15  # image pixels of one float64 pooling band of the key map (whole mode)
 
@@ -171,7 +173,7 @@ def iter_tiles(
     written by the tiles in the end. Pass it only with that promise; a caller's ``out=`` file
     mapping is not one (scratch writes would go to disk).
     """
-    autograd = needs_autograd(model, image, features)
+    autograd = needs_autograd(model, image, features)  # in the caller's grad mode (first next())
     slots = workspace_slots(model, image, features, workspace)
     plan = plan_for(model, image, features, out_hw, options, autograd, slots)
     backend = resolve(options.attention, features.device)
@@ -179,12 +181,53 @@ def iter_tiles(
     if autograd:
         from anyup.engine.autograd import iter_tiles_autograd
 
-        yield from iter_tiles_autograd(model, image, features, out_hw, plan, backend)
-        return
-    with torch.no_grad():
-        enc, keys, feats_c = encode(model, image, features, plan, options, workspace if plan.out_slots else None)
-        for t in decode(model, enc, keys, feats_c, out_hw, plan, backend):
-            yield Tile(t.y0, t.y1, t.x0, t.x1, t.data.to(features.dtype))
+        tiles = iter_tiles_autograd(model, image, features, out_hw, plan, backend)
+    else:
+        tiles = _decoded_tiles(model, image, features, out_hw, plan, options, backend, workspace)
+    yield from each_step_in(tiles, lambda: engine_mode(features.device, grad=autograd))
+
+
+def _decoded_tiles(model, image, features, out_hw, plan, options, backend, workspace) -> Iterator[Tile]:
+    enc, keys, feats_c = encode(model, image, features, plan, options, workspace if plan.out_slots else None)
+    for t in decode(model, enc, keys, feats_c, out_hw, plan, backend):
+        yield Tile(t.y0, t.y1, t.x0, t.x1, t.data.to(features.dtype))
+
+
+@contextlib.contextmanager
+def engine_mode(device: torch.device, grad: bool) -> Iterator[None]:
+    """The state the engine computes in: ``torch.no_grad()`` unless ``grad``, and autocast off.
+
+    The engine picks its own dtypes (:func:`compute_dtype`, float32 logits and softmax); under
+    autocast its GEMMs would run in the autocast dtype behind that choice (a CPU bfloat16 autocast
+    gave a float32 call 4x the error of bfloat16 features, from bfloat16 attention logits), and its
+    CPU worker threads would not see the caller's autocast state. Pass bfloat16/float16 features
+    to compute in half precision where that is faster.
+    """
+    with contextlib.ExitStack() as stack:
+        if not grad:
+            stack.enter_context(torch.no_grad())
+        try:
+            autocast_on = torch.is_autocast_enabled(device.type)
+        except RuntimeError:  # a device type autocast does not know
+            autocast_on = False
+        if autocast_on:
+            stack.enter_context(torch.autocast(device.type, enabled=False))
+        yield
+
+
+def each_step_in(steps: Iterator[T], context: Callable[[], contextlib.AbstractContextManager]) -> Iterator[T]:
+    """Run every step of ``steps`` inside a fresh ``context()``, and none of the caller's code.
+
+    A ``with`` block around a ``yield`` would stay active while the caller's loop body runs
+    between tiles (e.g. ``torch.no_grad()`` around a head trained on each tile).
+    """
+    while True:
+        with context():
+            try:
+                item = next(steps)
+            except StopIteration:
+                return
+        yield item
 
 
 def encode(
@@ -662,6 +705,11 @@ def attention_maps(
 
     Each map is non-negative, sums to 1 and is zero outside the pixel's window.
     """
+    with engine_mode(features.device, grad=False):
+        return _attention_maps(model, image, features, out_hw, pixels, options)
+
+
+def _attention_maps(model, image, features, out_hw, pixels, options) -> torch.Tensor:
     from anyup.engine.attention import attention_weights
 
     plan = plan_for(model, image, features, out_hw, options)
