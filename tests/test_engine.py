@@ -73,6 +73,27 @@ def test_backend_exact_in_the_model(model, name, edge):
     assert (out - dense).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("name", ["sdpa", pytest.param("flex", marks=pytest.mark.slow)])
+def test_parity_with_golden_on_every_backend(golden_file, name):
+    """The authors' outputs (``../shared/golden``) within 1e-4 with each CPU backend (``matmul`` is
+    ``tests/test_model.py::test_parity_with_golden``; ``triton`` is checked against ``matmul`` under
+    the interpreter and, on CUDA, by ``test_backends_on_cuda``)."""
+    import numpy as np
+
+    if not BACKENDS[name].available(torch.device("cpu")):
+        pytest.skip(f"the {name} backend is not available in this PyTorch")
+    data = np.load(golden_file)
+    for i in range(int(data["n_cases"])):
+        m = anyup.load(golden_file.parents[1] / "weights" / f"{data[f'case{i}_checkpoint']}.pth")
+        image, feats = torch.from_numpy(data[f"case{i}_image"]), torch.from_numpy(data[f"case{i}_features"])
+        size = tuple(int(v) for v in data[f"case{i}_output_size"])
+        with torch.no_grad():
+            out = m(image, feats, size, attention=name)
+        got = out[:, torch.from_numpy(data[f"case{i}_channels"])]
+        err = (got - torch.from_numpy(data[f"case{i}_output"])).abs().max().item()
+        assert err <= 1e-4, f"{name}, case {i}: max abs error {err:.2e} > 1e-4"
+
+
 def test_backend_choice_and_errors(model):
     assert resolve("auto", torch.device("cpu")).name == "matmul"
     with pytest.raises(ValueError, match="attention must be one of"):
