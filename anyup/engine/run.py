@@ -697,7 +697,6 @@ def decode(
                 yield Tile(i0, i1, j0, j1, o.transpose(1, 2).unflatten(2, (i1 - i0, j1 - j0)))  # a view, no copy
 
 
-@torch.no_grad()
 def attention_maps(
     model, image: torch.Tensor, features: torch.Tensor, out_hw: tuple[int, int], pixels, options: EngineOptions
 ) -> torch.Tensor:
