@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyup.layers._func import functorch_active
 from anyup.layers.norms import acc_dtype
 
 BAND_ELEMENTS = 1 << 21  # responses of one chunk of the exact path (8 MiB in float32): stays in cache
@@ -68,7 +69,10 @@ class FeatureUnification(nn.Module):
         starts = list(range(0, n, step))
         if len(starts) > 1 and n - starts[-1] < MIN_CHUNK:
             starts.pop()  # a short tail joins the previous chunk
-        pieces = []  # concatenated, not written into a preallocated map: torch.func's vmap can trace it
+        # one preallocated map, each chunk's mean written into it; under torch.func (which cannot write
+        # its tensors into one made outside it) the chunks are concatenated instead
+        out = None if functorch_active() else torch.empty(b, k, n, dtype=acc, device=features.device)
+        pieces = []
         for i, p0 in enumerate(starts):
             p1 = starts[i + 1] if i + 1 < len(starts) else n
             r0, r1 = p0 // w, (p1 - 1) // w + 1  # feature rows the chunk spans
@@ -76,8 +80,12 @@ class FeatureUnification(nn.Module):
             resp = torch.bmm(basis.expand(b * c, k, ks * ks), patches).to(acc)  # (B*C, K, m), flat c*K + k
             resp.div_(taps[..., p0:p1])
             grid = resp.view(b, k, c, -1).softmax(dim=1)  # (K, C) grid, softmax over a
-            pieces.append(grid.mean(dim=2))  # (B, K, m)
-        out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # (B, K, h*w)
+            if out is None:
+                pieces.append(grid.mean(dim=2))  # (B, K, m)
+            else:
+                out[:, :, p0:p1] = grid.mean(dim=2)  # (B, K, m)
+        if out is None:
+            out = torch.cat(pieces, dim=2)  # (B, K, h*w)
         return out.view(b, k, h, w).to(features.dtype)  # (B, K, h, w), float32 as the reference
 
     def _taps(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
