@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from anyup.layers._func import functorch_active
+from anyup.layers._func import vmap_active
 
 MAX_SIDE = 1 << 16  # 65536 pixels per side: anything larger is almost surely a mistake
 # An ImageNet-normalised [0, 1] image lies in about [-2.12, 2.64]. Beyond GUIDE_WARN the guide is
@@ -99,7 +99,7 @@ def check_image_and_features(image: torch.Tensor, features: torch.Tensor) -> Non
             raise ValueError(f"{name} spatial size {tuple(t.shape[-2:])} exceeds the maximum side {MAX_SIDE}")
     if image.device != features.device:
         raise ValueError(f"image is on {image.device} but features are on {features.device}")
-    if functorch_active():  # under vmap a value cannot decide control flow; shapes are checked above
+    if vmap_active():  # under vmap a value cannot decide control flow; shapes are checked above
         return
     if not torch.isfinite(image).all():
         raise ValueError("image contains NaN or inf values")

@@ -27,7 +27,6 @@ from anyup._checks import (
     check_output_memory,
     check_ratio,
     check_size,
-    functorch_active,
 )
 from anyup.engine import EngineOptions, Tile, iter_tiles
 from anyup.engine.autograd import write_tiles
@@ -41,6 +40,7 @@ from anyup.layers import (
     ReflectConv2d,
     RoPE2d,
 )
+from anyup.layers._func import functorch_active
 
 
 @dataclass

@@ -340,6 +340,23 @@ def test_torch_func_refuses_out_and_names_the_transform():
         grad(lambda f: m(image, f, out=out).sum())(feats)
 
 
+def test_torch_func_keeps_the_value_checks_where_they_can_run():
+    """NaN features are refused inside grad (values can be read there); inside vmap the value checks
+    are skipped (a value cannot decide control flow) and the shape checks still run."""
+    from torch.func import grad, vmap
+
+    m = _func_model("hard")
+    image, feats = _inputs(c=3, hw=(9, 11), low=(3, 4), dtype=torch.float64)
+    bad = feats.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        grad(lambda f: m(image, f).sum())(bad)
+    with pytest.raises(ValueError, match="3 channels"):
+        vmap(lambda i, f: m(i[None, :2], f[None]))(image, feats)
+    with torch.no_grad():
+        assert vmap(lambda i, f: m(i[None], f[None]))(image, feats).shape == (1, 1, 3, 9, 11)
+
+
 def test_deterministic(model):
     image, feats = _inputs(b=2)
     with torch.no_grad():

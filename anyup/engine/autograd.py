@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from anyup._checks import functorch_active
 from anyup.engine.attention import AttentionBackend
 from anyup.engine.plan import Plan
 from anyup.layers import pixel_coordinates
+from anyup.layers._func import functorch_active
 
 
 class _WriteTile(torch.autograd.Function):

@@ -31,7 +31,7 @@ from typing import NamedTuple, TypeVar
 import torch
 import torch.nn.functional as F
 
-from anyup._checks import functorch_active, parse_memory
+from anyup._checks import parse_memory
 from anyup.engine.attention import AttentionBackend, Scratch, resolve
 from anyup.engine.heap import release_free_memory
 from anyup.engine.kernels import EAGER, ChunkKernels, chunk_kernels
@@ -40,6 +40,7 @@ from anyup.engine.plan import CPU_LOGITS_BYTES, Geometry, Plan, default_max_memo
 from anyup.engine.window import Window
 from anyup.engine.workers import ChunkWorkers, check_workers, default_workers
 from anyup.layers import acc_dtype, adaptive_avg_pool_2d, pool_ranges
+from anyup.layers._func import functorch_active
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
