@@ -502,6 +502,57 @@ class TestCheckpoint:
             assert f.metadata()["step"] == "5"
 
 
+class TestWeightAverage:
+    def test_average_by_hand_with_the_warm_up(self):
+        from anyup.train.ema import WeightAverage
+
+        model = nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+        ema = WeightAverage(model, decay=0.5)
+        expected = 0.0
+        # decays of the first updates: min(0.5, (1 + n) / (10 + n)) = 1/10, 2/11, 3/12, 4/13, 5/14, 6/15, 7/16, 8/17, 0.5
+        for n, (value, d) in enumerate(
+            zip([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0.1, 2 / 11, 0.25, 4 / 13, 5 / 14, 0.4, 7 / 16, 8 / 17, 0.5, 0.5])
+        ):
+            with torch.no_grad():
+                model.weight.fill_(float(value))
+            ema.update(model)
+            expected = d * expected + (1 - d) * value
+            assert ema.updates == n + 1
+            assert ema.tensors["weight"].item() == pytest.approx(expected, rel=1e-6), n
+        assert ema.tensors["weight"].item() != pytest.approx(10.0)  # it lags the last weights
+
+    def test_applied_swaps_in_and_back_and_the_state_round_trips(self, tmp_path):
+        from anyup.train.ema import WeightAverage
+
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))  # float params and buffers, an int64 buffer
+        ema = WeightAverage(model, decay=0.9)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update(model)
+        own = {k: v.clone() for k, v in model.state_dict().items()}
+        with ema.applied(model) as m:
+            assert m is model and torch.equal(model[0].weight, ema.tensors["0.weight"])
+            assert not torch.equal(model[0].weight, own["0.weight"])
+        assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
+        save_checkpoint(tmp_path / "c.pt", {"ema": ema.state_dict()})
+        again = WeightAverage(model, decay=0.9)
+        again.load_state_dict(load_checkpoint(tmp_path / "c.pt")["ema"])  # weights_only load
+        assert again.updates == 1 and all(torch.equal(again.tensors[k], v) for k, v in ema.tensors.items())
+        with pytest.raises(ValueError, match="does not match the model"):
+            WeightAverage(nn.Linear(3, 4), 0.9).load_state_dict(ema.state_dict())
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            WeightAverage(model, 1.0)
+
+    def test_config_names_the_field(self):
+        with pytest.raises(ValueError, match="optim.ema_decay must be in"):
+            C.resolve_config(preset="cpu_offline", overrides=["optim.ema_decay=1.5"])
+        assert C.resolve_config(preset="cpu_offline", overrides=["optim.ema_decay=0.99"]).optim.ema_decay == 0.99
+
+
 def test_toy_conv_encoder_contract():
     enc = ConvEncoder(stride=4, channels=6)
     (out,) = enc(torch.rand(2, 3, 16, 24))

@@ -166,6 +166,42 @@ def test_kill_and_resume_is_bit_identical(photos, tmp_path):
     assert not all(torch.equal(a[k], _params(other)[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_weight_average_is_validated_exported_and_resumed_exactly(photos, tmp_path):
+    """optim.ema_decay: model.safetensors is the average, model_raw.safetensors the last weights."""
+    from anyup.train.report import evaluate_run
+
+    steps = ["steps=6", "optim.ema_decay=0.8", "val.num_images=2"]
+    straight = train(_cfg(photos, tmp_path / "a", *steps), encoders=_encoders())
+    run = tmp_path / "a"
+    avg, raw = _params(straight), _params(run / "model_raw.safetensors")
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["ema"]["updates"] == 6
+    for k in raw:
+        assert torch.equal(raw[k], last["model"][k].float()), k
+        assert torch.equal(avg[k], last["ema"]["tensors"][k]), k
+    assert not all(torch.equal(avg[k], raw[k]) for k in raw)  # the two differ, so the checks above can fail
+    # the run's last validation is of the average, the file it exports
+    rows = read_metrics(run / "metrics.csv")
+    by = {
+        r["method"]: r["cosine"]
+        for r in evaluate_run(run, {"last weights": str(run / "model_raw.safetensors")}, encoders=_encoders())
+    }
+    assert by["trained (model.safetensors)"] == pytest.approx(rows[-1]["val_cos_anyup/toy_conv"], abs=1e-5)
+    assert by["last weights"] != pytest.approx(by["trained (model.safetensors)"], abs=1e-7)
+
+    def kill_at_3(step, metrics):
+        if step == 3:  # checkpoint of step 2 exists, step 3 ran
+            raise _Kill
+
+    cfg_b = _cfg(photos, tmp_path / "b", *steps)
+    with pytest.raises(_Kill):
+        train(cfg_b, encoders=_encoders(), on_step=kill_at_3)
+    resumed = _params(train(cfg_b, encoders=_encoders()))
+    for k in avg:
+        assert torch.equal(avg[k], resumed[k]), k
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

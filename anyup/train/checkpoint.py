@@ -4,7 +4,8 @@ A checkpoint (``torch.save`` of plain dicts, tensors and numbers; loadable with
 ``weights_only=True``) holds::
 
     {"format": 1, "step": int, "model": state_dict, "optimizer": state_dict,
-     "data": {"epoch": int, "index": int}, "rng": [per-rank RNG states], "config": dict}
+     "data": {"epoch": int, "index": int}, "rng": [per-rank RNG states], "config": dict,
+     "ema": {"decay": float, "updates": int, "tensors": dict}}   # "ema" only with optim.ema_decay > 0
 
 RNG states cover Python's ``random``, NumPy's global generator, torch's CPU generator and every
 CUDA device. Files are written to a temporary name in the same folder and moved into place with

@@ -123,6 +123,10 @@ class OptimConfig:
     schedule: str = "constant"
     decay_start: int = 0
     min_lr_ratio: float = 0.0
+    # Exponential moving average of the weights (anyup.train.ema), updated after every optimiser
+    # step; the run validates and exports the average (model.safetensors) and also exports its last
+    # weights (model_raw.safetensors). 0: off (the paper's recipe).
+    ema_decay: float = 0.0
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based) in a run of ``total_steps`` steps."""
@@ -211,6 +215,7 @@ class TrainConfig:
             f"optim.decay_start must be in [0, steps={self.steps}), got {o.decay_start}",
         )
         _check(0.0 <= o.min_lr_ratio <= 1.0, f"optim.min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}")
+        _check(0.0 <= o.ema_decay < 1.0, f"optim.ema_decay must be in [0, 1) (0: no average), got {o.ema_decay}")
         _check(
             o.precision in ("auto", "bf16", "fp32"),
             f"optim.precision must be 'auto', 'bf16' or 'fp32', got {o.precision!r}",

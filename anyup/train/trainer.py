@@ -62,6 +62,7 @@ from anyup.train.data import (
     make_loader,
     split_holdout,
 )
+from anyup.train.ema import WeightAverage
 from anyup.train.losses import RecipeLoss, crop_boxes, extract_crops
 from anyup.train.metrics import MetricsWriter
 
@@ -70,6 +71,7 @@ logger = logging.getLogger(__name__)
 StepCallback = Callable[[int, dict[str, float]], None]
 LAST_CHECKPOINT = "checkpoints/last.pt"
 MODEL_FILE = "model.safetensors"
+RAW_MODEL_FILE = "model_raw.safetensors"  # the last weights of a run that exports their average (optim.ema_decay)
 DEFAULT_MAX_MEMORY = 8 * 2**30
 
 
@@ -401,6 +403,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.ema = WeightAverage(self.model, o.ema_decay) if o.ema_decay > 0 else None
         self.loss_fn = RecipeLoss(self.model, self.cfg.loss)
         if self.ctx.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -419,6 +422,14 @@ class Trainer:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+        if self.ema is not None:
+            if isinstance(state.get("ema"), dict):
+                self.ema.load_state_dict(state["ema"])
+            else:  # a run started without the average: it starts now, from the checkpoint's weights
+                self.ema = WeightAverage(self.model, self.cfg.optim.ema_decay)
+                logger.warning(
+                    "the checkpoint has no weight average (optim.ema_decay was 0): it starts at step %d", self.step
+                )
         self.position = DataPosition(int(state["data"]["epoch"]), int(state["data"]["index"]))
         self.skipped = int(state.get("skipped_images", 0))
         if state["data"].get("num_images") not in (None, len(self.dataset)):
@@ -458,6 +469,8 @@ class Trainer:
                 "skipped_images": self.skipped,
                 "config": self.cfg.to_dict(),
             }
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
             path = save_checkpoint(self.run_dir / LAST_CHECKPOINT, state)
             keep = self.cfg.checkpoint.keep_every
             if keep and self.step % keep == 0:
@@ -475,7 +488,14 @@ class Trainer:
                 "encoders": [s.label for s in self.cfg.encoders],
                 "init": self.cfg.init or "random",
             }
-            export_safetensors(self.model, path, meta)
+            if self.ema is None:
+                export_safetensors(self.model, path, meta)
+            else:
+                raw = self.run_dir / RAW_MODEL_FILE
+                export_safetensors(self.model, raw, {**meta, "weights": "last"})
+                with self.ema.applied(self.model):
+                    export_safetensors(self.model, path, {**meta, "weights": "ema", "ema_decay": self.ema.decay})
+                self._log("exported the last weights to %s", raw)
             self._log("exported %s (step %d)", path, self.step)
         self.ctx.barrier()
         return path
@@ -493,7 +513,10 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         out: dict[str, float] = {}
+        stack = contextlib.ExitStack()
         try:
+            if self.ema is not None:  # the weights the run exports
+                stack.enter_context(self.ema.applied(self.model))
             for spec, enc in zip(cfg.encoders, self.encoders):
                 r = feature_fidelity(self.model, enc, self.val_images, d.input_size, cfg.val.batch_size, self.device)
                 out[f"val_cos_anyup/{spec.label}"] = r["anyup"]
@@ -513,6 +536,7 @@ class Trainer:
                     title=f"{cfg.encoders[0].label}, step {self.step}",
                 )
         finally:
+            stack.close()
             self.model.train(was_training)
         labels = [s.label for s in cfg.encoders] + (["mean"] if len(cfg.encoders) > 1 else [])
         summary = ", ".join(
@@ -628,6 +652,8 @@ class Trainer:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(self.model)
                 self.step += 1
                 self.position = self.sampler.advance(self.position)
 
