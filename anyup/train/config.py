@@ -466,9 +466,9 @@ def _cpu_offline_v4() -> TrainConfig:
 
     Gradient clipping (``optim.grad_clip = 1``, against typical norms of 0.2-0.5): on un-normalised
     CNN features (HED's VGG, CRAFT's) CosMSE's per-pixel min-max normalisation divides by the
-    target's channel range, and a pixel with a small range next to one with large values makes a
-    rare step with a loss of 10^3-10^5 and a gradient norm up to ~10^6 (3 in 700 steps of the v5
-    run). Unclipped, one such step kicks every weight by ~30 learning rates and inflates AdamW's
+    target's channel range, and a target pixel whose channels are all (nearly) equal (a dead ReLU
+    pixel) makes a rare step with a loss of ~10^4-10^5 and a gradient norm up to ~10^6 (3 in 700
+    steps of the v5 run; ``docs/scripts/cosmse_spikes.py``). Unclipped, one such step kicks every weight by ~30 learning rates and inflates AdamW's
     second moments for the rest of the run. ``optim.ema_decay = 0.99``: the exported weights are
     the average of about the last 100 steps. 600 steps, cosine from the start, ~4.7 s per step on
     this project's 2-core CPU (~47 min). Fine-tuning: start it with ``--init`` (the shipped weights).
